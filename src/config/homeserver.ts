@@ -1,0 +1,135 @@
+/** Settings of `lastwill homeserver`: the bundled MSC4140 delayed-events homeserver. */
+import { z } from 'zod';
+
+import { group, type Infer, setting } from './define.js';
+
+const ONE_MONTH_MS = 30 * 24 * 3600 * 1000;
+
+/** `host:port`, with `[v6]:port` for IPv6. */
+export const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:8008')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
+
+export function splitHostPort(value: string): { host: string; port: number } {
+  const i = value.lastIndexOf(':');
+  return { host: value.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(value.slice(i + 1)) };
+}
+
+const bucket = (perSecond: number, burst: number, what: string) =>
+  group(
+    {
+      per_second: setting(z.number().min(0).default(perSecond), {
+        doc: `Sustained ${what} per second (0 with burst 0 disables this limit).`,
+        env: 'number',
+      }),
+      burst: setting(z.number().int().min(0).default(burst), {
+        doc: `Requests allowed at once before ${what} is throttled.`,
+        env: 'number',
+      }),
+    },
+    { doc: `Token bucket for ${what}.` },
+  );
+
+export const homeserverSettings = group(
+  {
+    bind: setting(hostPort.default('127.0.0.1:8008'), {
+      doc: 'Listen address (host:port). Loopback by default; use 0.0.0.0:8008 in a container.',
+      env: 'string',
+    }),
+    server_name: setting(
+      z
+        .string()
+        .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a Matrix server name')
+        .default('localhost'),
+      { doc: 'The Matrix server name: the domain part of user ids (@alice:<server_name>).', env: 'string' },
+    ),
+    public_base_url: setting(z.url().optional(), {
+      doc: 'Base URL clients use to reach this server (for .well-known). Defaults to http://<bind>.',
+      env: 'string',
+      example: 'https://matrix.example.com',
+    }),
+    data_dir: setting(z.string().min(1).default('./.data/homeserver'), {
+      doc: 'Directory of the SQLite database (created when missing).',
+      env: 'string',
+    }),
+    sqlite_synchronous: setting(z.enum(['normal', 'full']).default('full'), {
+      doc: 'SQLite synchronous mode. "full" survives power loss; "normal" survives process crashes only.',
+      env: 'string',
+    }),
+    registration_shared_secret: setting(z.string().min(1).optional(), {
+      doc: 'Enables Synapse-compatible shared-secret registration at /_synapse/admin/v1/register.',
+      env: 'string',
+      secret: true,
+    }),
+    open_registration: setting(z.boolean().default(false), {
+      doc: 'Allow anyone to register with m.login.dummy.',
+      env: 'boolean',
+    }),
+    log_level: setting(z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'), {
+      doc: 'Log level. Capabilities (delay ids, tokens) are never logged at info.',
+      env: 'string',
+    }),
+    max_delay_ms: setting(z.number().int().positive().max(ONE_MONTH_MS).default(24 * 3600 * 1000), {
+      doc: 'Longest delay a delayed event may have, in ms (at most one month).',
+      env: 'number',
+    }),
+    delayed_events: group(
+      {
+        max_scheduled_per_user: setting(z.number().int().min(0).default(100), {
+          doc: 'Most delayed events one user may have scheduled at once (0 disables delayed events).',
+          env: 'number',
+        }),
+        terminated_keep_per_user: setting(z.number().int().min(0).max(1000).default(1000), {
+          doc: 'Finalised delayed events kept per user for the terminated/finalised listings (at most 1000).',
+          env: 'number',
+        }),
+        terminated_keep_ms: setting(z.number().int().min(0).default(7 * 24 * 3600 * 1000), {
+          doc: 'How long finalised delayed events are kept, in ms.',
+          env: 'number',
+        }),
+        scoped_token_max_ms: setting(z.number().int().positive().default(7 * 24 * 3600 * 1000), {
+          doc: 'Longest lifetime of a scoped delegation token, in ms.',
+          env: 'number',
+        }),
+      },
+      { doc: 'MSC4140 delayed events.' },
+    ),
+    rate_limits: group(
+      {
+        schedule: bucket(10, 50, 'scheduling delayed events, per user'),
+        management: bucket(1, 20, 'restart/cancel/send/list, per user, or per client address without a token'),
+        send: bucket(10, 50, 'events actually sent (timed or by the send action), per user'),
+        trusted_addresses: setting(z.array(z.string().min(1)).default([]), {
+          doc: 'Client addresses (IPs) of trusted delegate agents; unauthenticated management from them uses the trusted bucket.',
+          env: 'list',
+        }),
+        trusted: bucket(2000, 10000, 'management from a trusted delegate address'),
+      },
+      { doc: 'Rate limits (token buckets).' },
+    ),
+    rtc: group(
+      {
+        livekit_service_url: setting(z.url().optional(), {
+          doc: 'The lastwill agent (or lk-jwt-service) URL announced at /rtc/transports and accepted by MSC4195 delegation.',
+          env: 'string',
+          example: 'https://livekit-jwt.example.com',
+        }),
+        agent_url: setting(z.url().optional(), {
+          doc: 'Where MSC4195 delegations are forwarded (the agent\'s server-to-server endpoint).',
+          env: 'string',
+          example: 'http://127.0.0.1:8080',
+        }),
+        agent_secret: setting(z.string().min(16).optional(), {
+          doc: 'Shared secret authenticating this homeserver to the agent for forwarded delegations.',
+          env: 'string',
+          secret: true,
+        }),
+      },
+      { doc: 'MatrixRTC (MSC4195) settings.' },
+    ),
+  },
+  { envPrefix: 'LASTWILL_HS_' },
+);
+
+export type HomeserverConfig = Infer<typeof homeserverSettings>;

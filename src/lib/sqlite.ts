@@ -1,0 +1,99 @@
+/**
+ * node:sqlite with the settings every store here wants (WAL, a busy timeout, foreign keys), and a
+ * group-commit writer: writes queued in the same tick share one transaction and one fsync, and
+ * each caller's promise resolves only after that commit, so "durable before the reply" stays cheap.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+
+export type Synchronous = 'off' | 'normal' | 'full';
+
+export function openDatabase(path: string, synchronous: Synchronous = 'full'): DatabaseSync {
+  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+  const db = new DatabaseSync(path);
+  db.exec('PRAGMA journal_mode = WAL');
+  db.exec(`PRAGMA synchronous = ${synchronous.toUpperCase()}`);
+  db.exec('PRAGMA busy_timeout = 5000');
+  db.exec('PRAGMA foreign_keys = ON');
+  return db;
+}
+
+/** Runs `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back when it throws. */
+export function transaction<T>(db: DatabaseSync, fn: () => T): T {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    const result = fn();
+    db.exec('COMMIT');
+    return result;
+  } catch (err) {
+    db.exec('ROLLBACK');
+    throw err;
+  }
+}
+
+/**
+ * Group commit. `write(fn)` queues `fn`; all queued functions run in one transaction on the next
+ * turn of the event loop. A function that throws rejects only its own promise (its changes are
+ * rolled back with a savepoint); the others still commit.
+ */
+export class BatchWriter {
+  private queue: Array<{ fn: () => unknown; resolve: (v: unknown) => void; reject: (e: unknown) => void }> = [];
+  private scheduled = false;
+  private closed = false;
+
+  constructor(private readonly db: DatabaseSync) {}
+
+  write<T>(fn: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('store is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Commits whatever is queued now; used before close. */
+  flush(): void {
+    this.scheduled = false;
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return;
+    const results: Array<{ ok: boolean; value: unknown }> = [];
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+      for (const item of batch) {
+        this.db.exec('SAVEPOINT item');
+        try {
+          results.push({ ok: true, value: item.fn() });
+          this.db.exec('RELEASE item');
+        } catch (err) {
+          this.db.exec('ROLLBACK TO item');
+          this.db.exec('RELEASE item');
+          results.push({ ok: false, value: err });
+        }
+      }
+      this.db.exec('COMMIT');
+    } catch (err) {
+      try {
+        this.db.exec('ROLLBACK');
+      } catch {
+        // Nothing to roll back when BEGIN itself failed.
+      }
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    batch.forEach((item, i) => {
+      const r = results[i]!;
+      if (r.ok) item.resolve(r.value);
+      else item.reject(r.value);
+    });
+  }
+
+  close(): void {
+    this.flush();
+    this.closed = true;
+  }
+}
