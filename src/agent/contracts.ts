@@ -74,6 +74,8 @@ export interface PresenceLookup {
 export type JobState =
   | 'waiting'
   | 'connected'
+  /** The current session ended; a short grace catches a full reconnect before the send. */
+  | 'leaving'
   | 'sending'
   | 'sent'
   | 'aborted'

@@ -1,7 +1,217 @@
-/** Settings of `lastwill agent`: the delegate agent beside the LiveKit SFU. */
-import { group, type Infer } from './define.js';
+/**
+ * Settings of `lastwill agent`: the delegate agent beside the LiveKit SFU. Every lk-jwt-service
+ * environment variable works as an alias; the multi-variable forms (LIVEKIT_KEY_FILE, the
+ * LIVEKIT_JWT_BIND/LIVEKIT_JWT_PORT conflict) live in agent-env.ts.
+ */
+import { readFileSync } from 'node:fs';
 
-// Placeholder: the agent's settings are declared here (owned by the agent work).
-export const agentSettings = group({}, { envPrefix: 'LASTWILL_AGENT_' });
+import { z } from 'zod';
+
+import { group, type Infer, setting } from './define.js';
+import { hostPort } from './homeserver.js';
+
+/** The value that makes LIVEKIT_INSECURE_SKIP_VERIFY_TLS take effect (same sentinel as lk-jwt-service). */
+export const INSECURE_TLS_SENTINEL = 'YES_I_KNOW_WHAT_I_AM_DOING';
+
+/** The livekit-server `--dev` credentials; accepted so `lastwill all` runs, with a loud warning. */
+export const DEV_LIVEKIT_KEY = 'devkey';
+export const DEV_LIVEKIT_SECRET = 'secret';
+
+/** Reads a secret named by a `*_FROM_FILE` variable; trailing newlines are not part of it. */
+export function readSecretFile(path: string): string {
+  const text = readFileSync(path, 'utf8').trim();
+  if (text.length === 0) throw new Error(`file ${path} is empty`);
+  return text;
+}
+
+/** lk-jwt-service's `:8080` form means every interface. */
+export function bindFromLkJwt(raw: string): string {
+  const value = raw.trim();
+  return value.startsWith(':') ? `0.0.0.0${value}` : value;
+}
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'warning', 'error'] as const;
+
+const serverName = z
+  .string()
+  .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a Matrix server name');
+
+const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
+
+const ms = (value: number, doc: string) =>
+  setting(z.number().int().min(0).default(value), { doc, env: 'number' });
+
+export const agentSettings = group(
+  {
+    bind: setting(hostPort.default('127.0.0.1:8080'), {
+      doc:
+        'Listen address (host:port) of the token and webhook API. Loopback by default; use ' +
+        '0.0.0.0:8080 in a container. lk-jwt-service\'s ":8080" form means 0.0.0.0:8080.',
+      env: 'string',
+      aliases: [
+        { name: 'LIVEKIT_JWT_BIND', parse: bindFromLkJwt },
+        { name: 'LIVEKIT_JWT_PORT', parse: (raw) => `0.0.0.0:${raw.trim()}`, deprecated: true },
+      ],
+    }),
+    livekit: group(
+      {
+        url: setting(z.url({ protocol: /^(wss?|https?)$/, error: 'must be a ws(s):// or http(s):// URL' }).default('ws://127.0.0.1:7880'), {
+          doc: 'The SFU URL: returned to clients as `url` and used for RoomService calls.',
+          env: 'string',
+          aliases: [{ name: 'LIVEKIT_URL' }],
+        }),
+        key: setting(z.string().min(1).default(DEV_LIVEKIT_KEY), {
+          doc:
+            'LiveKit API key (signs join tokens, verifies webhooks). The default is the livekit-server ' +
+            '--dev key and is accepted only with a loud startup warning. LIVEKIT_KEY_FILE holding ' +
+            '"key: secret" sets both.',
+          env: 'string',
+          aliases: [{ name: 'LIVEKIT_KEY' }, { name: 'LIVEKIT_KEY_FROM_FILE', parse: readSecretFile }],
+        }),
+        secret: setting(z.string().min(1).default(DEV_LIVEKIT_SECRET), {
+          doc: 'LiveKit API secret belonging to `key`. The default is the --dev secret (warned at startup).',
+          env: 'string',
+          secret: true,
+          aliases: [{ name: 'LIVEKIT_SECRET' }, { name: 'LIVEKIT_SECRET_FROM_FILE', parse: readSecretFile }],
+        }),
+      },
+      { doc: 'The LiveKit SFU this agent sits beside.' },
+    ),
+    full_access_homeservers: setting(z.array(z.union([z.literal('*'), serverName])).default([]), {
+      doc:
+        'Matrix server names whose users get rooms created and may delegate delayed leaves, or "*" ' +
+        'for every server. Others get a join token only. Naming a server here also lets the agent ' +
+        'contact it on a private or loopback address.',
+      env: 'list',
+      aliases: [{ name: 'LIVEKIT_FULL_ACCESS_HOMESERVERS' }],
+      example: ['example.com', 'matrix.example.org'],
+    }),
+    cs_api_url_overrides: setting(z.record(serverName, httpUrl).default({}), {
+      doc:
+        'Client-server API base URL per server name (server=url,...), used instead of ' +
+        '.well-known/matrix/client and also for the OpenID check. Named servers may be private addresses.',
+      env: 'map',
+      aliases: [{ name: 'LIVEKIT_CS_API_URL_OVERRIDES' }],
+      example: { 'example.com': 'http://synapse.internal:8008' },
+    }),
+    sanity_check_interval_seconds: setting(z.number().int().min(0).default(30), {
+      doc: 'How often connected participants are re-checked with LiveKit RoomService (0 disables).',
+      env: 'number',
+      aliases: [{ name: 'LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS' }],
+    }),
+    log_level: setting(
+      z
+        .enum(LOG_LEVELS)
+        .transform((v) => (v === 'warning' ? 'warn' : v))
+        .default('info'),
+      {
+        doc: 'Log level: trace, debug, info, warn (or warning), error. Delay ids and tokens are never logged at info.',
+        env: 'string',
+        aliases: [{ name: 'LIVEKIT_LOG_LEVEL', parse: (raw) => raw.trim().toLowerCase() }],
+      },
+    ),
+    insecure_skip_verify_tls: setting(z.string().default(''), {
+      doc:
+        `Disables TLS verification of homeserver calls, only when set to ${INSECURE_TLS_SENTINEL}; ` +
+        'any other value is ignored with a warning. Prefer NODE_EXTRA_CA_CERTS.',
+      env: 'string',
+      aliases: [{ name: 'LIVEKIT_INSECURE_SKIP_VERIFY_TLS' }],
+    }),
+    redis_url: setting(z.string().min(1).optional(), {
+      doc:
+        'Accepted for lk-jwt-service compatibility only: Redis persistence is not implemented; jobs ' +
+        'are always kept in the embedded SQLite store under data_dir (logged at startup).',
+      env: 'string',
+      secret: true,
+      aliases: [{ name: 'LIVEKIT_REDIS_URL' }],
+    }),
+    data_dir: setting(z.string().min(1).default('./.data/agent'), {
+      doc: 'Directory of the SQLite job store (created when missing).',
+      env: 'string',
+    }),
+    sqlite_synchronous: setting(z.enum(['normal', 'full']).default('full'), {
+      doc: 'SQLite synchronous mode. "full" survives power loss; "normal" survives process crashes only.',
+      env: 'string',
+    }),
+    homeserver_secret: setting(z.string().min(16).optional(), {
+      doc:
+        'Shared secret of homeservers forwarding MSC4195 delegations to POST /_lastwill/v1/delegations ' +
+        '(Authorization: Bearer <secret>). Unset disables that endpoint.',
+      env: 'string',
+      secret: true,
+    }),
+    well_known_cache_ttl_seconds: setting(z.number().int().min(0).default(4 * 3600), {
+      doc: 'How long resolved homeserver URLs (.well-known client and server) are cached.',
+      env: 'number',
+    }),
+    outbound: group(
+      {
+        timeout_ms: setting(z.number().int().positive().default(5000), {
+          doc: 'Timeout of each homeserver request (connect, and headers after sending).',
+          env: 'number',
+        }),
+        max_connections_per_homeserver: setting(z.number().int().positive().default(8), {
+          doc: 'Concurrent connections per homeserver origin; further requests queue.',
+          env: 'number',
+        }),
+      },
+      { doc: 'Requests to homeservers (OpenID, .well-known, restart/send).' },
+    ),
+    engine: group(
+      {
+        restart_fraction: setting(z.number().gt(0).lt(1).default(0.8), {
+          doc: 'A connected job restarts its delayed event after this fraction of delay_timeout.',
+          env: 'number',
+        }),
+        max_waiting_ms: ms(3_600_000, 'Longest wait for a delegated participant to appear before the leave is sent.'),
+        disconnect_grace_ms: ms(
+          1000,
+          'After the current session of a connected participant ends, wait this long for a rejoin ' +
+            '(LiveKit SDKs reconnect by leaving and joining again with a new sid), then look the ' +
+            'identity up once and send unless it is back. 0 sends at once.',
+        ),
+        abort_grace_ms: ms(
+          30_000,
+          'When a session ends before the job saw it connected, the wait is shortened to this, so a ' +
+            'retrying client is still caught and a dead one is hung up soon.',
+        ),
+        backoff: group(
+          {
+            initial_ms: setting(z.number().int().positive().default(1000), {
+              doc: 'First retry delay.',
+              env: 'number',
+            }),
+            factor: setting(z.number().min(1).default(1.5), { doc: 'Growth per retry.', env: 'number' }),
+            max_ms: setting(z.number().int().positive().default(60_000), {
+              doc: 'Longest retry delay.',
+              env: 'number',
+            }),
+            jitter: setting(z.number().min(0).max(1).default(0.5), {
+              doc: 'Random spread (0.5 = plus or minus 50 %).',
+              env: 'number',
+            }),
+          },
+          { doc: 'Retry backoff of restarts, sends and presence lookups.' },
+        ),
+        pacing: group(
+          {
+            per_second: setting(z.number().positive().default(20), {
+              doc: 'Sustained restart requests per second, per homeserver.',
+              env: 'number',
+            }),
+            burst: setting(z.number().int().positive().default(50), {
+              doc: 'Requests allowed at once per homeserver before pacing applies.',
+              env: 'number',
+            }),
+          },
+          { doc: 'Pacing of restarts to each homeserver (a token bucket per server name); sends are never paced.' },
+        ),
+        terminal_retention_ms: ms(24 * 3600 * 1000, 'How long finished jobs are kept in the store before purging.'),
+      },
+      { doc: 'The delegation job engine.' },
+    ),
+  },
+  { envPrefix: 'LASTWILL_AGENT_' },
+);
 
 export type AgentConfig = Infer<typeof agentSettings>;

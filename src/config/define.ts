@@ -67,8 +67,9 @@ export function toZod(node: Node): z.ZodType {
   if (node.kind === 'setting') return node.schema;
   const shape: Record<string, z.ZodType> = {};
   for (const [key, child] of Object.entries(node.children)) shape[key] = toZod(child);
-  // prefault: an absent section is parsed as {} so the defaults inside it apply.
-  return z.strictObject(shape).prefault({});
+  // An absent section, or one whose keys are all commented out (YAML null), is parsed as {} so
+  // the defaults inside it apply.
+  return z.preprocess((v) => (v === null ? undefined : v), z.strictObject(shape).prefault({}));
 }
 
 export interface SettingInfo {

@@ -5,6 +5,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 import type { Logger } from 'pino';
 import type { z } from 'zod';
@@ -201,6 +202,7 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
   });
   server.headersTimeout = 30_000;
   server.requestTimeout = 120_000;
+  answerMalformedHttp(server);
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
@@ -282,6 +284,32 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
   };
 }
 
+/**
+ * Requests node's HTTP parser rejects (raw non-ASCII in the target, broken framing) never reach
+ * the router; node would answer a bare 400. Answer them as Matrix errors too, and close the
+ * connection so a keep-alive client does not reuse it.
+ */
+function answerMalformedHttp(server: Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (!socket.writable || (socket as Duplex & { _httpMessage?: unknown })._httpMessage) {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+    const error = tooLarge
+      ? fail.tooLarge('Request headers too large')
+      : fail.invalidParam('Malformed HTTP request');
+    const payload = JSON.stringify(error.body());
+    socket.end(
+      `HTTP/1.1 ${error.status} ${tooLarge ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+        'content-type: application/json\r\n' +
+        `content-length: ${Buffer.byteLength(payload)}\r\n` +
+        'connection: close\r\n\r\n' +
+        payload,
+    );
+  });
+}
+
 function send(
   res: ServerResponse,
   reply: Reply,
@@ -325,13 +353,33 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** Deeper JSON would overflow the stack when it is serialised again (events, account data). */
+export const MAX_JSON_DEPTH = 256;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
 function parseJson(buf: Buffer): unknown {
   if (buf.length === 0) throw fail.notJson('Content not JSON.');
+  let value: unknown;
   try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf));
+    value = JSON.parse(utf8.decode(buf));
   } catch {
     throw fail.notJson('Content not JSON.');
   }
+  if (depthExceeds(value, MAX_JSON_DEPTH)) throw fail.badJson('JSON is nested too deeply');
+  return value;
+}
+
+/** Iterative, so the check itself cannot overflow the stack. */
+function depthExceeds(root: unknown, max: number): boolean {
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (depth > max) return true;
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return false;
 }
 
 /** JSON object bodies only; arrays and scalars are M_NOT_JSON like Synapse's parse_json_object. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 
+import { agentSettings } from '../../src/config/agent.js';
 import { group, setting } from '../../src/config/define.js';
 import { generatedFiles } from '../../src/config/generated.js';
 import { homeserverSettings } from '../../src/config/homeserver.js';
@@ -82,8 +83,10 @@ describe('generated files', () => {
     }
   });
 
-  it('the sample homeserver file loads to the defaults', () => {
-    const config = loadConfig(homeserverSettings, { file: 'config/homeserver.example.yaml', env: {} });
-    expect(config).toEqual(loadConfig(homeserverSettings, { env: {} }));
+  it.each([
+    ['config/homeserver.example.yaml', homeserverSettings],
+    ['config/agent.example.yaml', agentSettings],
+  ] as const)('the sample %s loads to the defaults', (path, root) => {
+    expect(loadConfig(root, { file: path, env: {} })).toEqual(loadConfig(root, { env: {} }));
   });
 });

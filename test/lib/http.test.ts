@@ -50,7 +50,7 @@ describe('createHttpApp', () => {
     const url = await serve(r);
     const res = async (path: string, init?: RequestInit) => {
       const resp = await fetch(url + path, init);
-      return { status: resp.status, body: await resp.json().catch(() => undefined) };
+      return { status: resp.status, body: (await resp.json().catch(() => undefined)) as any };
     };
     expect(await res('/nowhere')).toEqual({ status: 404, body: { errcode: 'M_UNRECOGNIZED', error: expect.any(String) } });
     expect((await res('/echo')).status).toBe(405);

@@ -1,0 +1,383 @@
+/**
+ * The delegate agent as an object: the lk-jwt-service-compatible HTTP API, the webhook receiver,
+ * the homeserver and LiveKit clients and the job engine, wired together but not listening. Only
+ * main.ts binds a port; tests build it directly or run the CLI as a child process.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import type { lookup as dnsLookup } from 'node:dns';
+import { join } from 'node:path';
+
+import type { Logger } from 'pino';
+
+import type { AgentConfig } from '../config/agent.js';
+import { INSECURE_TLS_SENTINEL } from '../config/agent.js';
+import { fail, isMatrixError, type MatrixError } from '../lib/errors.js';
+import {
+  createHttpApp,
+  errorReply,
+  type Handler,
+  type HttpApp,
+  jsonObject,
+  parseWith,
+  type Reply,
+  type RequestContext,
+  Router,
+} from '../lib/http.js';
+import type { Clock } from '../lib/timer-heap.js';
+import {
+  legacyIdentity,
+  legacyRoomAlias,
+  participantIdentity,
+  roomAlias,
+} from '../livekit/identity.js';
+import { LiveKitRooms } from '../livekit/room-service.js';
+import { type LiveKitCredentials, mintJoinToken } from '../livekit/tokens.js';
+import { eventLabel, RecentIds, toParticipantSignal, WebhookVerifier } from '../livekit/webhooks.js';
+import { DelayedEventsClient } from '../matrix/delayed-events-client.js';
+import { HomeserverDirectory } from '../matrix/discovery.js';
+import { OpenIdVerifier, serverOfUserId } from '../matrix/openid.js';
+import { OutboundGuard } from '../matrix/outbound-guard.js';
+import { OutboundHttp } from '../matrix/outbound-http.js';
+import type { Delegation, DelayedEventActions, JobEngine, PresenceLookup } from './contracts.js';
+import { createJobEngine, DEFAULT_ENGINE_SETTINGS, type EngineSettings, type JobEngineWithIntrospection } from './jobs/index.js';
+import { AgentMetrics } from './metrics.js';
+import { type DelayRequest, forwardedDelegation, parseLegacyRequest, parseTokenRequest, type OpenIdToken } from './requests.js';
+
+/** lk-jwt-service's CORS headers on the three client routes. */
+export const CORS_HEADERS: Readonly<Record<string, string>> = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-methods': 'POST',
+  'access-control-allow-headers': 'Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token',
+};
+
+/** Webhook ids are remembered this long; LiveKit's retries span about 15 s, its queue age 30 s. */
+const WEBHOOK_DEDUPE_TTL_MS = 10 * 60_000;
+const WEBHOOK_DEDUPE_CAPACITY = 100_000;
+
+export interface AgentDeps {
+  config: AgentConfig;
+  log: Logger;
+  clock?: Clock;
+  random?: () => number;
+  /** DNS resolver of the outbound guard (tests point names at loopback). */
+  resolve?: typeof dnsLookup;
+}
+
+export interface Agent {
+  readonly app: HttpApp;
+  readonly engine: JobEngineWithIntrospection;
+  readonly metrics: AgentMetrics;
+  /** Restores and reconciles jobs; the agent is ready afterwards. */
+  start(): Promise<void>;
+  /** Stops serving, stops the engine (jobs stay stored, nothing is sent), closes clients. */
+  close(): Promise<void>;
+}
+
+/** Maps the config's engine section onto the engine's settings. */
+export function engineSettingsOf(config: AgentConfig): EngineSettings {
+  const e = config.engine;
+  return {
+    ...DEFAULT_ENGINE_SETTINGS,
+    restartFraction: e.restart_fraction,
+    maxWaitingMs: e.max_waiting_ms,
+    abortGraceMs: e.abort_grace_ms,
+    disconnectGraceMs: e.disconnect_grace_ms,
+    sanityCheckIntervalMs: config.sanity_check_interval_seconds * 1000,
+    backoff: { initialMs: e.backoff.initial_ms, factor: e.backoff.factor, maxMs: e.backoff.max_ms, jitter: e.backoff.jitter },
+    pacing: { perSecond: e.pacing.per_second, burst: e.pacing.burst },
+    terminalRetentionMs: e.terminal_retention_ms,
+  };
+}
+
+export function buildAgent(deps: AgentDeps): Agent {
+  const { config, log } = deps;
+  const creds: LiveKitCredentials = { key: config.livekit.key, secret: config.livekit.secret };
+  const guard = OutboundGuard.fromConfig(config, deps.resolve);
+  const outbound = new OutboundHttp({
+    guard,
+    timeoutMs: config.outbound.timeout_ms,
+    maxConnectionsPerOrigin: config.outbound.max_connections_per_homeserver,
+    insecureTls: config.insecure_skip_verify_tls === INSECURE_TLS_SENTINEL,
+    log,
+  });
+  const now = deps.clock ? () => deps.clock!.now() : Date.now;
+  const directory = new HomeserverDirectory({
+    http: outbound,
+    overrides: config.cs_api_url_overrides,
+    cacheTtlMs: config.well_known_cache_ttl_seconds * 1000,
+    now,
+  });
+  const openid = new OpenIdVerifier({ http: outbound, directory, log });
+  const actions: DelayedEventActions = new DelayedEventsClient({ http: outbound, directory, now });
+  const rooms = new LiveKitRooms({ url: config.livekit.url, ...creds, timeoutSeconds: Math.ceil(config.outbound.timeout_ms / 1000) });
+  const presence: PresenceLookup = rooms;
+  const webhookVerifier = new WebhookVerifier(creds);
+  const recentWebhooks = new RecentIds(WEBHOOK_DEDUPE_TTL_MS, WEBHOOK_DEDUPE_CAPACITY, now);
+
+  mkdirSync(config.data_dir, { recursive: true });
+  let started = false;
+  let closing = false;
+  let engine: JobEngineWithIntrospection | undefined;
+  const metrics = new AgentMetrics(() => (started ? engine?.counts() : undefined));
+  engine = createJobEngine({
+    dbPath: join(config.data_dir, 'agent.sqlite'),
+    synchronous: config.sqlite_synchronous,
+    ...(deps.clock ? { clock: deps.clock } : {}),
+    ...(deps.random ? { random: deps.random } : {}),
+    actions,
+    presence,
+    log: log.child({ component: 'jobs' }),
+    settings: engineSettingsOf(config),
+    observer: {
+      transition: (from, to, signal) => metrics.transitions.inc({ from, to, signal }),
+      action: (action, outcome, ms) => {
+        metrics.actions.inc({ action, outcome });
+        metrics.actionDuration.observe({ action }, ms / 1000);
+      },
+      disconnectToSend: (ms) => metrics.disconnectToSend.observe(ms / 1000),
+    },
+  });
+  const jobs: JobEngine = engine;
+
+  const fullAccess = (serverName: string): boolean =>
+    config.full_access_homeservers.includes('*') || config.full_access_homeservers.includes(serverName);
+
+  /** OpenID check; on the Matrix 2.0 routes the claimed user must be the verified one. */
+  async function verifiedUser(token: OpenIdToken, claimedUserId?: string): Promise<string> {
+    const userId = await openid.verify(token.serverName, token.accessToken);
+    if (claimedUserId !== undefined && claimedUserId !== userId) {
+      log.debug('claimed user id differs from the OpenID-verified one');
+      throw fail.unauthorized('The claimed user id does not match the OpenID token');
+    }
+    return userId;
+  }
+
+  /** Durably stores the delegation (committed before this resolves). */
+  async function delegate(d: Delegation): Promise<void> {
+    try {
+      await directory.clientBaseUrl(d.serverName);
+    } catch (err) {
+      log.debug({ err: (err as Error).message, serverName: d.serverName }, 'homeserver URL not resolvable');
+      throw fail.badJson('Cannot resolve the client-server API URL of the homeserver');
+    }
+    if (closing) throw fail.unavailable('Shutting down');
+    try {
+      await jobs.delegate(d);
+    } catch (err) {
+      if (isMatrixError(err)) throw err;
+      log.error({ err }, 'delegation rejected by the job engine');
+      throw fail.unavailable('The delegation could not be stored');
+    }
+    metrics.delegations.inc({ source: d.source });
+    log.info({ source: d.source, serverName: d.serverName, delayTimeoutMs: d.delayTimeoutMs }, 'delegation accepted');
+  }
+
+  function delegation(
+    delay: DelayRequest,
+    fields: Omit<Delegation, 'delayId' | 'delayTimeoutMs' | 'scopedToken'>,
+  ): Delegation {
+    return {
+      ...fields,
+      delayId: delay.delayId,
+      delayTimeoutMs: delay.delayTimeoutMs,
+      ...(delay.scopedToken !== undefined ? { scopedToken: delay.scopedToken } : {}),
+    };
+  }
+
+  /** The `{url, jwt}` answer of the token routes. */
+  async function joinReply(room: string, identity: string): Promise<Reply> {
+    let jwt: string;
+    try {
+      jwt = await mintJoinToken(creds, room, identity);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'join token minting failed');
+      throw fail.internal('Internal Server Error');
+    }
+    return { body: { url: config.livekit.url, jwt } };
+  }
+
+  const legacyRoute: Handler = async (ctx) => {
+    const req = parseLegacyRequest(await jsonObject(ctx));
+    const userId = await verifiedUser(req.openid);
+    const access = fullAccess(req.openid.serverName);
+    if (req.delay && !access) throw fail.badJson('Delayed event delegation is not available for this homeserver');
+    const room = legacyRoomAlias(req.room);
+    const identity = legacyIdentity(userId, req.deviceId);
+    if (access) await createRoomIfNeeded(room);
+    if (req.delay) {
+      await delegate(delegation(req.delay, { livekitRoom: room, identity, serverName: req.openid.serverName, userId, source: 'sfu_get' }));
+    }
+    return joinReply(room, identity);
+  };
+
+  // Room creation comes before the delegation so that a failed request has stored nothing.
+  async function createRoomIfNeeded(room: string): Promise<void> {
+    try {
+      await rooms.createRoom(room);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'LiveKit room creation failed');
+      throw fail.internal('Unable to create room on SFU');
+    }
+  }
+
+  const tokenRoute: Handler = async (ctx) => {
+    const req = parseTokenRequest(await jsonObject(ctx), false);
+    const userId = await verifiedUser(req.openid, req.member.claimedUserId);
+    const access = fullAccess(req.openid.serverName);
+    if (req.delay && !access) throw fail.badJson('Delayed event delegation is not available for this homeserver');
+    const room = roomAlias(req.roomId, req.slotId);
+    const identity = participantIdentity(userId, req.member.claimedDeviceId, req.member.id);
+    if (access) await createRoomIfNeeded(room);
+    if (req.delay) {
+      await delegate(delegation(req.delay, { livekitRoom: room, identity, serverName: req.openid.serverName, userId, source: 'get_token' }));
+    }
+    return joinReply(room, identity);
+  };
+
+  const delegateRoute: Handler = async (ctx) => {
+    const req = parseTokenRequest(await jsonObject(ctx), true);
+    const userId = await verifiedUser(req.openid, req.member.claimedUserId);
+    if (!fullAccess(req.openid.serverName)) {
+      throw fail.forbidden('Delayed event delegation is not available for this homeserver');
+    }
+    await delegate(
+      delegation(req.delay!, {
+        livekitRoom: roomAlias(req.roomId, req.slotId),
+        identity: participantIdentity(userId, req.member.claimedDeviceId, req.member.id),
+        serverName: req.openid.serverName,
+        userId,
+        source: 'delegate_delayed_leave',
+      }),
+    );
+    return { body: {} };
+  };
+
+  const forwardedRoute: Handler = async (ctx) => {
+    authenticateHomeserver(ctx, config.homeserver_secret!);
+    const body = parseWith(forwardedDelegation, await jsonObject(ctx));
+    if (serverOfUserId(body.user_id) !== body.server_name) {
+      throw fail.badJson('user_id does not belong to server_name');
+    }
+    await delegate({
+      livekitRoom: body.livekit_room,
+      identity: body.identity,
+      delayId: body.delay_id,
+      delayTimeoutMs: body.delay_timeout,
+      serverName: body.server_name,
+      userId: body.user_id,
+      ...(body.scoped_token !== undefined ? { scopedToken: body.scoped_token } : {}),
+      source: 'msc4195',
+    });
+    return { body: {} };
+  };
+
+  const webhookRoute: Handler = async (ctx) => {
+    const rawBody = (await ctx.rawBody()).toString('utf8');
+    const auth = ctx.req.headers.authorization;
+    let event;
+    try {
+      event = await webhookVerifier.verify(rawBody, auth);
+    } catch (err) {
+      metrics.webhooks.inc({ event: 'unverified', verdict: 'forged' });
+      log.warn({ reason: (err as Error).message, remote: ctx.remoteAddress }, 'webhook rejected: signature check failed');
+      throw fail.unauthorized('Webhook signature verification failed');
+    }
+    // LiveKit stalls a room's whole webhook queue while we answer, so reply first, work after.
+    setImmediate(() => {
+      const label = eventLabel(event.event);
+      if (event.id !== '' && !recentWebhooks.firstSighting(event.id)) {
+        metrics.webhooks.inc({ event: label, verdict: 'duplicate' });
+        return;
+      }
+      const signal = toParticipantSignal(event);
+      if (!signal) {
+        metrics.webhooks.inc({ event: label, verdict: 'ignored' });
+        return;
+      }
+      metrics.webhooks.inc({ event: label, verdict: 'accepted' });
+      log.debug({ kind: signal.kind, reason: signal.disconnectReason }, 'participant webhook');
+      try {
+        jobs.onParticipant(signal);
+      } catch (err) {
+        log.error({ err }, 'job engine failed to take a webhook signal');
+      }
+    });
+    return { body: {} };
+  };
+
+  const router = new Router();
+  for (const [path, handler] of [
+    ['/sfu/get', legacyRoute],
+    ['/get_token', tokenRoute],
+    ['/delegate_delayed_leave', delegateRoute],
+  ] as const) {
+    router.add('POST', path, withCors(handler));
+    router.add(['GET', 'PUT', 'DELETE'], path, () => ({ status: 405, headers: { ...CORS_HEADERS } }));
+  }
+  router.add('POST', '/sfu_webhook', webhookRoute);
+  if (config.homeserver_secret !== undefined) router.add('POST', '/_lastwill/v1/delegations', forwardedRoute);
+  router.add('GET', '/healthz', () => ({ status: 200 }));
+  router.add(['POST', 'PUT', 'DELETE'], '/healthz', () => ({ status: 405 }));
+  router.add('GET', '/readyz', () =>
+    started && !closing ? { body: { ready: true } } : { status: 503, body: { ready: false } },
+  );
+  router.add('GET', '/metrics', async () => {
+    const { contentType, text } = await metrics.render();
+    return { raw: text, headers: { 'content-type': contentType } };
+  });
+
+  const app = createHttpApp({
+    router,
+    log,
+    // The default 1 MiB cap: webhooks with full room/track info can be large, and a 413 is final for LiveKit.
+    onOptions: () => ({ status: 200, headers: { ...CORS_HEADERS } }),
+    onResponse: ({ route, method, status, ms }) => {
+      metrics.httpRequests.inc({ route, method, status: String(status) });
+      metrics.httpDuration.observe({ route }, ms / 1000);
+    },
+  });
+
+  return {
+    app,
+    engine,
+    metrics,
+    async start() {
+      await jobs.start();
+      started = true;
+    },
+    async close() {
+      closing = true;
+      await app.close();
+      if (started) await jobs.stop();
+      started = false;
+      await outbound.close();
+    },
+  };
+}
+
+/** CORS headers on every answer of a client route, errors included. */
+function withCors(handler: Handler): Handler {
+  return async (ctx) => {
+    let reply: Reply;
+    try {
+      reply = await handler(ctx);
+    } catch (err) {
+      if (!isMatrixError(err)) throw err;
+      reply = errorReply(err as MatrixError);
+    }
+    return { ...reply, headers: { ...reply.headers, ...CORS_HEADERS } };
+  };
+}
+
+/** `Authorization: Bearer <homeserver_secret>`, compared in constant time. */
+function authenticateHomeserver(ctx: RequestContext, secret: string): void {
+  const header = ctx.req.headers.authorization;
+  const m = header === undefined ? null : /^Bearer (.+)$/.exec(header);
+  if (!m) throw fail.missingToken('Missing access token');
+  const given = Buffer.from(m[1]!, 'utf8');
+  const expected = Buffer.from(secret, 'utf8');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+    throw fail.unknownToken('Unrecognised access token');
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The delegate agent's job engine: one job per (LiveKit room, identity), an FSM kept as data
+ * (fsm.ts), one timer heap for every due time, and a durable SQLite store (store.ts).
+ * The outside-facing half wires it through the seam in ../contracts.ts.
+ */
+import type { Logger } from 'pino';
+
+import type { Clock } from '../../lib/timer-heap.js';
+import type {
+  ActionOutcome,
+  DelayedAction,
+  DelayedEventActions,
+  Delegation,
+  JobEngine,
+  JobState,
+  PresenceLookup,
+} from '../contracts.js';
+import { Engine } from './engine.js';
+import type { FsmCell } from './fsm.js';
+
+export type { FsmCell, Signal, Action } from './fsm.js';
+export { fsmTable, renderFsmMarkdown, JOB_STATES, SIGNALS } from './fsm.js';
+
+export interface EngineSettings {
+  /** Restart at this fraction of the delay after a successful restart (0.8). */
+  restartFraction: number;
+  /** Never-joined jobs send after min(this, delay) (1 h). */
+  maxWaitingMs: number;
+  /**
+   * A session that ends while the job is still waiting (aborted before connecting, or a left for
+   * a session never seen connected) shortens the wait to now + this, so a client that retries is
+   * still caught and a client that died is hung up soon (30 s).
+   */
+  abortGraceMs: number;
+  /**
+   * A left of a connected participant's session waits this long before the send, and a rejoin
+   * (new sid) within it keeps the call: LiveKit's SDK does a full reconnect by leaving with the
+   * old sid and joining again a few hundred ms later. After it, one lookup decides; 0 sends at
+   * once (1 s).
+   */
+  disconnectGraceMs: number;
+  /** Period of the reconciliation poll of connected jobs; 0 turns it off (30 s). */
+  sanityCheckIntervalMs: number;
+  /** Retry backoff for restarts, sends and lookups: initial, factor, cap, ± jitter fraction. */
+  backoff: { initialMs: number; factor: number; maxMs: number; jitter: number };
+  /** Per-homeserver restart pacing; sends are never paced behind restarts. */
+  pacing: { perSecond: number; burst: number };
+  /** How long finished jobs stay in the store before they are purged. */
+  terminalRetentionMs: number;
+}
+
+export const DEFAULT_ENGINE_SETTINGS: EngineSettings = {
+  restartFraction: 0.8,
+  maxWaitingMs: 3_600_000,
+  abortGraceMs: 30_000,
+  disconnectGraceMs: 1000,
+  sanityCheckIntervalMs: 30_000,
+  backoff: { initialMs: 1000, factor: 1.5, maxMs: 60_000, jitter: 0.5 },
+  pacing: { perSecond: 20, burst: 50 },
+  terminalRetentionMs: 24 * 3_600_000,
+};
+
+/** Hooks for metrics; every method is optional and must not throw. */
+export interface EngineObserver {
+  transition?(from: JobState, to: JobState, signal: string): void;
+  action?(action: DelayedAction, outcome: ActionOutcome['kind'], ms: number): void;
+  /** Time from the left webhook (the start of the disconnect grace) to the successful send. */
+  disconnectToSend?(ms: number): void;
+  /** One listParticipants call (shared by every job of the room that asked). */
+  lookup?(outcome: 'ok' | 'failed', ms: number): void;
+}
+
+/** A job as tests and metrics see it; the delay id and token are deliberately absent. */
+export interface JobSnapshot {
+  /** The store's row id; stable across restarts. */
+  jobId: number;
+  livekitRoom: string;
+  identity: string;
+  state: JobState;
+  source: Delegation['source'];
+  serverName: string;
+  delayTimeoutMs: number;
+  /** The participant session the job follows, once seen. */
+  sid?: string;
+  /** Waiting: when the wait ends; other live states: the delayed event's deadline. */
+  deadlineMs?: number;
+  createdAtMs: number;
+}
+
+export interface EngineOptions {
+  dbPath: string;
+  synchronous?: 'normal' | 'full';
+  clock?: Clock;
+  /** Source of jitter in [0, 1); injectable so tests are deterministic. */
+  random?: () => number;
+  actions: DelayedEventActions;
+  presence: PresenceLookup;
+  log: Logger;
+  settings: EngineSettings;
+  observer?: EngineObserver;
+}
+
+export type JobEngineWithIntrospection = JobEngine & {
+  /** The current (or last) job for the key; for tests and metrics. */
+  get(livekitRoom: string, identity: string): JobSnapshot | undefined;
+  /** Every (state, signal) cell of the FSM. */
+  fsmTable(): FsmCell[];
+  /** The FSM as the README's Markdown tables. */
+  renderFsmMarkdown(): string;
+};
+
+/** Opens (or creates) the job store at `dbPath` and returns the engine; call start() next. */
+export function createJobEngine(opts: EngineOptions): JobEngineWithIntrospection {
+  return new Engine(opts);
+}

@@ -1,0 +1,119 @@
+/**
+ * The homeserver factory: one SQLite database, the core (accounts, rooms, sync), the
+ * delayed-events module and one router. It never listens; `main.ts` and the tests choose where.
+ */
+import { join } from 'node:path';
+
+import type { Logger } from 'pino';
+
+import type { HomeserverConfig } from '../config/homeserver.js';
+import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
+import { openDatabase } from '../lib/sqlite.js';
+import { type Clock, systemClock } from '../lib/timer-heap.js';
+import { Accounts } from './accounts.js';
+import { TokenAuth } from './auth.js';
+import type { Auth, DelayedEvents, RoomEngine } from './contracts.js';
+import { createDelayedEvents } from './delayed/index.js';
+import { StreamNotifier } from './notifier.js';
+import { Rooms } from './rooms.js';
+import { registerAccountRoutes } from './routes/account.js';
+import type { Services } from './routes/common.js';
+import { registerDiscoveryRoutes } from './routes/discovery.js';
+import { registerClientMiscRoutes } from './routes/misc.js';
+import { registerRoomRoutes } from './routes/rooms.js';
+import { registerSyncRoutes } from './routes/sync.js';
+import { CoreStore } from './store.js';
+import { SyncBuilder } from './sync.js';
+import { TxnCache } from './txns.js';
+
+export interface HomeserverBuildDeps {
+  config: HomeserverConfig;
+  log: Logger;
+  clock?: Clock;
+  /** Overrides `config.data_dir`. */
+  dataDir?: string;
+}
+
+export interface Homeserver {
+  app: HttpApp;
+  router: Router;
+  rooms: RoomEngine;
+  auth: Auth;
+  delayed: DelayedEvents;
+  db: CoreStore['db'];
+  /** The core's own services, for tests and the fuzz harness. */
+  services: Services;
+  /** Starts the delayed-events scheduler (sends overdue events). Call before listening. */
+  start(): Promise<void>;
+  /** Stops delayed events, drains HTTP (long polls end at once), closes the database. */
+  close(): Promise<void>;
+  /** Records the URL the server is reachable at once it listens (for .well-known). */
+  setBaseUrl(url: string): void;
+}
+
+const CORS_HEADERS = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-methods': 'GET, HEAD, POST, PUT, DELETE, OPTIONS',
+  'access-control-allow-headers': 'X-Requested-With, Content-Type, Authorization, Date',
+};
+
+/** Request bodies above this are refused before parsing; events are further capped at 64 KiB. */
+const MAX_BODY_BYTES = 256 * 1024;
+
+export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
+  const { config, log } = deps;
+  const clock = deps.clock ?? systemClock;
+  const db = openDatabase(join(deps.dataDir ?? config.data_dir, 'homeserver.db'), config.sqlite_synchronous);
+  const store = new CoreStore(db);
+  const notifier = new StreamNotifier(store.maxStream(), clock);
+  let delayed: DelayedEvents | undefined;
+  const auth = new TokenAuth(store, () => delayed);
+  const rooms = new Rooms(store, notifier, clock, config.server_name, log);
+  delayed = createDelayedEvents({ config, db, log, clock, rooms, auth });
+  let baseUrl = config.public_base_url ?? `http://${config.bind}`;
+  const services: Services = {
+    config,
+    log,
+    clock,
+    store,
+    auth,
+    accounts: new Accounts(store, clock, config.server_name),
+    rooms,
+    notifier,
+    txns: new TxnCache(store, clock),
+    sync: new SyncBuilder(store, notifier, clock),
+    delayed,
+    baseUrl: () => baseUrl,
+  };
+  const router = new Router();
+  registerDiscoveryRoutes(router, services);
+  registerAccountRoutes(router, services);
+  registerRoomRoutes(router, services);
+  registerSyncRoutes(router, services);
+  registerClientMiscRoutes(router, services);
+  delayed.registerRoutes(router);
+  const app = createHttpApp({ router, log, maxBodyBytes: MAX_BODY_BYTES, commonHeaders: CORS_HEADERS });
+  const delayedEvents = delayed;
+  let closed = false;
+
+  return {
+    app,
+    router,
+    rooms,
+    auth,
+    delayed: delayedEvents,
+    db,
+    services,
+    start: () => delayedEvents.start(),
+    async close() {
+      if (closed) return;
+      closed = true;
+      await delayedEvents.stop();
+      await app.close();
+      db.close();
+    },
+    setBaseUrl(url) {
+      if (config.public_base_url === undefined) baseUrl = url;
+    },
+  };
+}

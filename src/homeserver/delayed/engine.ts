@@ -1,0 +1,584 @@
+/**
+ * The delayed-events scheduler: an in-memory mirror of the scheduled rows (the authority for every
+ * decision, updated synchronously so concurrent requests never see a half-applied change), one
+ * TimerHeap over their due times, and the SQLite store behind it.
+ *
+ * At-most-once sending: a send inserts the room event and finalises the row inside one SQLite
+ * transaction (`RoomEngine.sendEvent`'s `inTransaction`), and finalising only matches rows that
+ * are still `scheduled`. A crash before that commit leaves the row scheduled and no event; a crash
+ * after it leaves both. On start the still-scheduled overdue rows are sent in due order.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+
+import type { Logger } from 'pino';
+
+import type { HomeserverConfig } from '../../config/homeserver.js';
+import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimited } from '../../lib/errors.js';
+import { RateLimiter } from '../../lib/rate-limit.js';
+import { BatchWriter, transaction } from '../../lib/sqlite.js';
+import { type Clock, TimerHeap } from '../../lib/timer-heap.js';
+import type { Requester, RoomEngine } from '../contracts.js';
+import { checkTypeAndKey, serialiseContent } from '../events.js';
+import type { DelayedRow, DelayedStore, FinaliseCause, FinaliseFields } from './store.js';
+
+/** A delayed event that is still waiting to be sent. */
+export interface ScheduledEvent {
+  delayId: string;
+  userId: string;
+  deviceId: string | undefined;
+  roomId: string;
+  type: string;
+  /** Present (possibly '') for state events. */
+  stateKey: string | undefined;
+  content: Record<string, unknown>;
+  delayMs: number;
+  runningSince: number;
+  due: number;
+  /** False until the insert has committed; uncommitted rows are invisible to everything else. */
+  committed: boolean;
+}
+
+export type DelayedAction = 'send' | 'cancel' | 'restart';
+
+export interface ScheduleRequest {
+  requester: Requester;
+  roomId: string;
+  type: string;
+  stateKey?: string;
+  content: Record<string, unknown>;
+  delayMs: number;
+  form: 'query' | 'dedicated';
+}
+
+/** Transaction ids of the dedicated PUT are remembered this long (Synapse keeps ~30 min). */
+const TXN_KEEP_MS = 24 * 3600 * 1000;
+/** Sends per event-loop turn before yielding, so HTTP stays responsive when many fall due. */
+const SENDS_PER_TURN = 32;
+/** How often expired finalised rows, transaction ids and scoped tokens are deleted. */
+const SWEEP_EVERY_MS = 10 * 60 * 1000;
+const SCOPED_TOKEN_PREFIX = 'lwst_';
+const SCOPED_TOKEN_DEFAULT_TTL_MS = 24 * 3600 * 1000;
+/** Most delay ids one scoped token may cover. */
+export const SCOPED_TOKEN_MAX_IDS = 100;
+
+/** The error recorded for the seed's state-cancellation rule (MSC text b8e317f0c). */
+const CANCELLED_BY_STATE = {
+  status: 409,
+  body: { errcode: 'M_CANCELLED_BY_STATE_UPDATE', error: 'Cancelled by a state update of another user' },
+};
+
+/** Thrown inside the send transaction when the row was finalised meanwhile: rolls the event back. */
+class NoLongerScheduled extends Error {}
+
+export interface EngineDeps {
+  config: HomeserverConfig;
+  store: DelayedStore;
+  rooms: RoomEngine;
+  clock: Clock;
+  log: Logger;
+}
+
+export class DelayedEngine {
+  readonly store: DelayedStore;
+  private readonly config: HomeserverConfig;
+  private readonly rooms: RoomEngine;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly scheduled = new Map<string, ScheduledEvent>();
+  private readonly byUser = new Map<string, Set<string>>();
+  /** (room, type, state_key) → delayed state events for the seed's state-cancellation rule. */
+  private readonly bySlot = new Map<string, Set<string>>();
+  /** Dedicated-PUT transactions whose insert has not committed yet. */
+  private readonly pendingTxns = new Map<string, Promise<string>>();
+  private readonly heap: TimerHeap<string>;
+  private readonly writer: BatchWriter;
+  private readonly scheduleLimiter: RateLimiter;
+  private readonly sendLimiter: RateLimiter;
+  private sweepHandle: unknown;
+  private stopped = false;
+  private finSeq: number;
+  /** Due events waiting for their turn to be sent (FIFO = due order). */
+  private dueQueue: Array<{ delayId: string; due: number; catchUp: boolean }> = [];
+  private dueHead = 0;
+  private sentThisTurn = 0;
+  private drainScheduled = false;
+  private catchingUp = false;
+
+  constructor(deps: EngineDeps) {
+    this.config = deps.config;
+    this.store = deps.store;
+    this.rooms = deps.rooms;
+    this.clock = deps.clock;
+    this.log = deps.log;
+    this.writer = new BatchWriter(this.store.db);
+    this.finSeq = this.store.maxFinSeq();
+    this.heap = new TimerHeap((delayId, due) => this.fire(delayId, due), this.clock);
+    const limits = this.config.rate_limits;
+    this.scheduleLimiter = new RateLimiter(bucketOf(limits.schedule), this.clock);
+    this.sendLimiter = new RateLimiter(bucketOf(limits.send), this.clock);
+    this.rooms.onStateEvent((ev) => this.onStateEvent(ev));
+  }
+
+  /** Loads the schedule, sends everything overdue in due order, then leaves the timer armed. */
+  start(): void {
+    this.prune();
+    for (const row of this.store.loadScheduled()) {
+      const ev = fromRow(row);
+      this.remember(ev);
+      this.heap.schedule(ev.delayId, ev.due);
+    }
+    this.log.info({ scheduled: this.scheduled.size }, 'delayed events loaded');
+    this.catchingUp = true;
+    try {
+      this.heap.runDue();
+    } finally {
+      this.catchingUp = false;
+    }
+    this.armSweep();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.heap.stop();
+    // Queued sends stay scheduled on disk and go out at the next start.
+    this.dueQueue = [];
+    this.dueHead = 0;
+    if (this.sweepHandle !== undefined) this.clock.clearTimeout(this.sweepHandle);
+    this.sweepHandle = undefined;
+    this.writer.close();
+  }
+
+  // ---- scheduling -------------------------------------------------------------------------
+
+  /** The delay id of an earlier dedicated PUT with the same transaction key, if any. */
+  existingTxn(txnKey: string): Promise<string> | string | undefined {
+    return this.pendingTxns.get(txnKey) ?? this.store.txn(txnKey);
+  }
+
+  /**
+   * Checks limits (in Synapse's order: rate, feature, delay, room, count), commits the row and
+   * only then arms it, so the timer can never fire for a row that is not durable.
+   */
+  async schedule(req: ScheduleRequest, txnKey?: string): Promise<string> {
+    this.ensureRunning();
+    const { requester, delayMs, form } = req;
+    const userId = requester.userId;
+    const limited = this.scheduleLimiter.take(userId);
+    if (!limited.ok) throw rateLimited(limited.retryAfterMs);
+    const maxScheduled = this.config.delayed_events.max_scheduled_per_user;
+    if (maxScheduled === 0) throw fail.forbidden('Delayed events are disabled on this server');
+    const maxDelay = this.config.max_delay_ms;
+    if (!Number.isSafeInteger(delayMs) || delayMs < 0) {
+      throw fail.invalidParam('The delay must be a non-negative integer');
+    }
+    if (delayMs > maxDelay) {
+      const message = `The delay is longer than the maximum of ${maxDelay} ms`;
+      if (form === 'dedicated') throw fail.forbidden(message);
+      throw fail.unstableLimit(message, {
+        'org.matrix.msc4140.errcode': 'M_MAX_DELAY_EXCEEDED',
+        'org.matrix.msc4140.max_delay': maxDelay,
+      });
+    }
+    checkTypeAndKey(req.type, req.stateKey);
+    const contentText = serialiseContent(req.content);
+    if (!this.rooms.roomExists(req.roomId)) throw fail.notFound('Unknown room');
+    const mine = this.byUser.get(userId);
+    if (mine && mine.size >= maxScheduled) {
+      if (form === 'dedicated') {
+        // Latest text: Retry-After says when the user's soonest event leaves the schedule.
+        throw rateLimited(this.nextDueOf(mine) - this.clock.now(), 'Too many delayed events scheduled');
+      }
+      throw fail.unstableLimit(`At most ${maxScheduled} delayed events may be scheduled`, {
+        'org.matrix.msc4140.errcode': 'M_MAX_DELAYED_EVENTS_EXCEEDED',
+      });
+    }
+
+    const now = this.clock.now();
+    const ev: ScheduledEvent = {
+      delayId: newDelayId(),
+      userId,
+      deviceId: requester.deviceId,
+      roomId: req.roomId,
+      type: req.type,
+      stateKey: req.stateKey,
+      content: req.content,
+      delayMs,
+      runningSince: now,
+      due: now + delayMs,
+      committed: false,
+    };
+    this.remember(ev);
+    const write = this.writer.write(() =>
+      this.store.insert(
+        {
+          delay_id: ev.delayId,
+          user_id: userId,
+          device_id: ev.deviceId ?? null,
+          room_id: ev.roomId,
+          type: ev.type,
+          state_key: ev.stateKey ?? null,
+          content: contentText,
+          delay_ms: delayMs,
+          running_since: now,
+          due_at: ev.due,
+        },
+        txnKey,
+        now,
+      ),
+    );
+    const done = write.then(
+      () => {
+        ev.committed = true;
+        if (!this.stopped) this.heap.schedule(ev.delayId, ev.due);
+        return ev.delayId;
+      },
+      (err: unknown) => {
+        this.forget(ev);
+        throw err;
+      },
+    );
+    if (txnKey !== undefined) {
+      this.pendingTxns.set(txnKey, done);
+      void done.finally(() => this.pendingTxns.delete(txnKey)).catch(() => undefined);
+    }
+    return done;
+  }
+
+  // ---- management -------------------------------------------------------------------------
+
+  /**
+   * Applies a management action. `owner` is the authenticated user (undefined when the delay id
+   * alone is the capability); someone else's event is answered exactly like an unknown one.
+   */
+  async act(delayId: string, action: DelayedAction, owner: string | undefined): Promise<void> {
+    this.ensureRunning();
+    const ev = this.scheduled.get(delayId);
+    if (ev && ev.committed && (owner === undefined || owner === ev.userId)) {
+      if (action === 'send') return void this.sendManually(ev);
+      if (action === 'cancel') return this.cancel(ev);
+      return this.restart(ev);
+    }
+    const row = ev ? undefined : this.visibleRow(delayId);
+    if (!row || (owner !== undefined && owner !== row.user_id)) {
+      throw fail.notFound('Unknown delayed event');
+    }
+    switch (row.status) {
+      case 'scheduled':
+        throw fail.notFound('Unknown delayed event');
+      case 'cancelled':
+        throw fail.notFound('The delayed event was cancelled');
+      case 'sent':
+        if (action === 'send') return;
+        throw fail.conflict('The delayed event was already sent');
+      case 'failed':
+        if (action === 'send') throw replayError(row);
+        if (action === 'cancel') return;
+        throw fail.conflict('The delayed event already failed to send');
+    }
+  }
+
+  private sendManually(ev: ScheduledEvent): string {
+    const limited = this.sendLimiter.take(ev.userId);
+    if (!limited.ok) throw rateLimited(limited.retryAfterMs);
+    return this.sendNow(ev, 'action', this.clock.now());
+  }
+
+  private cancel(ev: ScheduledEvent): void {
+    transaction(this.store.db, () => this.record(ev, { status: 'cancelled', cause: 'action' }));
+    this.forget(ev);
+  }
+
+  private async restart(ev: ScheduledEvent): Promise<void> {
+    const now = this.clock.now();
+    ev.runningSince = now;
+    ev.due = now + ev.delayMs;
+    this.heap.schedule(ev.delayId, ev.due);
+    const { delayId, due } = ev;
+    await this.writer.write(() => this.store.restart(delayId, now, due));
+  }
+
+  /**
+   * A stored row, or undefined once a finalised row is past `terminated_keep_ms` (the sweep that
+   * deletes it runs every few minutes; until then it is already treated as gone).
+   */
+  visibleRow(delayId: string): DelayedRow | undefined {
+    const row = this.store.get(delayId);
+    if (!row || row.finalised_ts === null) return row;
+    return row.finalised_ts < this.clock.now() - this.config.delayed_events.terminated_keep_ms ? undefined : row;
+  }
+
+  // ---- sending ----------------------------------------------------------------------------
+
+  /** Called by the heap in due order; queues so a mass expiry cannot block the event loop. */
+  private fire(delayId: string, due: number): void {
+    this.dueQueue.push({ delayId, due, catchUp: this.catchingUp });
+    this.drain();
+  }
+
+  /** Sends queued due events in order, at most SENDS_PER_TURN per event-loop turn. */
+  private drain(): void {
+    while (this.dueHead < this.dueQueue.length && !this.stopped) {
+      if (this.sentThisTurn >= SENDS_PER_TURN) {
+        if (!this.drainScheduled) {
+          this.drainScheduled = true;
+          setImmediate(() => {
+            this.drainScheduled = false;
+            this.sentThisTurn = 0;
+            this.drain();
+          });
+        }
+        return;
+      }
+      const item = this.dueQueue[this.dueHead++]!;
+      this.sentThisTurn++;
+      this.sendDue(item.delayId, item.due, item.catchUp);
+    }
+    this.dueQueue = [];
+    this.dueHead = 0;
+    this.sentThisTurn = 0;
+  }
+
+  private sendDue(delayId: string, due: number, catchUp: boolean): void {
+    const ev = this.scheduled.get(delayId);
+    // Gone (sent, cancelled) or restarted (back in the heap) while it waited in the queue.
+    if (!ev || this.heap.has(delayId)) return;
+    // Catch-up after downtime is the server's debt, not the user's burst: no send limit.
+    const limited = catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
+    if (!limited.ok) {
+      // Latest MSC text: a timed send refused by the rate limit is not retried but finalised.
+      this.finaliseFailure(ev, 'delay', rateLimited(limited.retryAfterMs, 'Delayed event send rate limited'));
+      return;
+    }
+    try {
+      this.sendNow(ev, 'delay', due);
+    } catch {
+      // Already recorded as failed by sendNow; nobody is waiting for the answer.
+    }
+  }
+
+  /**
+   * Sends the event as its owner (auth and power levels as of now) and finalises the row in the
+   * same commit. A refusal is recorded and rethrown, so a later `send` can answer the same.
+   */
+  private sendNow(ev: ScheduledEvent, cause: FinaliseCause, originServerTs: number): string {
+    try {
+      const { eventId } = this.rooms.sendEvent(
+        {
+          roomId: ev.roomId,
+          sender: ev.userId,
+          type: ev.type,
+          ...(ev.stateKey !== undefined ? { stateKey: ev.stateKey } : {}),
+          content: ev.content,
+          originServerTs,
+          delayId: ev.delayId,
+        },
+        (id) => {
+          if (!this.record(ev, { status: 'sent', cause, eventId: id, originServerTs })) throw new NoLongerScheduled();
+        },
+      );
+      this.forget(ev);
+      return eventId;
+    } catch (err) {
+      if (err instanceof NoLongerScheduled) {
+        this.log.warn({ room_id: ev.roomId }, 'delayed event was finalised before its send committed');
+        this.forget(ev);
+        throw fail.notFound('Unknown delayed event');
+      }
+      if (isMatrixError(err)) {
+        this.finaliseFailure(ev, cause, err);
+        throw err;
+      }
+      this.log.error({ err, room_id: ev.roomId }, 'sending a delayed event failed unexpectedly');
+      // A timed send has nobody to answer; record it so it is not retried forever.
+      if (cause === 'delay') this.finaliseFailure(ev, cause, fail.internal('Sending the event failed'));
+      throw err;
+    }
+  }
+
+  /**
+   * Finalises a still-scheduled row (inside the caller's transaction) and trims the owner's
+   * finalised history to the configured cap; false when the row was no longer scheduled.
+   */
+  private record(ev: ScheduledEvent, fields: Omit<FinaliseFields, 'now' | 'finSeq'>): boolean {
+    const ok = this.store.finalise(ev.delayId, { ...fields, now: this.clock.now(), finSeq: ++this.finSeq });
+    if (ok) this.store.trimUser(ev.userId, this.config.delayed_events.terminated_keep_per_user);
+    return ok;
+  }
+
+  private finaliseFailure(ev: ScheduledEvent, cause: FinaliseCause, err: MatrixError): void {
+    const error = { status: err.status, body: err.body() };
+    transaction(this.store.db, () => this.record(ev, { status: 'failed', cause, error }));
+    this.forget(ev);
+  }
+
+  /**
+   * Seed rule: a new state event from a different user at the same (type, state_key) cancels the
+   * scheduled delayed state events there. Runs inside the core's transaction that stores it.
+   */
+  private onStateEvent(ev: { roomId: string; type: string; stateKey: string; sender: string }): void {
+    const ids = this.bySlot.get(slotKey(ev.roomId, ev.type, ev.stateKey));
+    if (!ids) return;
+    const cancelled: ScheduledEvent[] = [];
+    for (const id of [...ids]) {
+      const d = this.scheduled.get(id);
+      if (!d || !d.committed || d.userId === ev.sender) continue;
+      this.record(d, { status: 'cancelled', cause: 'state', error: CANCELLED_BY_STATE });
+      this.forget(d);
+      cancelled.push(d);
+    }
+    if (cancelled.length === 0) return;
+    // The listener runs before the core's COMMIT; if that transaction rolled back, the rows are
+    // still scheduled on disk and must come back into the schedule.
+    queueMicrotask(() => {
+      for (const d of cancelled) {
+        if (this.store.get(d.delayId)?.status !== 'scheduled' || this.scheduled.has(d.delayId)) continue;
+        this.remember(d);
+        if (!this.stopped) this.heap.schedule(d.delayId, d.due);
+      }
+    });
+  }
+
+  // ---- scoped delegation tokens -----------------------------------------------------------
+
+  /** Mints a token that may only restart and send the given (own, scheduled) delayed events. */
+  async mintScopedToken(
+    userId: string,
+    delayIds: readonly string[],
+    ttlMs?: number,
+  ): Promise<{ token: string; expiresAt: number }> {
+    this.ensureRunning();
+    const ids = [...new Set(delayIds)];
+    if (ids.length === 0 || ids.length > SCOPED_TOKEN_MAX_IDS) {
+      throw fail.invalidParam(`delay_ids must list 1 to ${SCOPED_TOKEN_MAX_IDS} delay ids`);
+    }
+    for (const id of ids) {
+      if (!this.lookupOwned(userId, id)) {
+        throw fail.invalidParam('delay_ids must be your own scheduled delayed events');
+      }
+    }
+    const maxTtl = this.config.delayed_events.scoped_token_max_ms;
+    const ttl = Math.min(ttlMs ?? Math.min(SCOPED_TOKEN_DEFAULT_TTL_MS, maxTtl), maxTtl);
+    const token = SCOPED_TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const expiresAt = this.clock.now() + ttl;
+    await this.writer.write(() => this.store.insertToken(hashToken(token), userId, ids, expiresAt));
+    return { token, expiresAt };
+  }
+
+  resolveScopedToken(token: string): Requester | undefined {
+    if (!token.startsWith(SCOPED_TOKEN_PREFIX)) return undefined;
+    const found = this.store.token(hashToken(token));
+    if (!found || found.expiresAt <= this.clock.now()) return undefined;
+    const scope = { delayIds: new Set(found.delayIds), expiresAt: found.expiresAt };
+    return { userId: found.userId, token, scope };
+  }
+
+  /** The user's own still-scheduled delayed event, or undefined. */
+  lookupOwned(userId: string, delayId: string): ScheduledEvent | undefined {
+    const ev = this.scheduled.get(delayId);
+    return ev && ev.committed && ev.userId === userId ? { ...ev } : undefined;
+  }
+
+  // ---- bookkeeping ------------------------------------------------------------------------
+
+  private ensureRunning(): void {
+    if (this.stopped) throw fail.unavailable('Server is shutting down');
+  }
+
+  private remember(ev: ScheduledEvent): void {
+    this.scheduled.set(ev.delayId, ev);
+    addTo(this.byUser, ev.userId, ev.delayId);
+    if (ev.stateKey !== undefined) addTo(this.bySlot, slotKey(ev.roomId, ev.type, ev.stateKey), ev.delayId);
+  }
+
+  private forget(ev: ScheduledEvent): void {
+    if (this.scheduled.get(ev.delayId) !== ev) return;
+    this.scheduled.delete(ev.delayId);
+    this.heap.cancel(ev.delayId);
+    removeFrom(this.byUser, ev.userId, ev.delayId);
+    if (ev.stateKey !== undefined) {
+      removeFrom(this.bySlot, slotKey(ev.roomId, ev.type, ev.stateKey), ev.delayId);
+    }
+  }
+
+  private nextDueOf(ids: ReadonlySet<string>): number {
+    let next = Infinity;
+    for (const id of ids) next = Math.min(next, this.scheduled.get(id)?.due ?? Infinity);
+    return Number.isFinite(next) ? next : this.clock.now();
+  }
+
+  private prune(): void {
+    const now = this.clock.now();
+    this.store.prune(now - this.config.delayed_events.terminated_keep_ms, now - TXN_KEEP_MS, now);
+  }
+
+  private armSweep(): void {
+    this.sweepHandle = this.clock.setTimeout(() => {
+      if (this.stopped) return;
+      try {
+        this.prune();
+      } catch (err) {
+        this.log.error({ err }, 'pruning finalised delayed events failed');
+      }
+      this.armSweep();
+    }, SWEEP_EVERY_MS);
+  }
+}
+
+/** Config bucket (snake_case) to RateLimiter spec. */
+export function bucketOf(spec: { per_second: number; burst: number }): { perSecond: number; burst: number } {
+  return { perSecond: spec.per_second, burst: spec.burst };
+}
+
+/** 192 random bits: the delay id is a bearer capability in generation B, so it must be unguessable. */
+function newDelayId(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
+}
+
+function slotKey(roomId: string, type: string, stateKey: string): string {
+  return `${roomId}\u0000${type}\u0000${stateKey}`;
+}
+
+function addTo(map: Map<string, Set<string>>, key: string, id: string): void {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Set()));
+  set.add(id);
+}
+
+function removeFrom(map: Map<string, Set<string>>, key: string, id: string): void {
+  const set = map.get(key);
+  if (!set) return;
+  set.delete(id);
+  if (set.size === 0) map.delete(key);
+}
+
+function fromRow(row: DelayedRow): ScheduledEvent {
+  return {
+    delayId: row.delay_id,
+    userId: row.user_id,
+    deviceId: row.device_id ?? undefined,
+    roomId: row.room_id,
+    type: row.type,
+    stateKey: row.state_key ?? undefined,
+    content: JSON.parse(row.content) as Record<string, unknown>,
+    delayMs: row.delay_ms,
+    runningSince: row.running_since,
+    due: row.due_at,
+    committed: true,
+  };
+}
+
+/** Rebuilds the error a failed send answered with, so every retry of `send` gets the same one. */
+function replayError(row: DelayedRow): MatrixError {
+  const body = JSON.parse(row.error ?? '{}') as Record<string, unknown>;
+  const { errcode, error, ...extra } = body;
+  const kinds = Object.entries(ERROR_KINDS) as Array<[ErrorKind, { status: number; errcode: string }]>;
+  const kind =
+    kinds.find(([, k]) => k.status === row.error_status && k.errcode === errcode)?.[0] ??
+    kinds.find(([, k]) => k.status === row.error_status)?.[0] ??
+    'forbidden';
+  return new MatrixError(kind, typeof error === 'string' ? error : 'Sending the delayed event failed', extra);
+}

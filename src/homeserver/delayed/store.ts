@@ -1,0 +1,267 @@
+/**
+ * SQLite persistence of delayed events: the schedule, the finalised record, transaction ids of the
+ * dedicated PUT and scoped delegation tokens. Tables live in the core's database (prefix
+ * `delayed_`) so a timed send can insert the room event and finalise its row in one commit.
+ * Every statement is prepared once here.
+ */
+import type { DatabaseSync, StatementSync } from 'node:sqlite';
+
+/** Lifecycle of a delayed event; only `scheduled` rows are ever sent. */
+export type DelayedStatus = 'scheduled' | 'sent' | 'cancelled' | 'failed';
+
+/** What finalised a row: the timer, a management action, or another user's state update. */
+export type FinaliseCause = 'delay' | 'action' | 'state';
+
+export interface DelayedRow {
+  seq: number;
+  delay_id: string;
+  user_id: string;
+  device_id: string | null;
+  room_id: string;
+  type: string;
+  state_key: string | null;
+  content: string;
+  delay_ms: number;
+  running_since: number;
+  due_at: number;
+  status: DelayedStatus;
+  cause: FinaliseCause | null;
+  finalised_ts: number | null;
+  /** Finalisation order: ties of `finalised_ts` list the later finalisation first. */
+  fin_seq: number | null;
+  event_id: string | null;
+  origin_server_ts: number | null;
+  /** JSON of the Matrix error body the send failed with (or the state-cancellation reason). */
+  error: string | null;
+  /** HTTP status of that error, so a retried `send` answers exactly as the first one did. */
+  error_status: number | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS delayed_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  delay_id TEXT NOT NULL UNIQUE,
+  user_id TEXT NOT NULL,
+  device_id TEXT,
+  room_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  state_key TEXT,
+  content TEXT NOT NULL,
+  delay_ms INTEGER NOT NULL,
+  running_since INTEGER NOT NULL,
+  due_at INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('scheduled', 'sent', 'cancelled', 'failed')),
+  cause TEXT CHECK (cause IN ('delay', 'action', 'state')),
+  finalised_ts INTEGER,
+  fin_seq INTEGER,
+  event_id TEXT,
+  origin_server_ts INTEGER,
+  error TEXT,
+  error_status INTEGER
+);
+CREATE INDEX IF NOT EXISTS delayed_events_scheduled
+  ON delayed_events (user_id, due_at, seq) WHERE status = 'scheduled';
+CREATE INDEX IF NOT EXISTS delayed_events_finalised
+  ON delayed_events (user_id, finalised_ts, fin_seq) WHERE status <> 'scheduled';
+CREATE INDEX IF NOT EXISTS delayed_events_finalised_age
+  ON delayed_events (finalised_ts) WHERE status <> 'scheduled';
+CREATE TABLE IF NOT EXISTS delayed_txns (
+  txn_key TEXT PRIMARY KEY,
+  delay_id TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delayed_txns_age ON delayed_txns (created_at);
+CREATE TABLE IF NOT EXISTS delayed_scoped_tokens (
+  token_hash TEXT PRIMARY KEY,
+  user_id TEXT NOT NULL,
+  delay_ids TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delayed_scoped_tokens_expiry ON delayed_scoped_tokens (expires_at);
+`;
+
+/** A page query: `ids` is a JSON array of delay ids to keep, or null for all. */
+interface PageParams {
+  user: string;
+  ids: string | null;
+  a: number;
+  b: number;
+  limit: number;
+}
+
+export interface NewRow {
+  delay_id: string;
+  user_id: string;
+  device_id: string | null;
+  room_id: string;
+  type: string;
+  state_key: string | null;
+  content: string;
+  delay_ms: number;
+  running_since: number;
+  due_at: number;
+}
+
+/** The outcome written when a row leaves the schedule. */
+export interface FinaliseFields {
+  status: Exclude<DelayedStatus, 'scheduled'>;
+  cause: FinaliseCause;
+  now: number;
+  finSeq: number;
+  eventId?: string;
+  originServerTs?: number;
+  error?: { status: number; body: Record<string, unknown> };
+}
+
+export class DelayedStore {
+  private readonly insertStmt: StatementSync;
+  private readonly getStmt: StatementSync;
+  private readonly loadScheduledStmt: StatementSync;
+  private readonly restartStmt: StatementSync;
+  private readonly finaliseStmt: StatementSync;
+  private readonly trimUserStmt: StatementSync;
+  private readonly pruneAgeStmt: StatementSync;
+  private readonly scheduledPageStmt: StatementSync;
+  private readonly finalisedPageStmt: StatementSync;
+  private readonly insertTxnStmt: StatementSync;
+  private readonly getTxnStmt: StatementSync;
+  private readonly pruneTxnsStmt: StatementSync;
+  private readonly insertTokenStmt: StatementSync;
+  private readonly getTokenStmt: StatementSync;
+  private readonly pruneTokensStmt: StatementSync;
+  private readonly maxFinSeqStmt: StatementSync;
+
+  constructor(readonly db: DatabaseSync) {
+    db.exec(SCHEMA);
+    this.insertStmt = db.prepare(
+      `INSERT INTO delayed_events (delay_id, user_id, device_id, room_id, type, state_key, content,
+         delay_ms, running_since, due_at, status)
+       VALUES ($delay_id, $user_id, $device_id, $room_id, $type, $state_key, $content,
+         $delay_ms, $running_since, $due_at, 'scheduled')`,
+    );
+    this.getStmt = db.prepare('SELECT * FROM delayed_events WHERE delay_id = ?');
+    this.loadScheduledStmt = db.prepare(
+      "SELECT * FROM delayed_events WHERE status = 'scheduled' ORDER BY due_at, seq",
+    );
+    this.restartStmt = db.prepare(
+      `UPDATE delayed_events SET running_since = $now, due_at = $due
+       WHERE delay_id = $delay_id AND status = 'scheduled'`,
+    );
+    this.finaliseStmt = db.prepare(
+      `UPDATE delayed_events SET status = $status, cause = $cause, finalised_ts = $now, fin_seq = $fin_seq,
+         event_id = $event_id, origin_server_ts = $origin_server_ts, error = $error,
+         error_status = $error_status
+       WHERE delay_id = $delay_id AND status = 'scheduled'`,
+    );
+    // Walks the user's finalised index newest first and drops everything past the cap.
+    this.trimUserStmt = db.prepare(
+      `DELETE FROM delayed_events WHERE seq IN (
+         SELECT seq FROM delayed_events WHERE user_id = $user AND status <> 'scheduled'
+         ORDER BY finalised_ts DESC, fin_seq DESC LIMIT -1 OFFSET $keep)`,
+    );
+    this.pruneAgeStmt = db.prepare(
+      "DELETE FROM delayed_events WHERE status <> 'scheduled' AND finalised_ts < ?",
+    );
+    this.scheduledPageStmt = db.prepare(
+      `SELECT * FROM delayed_events
+       WHERE user_id = $user AND status = 'scheduled'
+         AND ($ids IS NULL OR delay_id IN (SELECT value FROM json_each($ids)))
+         AND (due_at > $a OR (due_at = $a AND seq > $b))
+       ORDER BY due_at, seq LIMIT $limit`,
+    );
+    this.finalisedPageStmt = db.prepare(
+      `SELECT * FROM delayed_events
+       WHERE user_id = $user AND status <> 'scheduled' AND finalised_ts >= $oldest
+         AND ($ids IS NULL OR delay_id IN (SELECT value FROM json_each($ids)))
+         AND (finalised_ts < $a OR (finalised_ts = $a AND fin_seq < $b))
+       ORDER BY finalised_ts DESC, fin_seq DESC LIMIT $limit`,
+    );
+    this.insertTxnStmt = db.prepare(
+      'INSERT INTO delayed_txns (txn_key, delay_id, created_at) VALUES (?, ?, ?)',
+    );
+    this.getTxnStmt = db.prepare('SELECT delay_id FROM delayed_txns WHERE txn_key = ?');
+    this.pruneTxnsStmt = db.prepare('DELETE FROM delayed_txns WHERE created_at < ?');
+    this.insertTokenStmt = db.prepare(
+      'INSERT INTO delayed_scoped_tokens (token_hash, user_id, delay_ids, expires_at) VALUES (?, ?, ?, ?)',
+    );
+    this.getTokenStmt = db.prepare(
+      'SELECT user_id, delay_ids, expires_at FROM delayed_scoped_tokens WHERE token_hash = ?',
+    );
+    this.pruneTokensStmt = db.prepare('DELETE FROM delayed_scoped_tokens WHERE expires_at < ?');
+    this.maxFinSeqStmt = db.prepare('SELECT COALESCE(MAX(fin_seq), 0) AS n FROM delayed_events');
+  }
+
+  insert(row: NewRow, txnKey: string | undefined, now: number): void {
+    this.insertStmt.run({ ...row });
+    if (txnKey !== undefined) this.insertTxnStmt.run(txnKey, row.delay_id, now);
+  }
+
+  get(delayId: string): DelayedRow | undefined {
+    return this.getStmt.get(delayId) as DelayedRow | undefined;
+  }
+
+  loadScheduled(): DelayedRow[] {
+    return this.loadScheduledStmt.all() as unknown as DelayedRow[];
+  }
+
+  restart(delayId: string, now: number, due: number): void {
+    this.restartStmt.run({ delay_id: delayId, now, due });
+  }
+
+  /** Finalises a still-scheduled row; false when it was no longer scheduled. */
+  finalise(delayId: string, fields: FinaliseFields): boolean {
+    const result = this.finaliseStmt.run({
+      delay_id: delayId,
+      status: fields.status,
+      cause: fields.cause,
+      now: fields.now,
+      fin_seq: fields.finSeq,
+      event_id: fields.eventId ?? null,
+      origin_server_ts: fields.originServerTs ?? null,
+      error: fields.error ? JSON.stringify(fields.error.body) : null,
+      error_status: fields.error?.status ?? null,
+    });
+    return result.changes === 1;
+  }
+
+  /** The highest finalisation sequence number used so far. */
+  maxFinSeq(): number {
+    return (this.maxFinSeqStmt.get() as { n: number }).n;
+  }
+
+  /** Keeps only the newest `keep` finalised rows of a user. */
+  trimUser(userId: string, keep: number): void {
+    this.trimUserStmt.run({ user: userId, keep });
+  }
+
+  /** Drops finalised rows, transaction ids and tokens that are past their retention. */
+  prune(finalisedBefore: number, txnsBefore: number, now: number): void {
+    this.pruneAgeStmt.run(finalisedBefore);
+    this.pruneTxnsStmt.run(txnsBefore);
+    this.pruneTokensStmt.run(now);
+  }
+
+  scheduledPage(p: PageParams): DelayedRow[] {
+    return this.scheduledPageStmt.all({ ...p }) as unknown as DelayedRow[];
+  }
+
+  finalisedPage(p: PageParams & { oldest: number }): DelayedRow[] {
+    return this.finalisedPageStmt.all({ ...p }) as unknown as DelayedRow[];
+  }
+
+  txn(txnKey: string): string | undefined {
+    return (this.getTxnStmt.get(txnKey) as { delay_id: string } | undefined)?.delay_id;
+  }
+
+  insertToken(hash: string, userId: string, delayIds: string[], expiresAt: number): void {
+    this.insertTokenStmt.run(hash, userId, JSON.stringify(delayIds), expiresAt);
+  }
+
+  token(hash: string): { userId: string; delayIds: string[]; expiresAt: number } | undefined {
+    const row = this.getTokenStmt.get(hash) as
+      | { user_id: string; delay_ids: string; expires_at: number }
+      | undefined;
+    if (!row) return undefined;
+    return { userId: row.user_id, delayIds: JSON.parse(row.delay_ids) as string[], expiresAt: row.expires_at };
+  }
+}

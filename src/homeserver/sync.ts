@@ -1,0 +1,156 @@
+/**
+ * Builds /sync responses from the stream: rooms the user is joined to, invited to or has left
+ * since the token, each with a timeline window, the state clients need and account data.
+ */
+import type { Clock } from '../lib/timer-heap.js';
+import { type ClientEvent, toClientEvent, toStrippedState } from './events.js';
+import type { StreamNotifier } from './notifier.js';
+import type { AccountDataRow, CoreStore, EventRow } from './store.js';
+
+const INVITE_STATE_TYPES = new Set([
+  'm.room.create',
+  'm.room.join_rules',
+  'm.room.name',
+  'm.room.avatar',
+  'm.room.canonical_alias',
+  'm.room.encryption',
+  'm.room.topic',
+]);
+
+export interface SyncOptions {
+  /** Stream position of the `since` token; undefined for an initial sync. */
+  since: number | undefined;
+  timelineLimit: number;
+  fullState: boolean;
+}
+
+export interface SyncResult {
+  body: Record<string, unknown>;
+  /** Nothing for this user since the token: a long poll keeps waiting. */
+  empty: boolean;
+}
+
+type AccountDataEntry = AccountDataRow;
+
+interface Timeline {
+  events: ClientEvent[];
+  limited: boolean;
+  prev_batch: string;
+}
+
+export class SyncBuilder {
+  constructor(
+    private readonly store: CoreStore,
+    private readonly notifier: StreamNotifier,
+    private readonly clock: Clock,
+  ) {}
+
+  build(userId: string, opts: SyncOptions): SyncResult {
+    const upTo = this.notifier.current;
+    const since = opts.since === undefined ? undefined : Math.min(opts.since, upTo);
+    const now = this.clock.now();
+    const accountData = this.store.accountDataSince(userId, since ?? 0, upTo);
+    const join: Record<string, unknown> = {};
+    const invite: Record<string, unknown> = {};
+    const leave: Record<string, unknown> = {};
+    for (const m of this.store.membershipsOfUser(userId)) {
+      const changedSince = since === undefined || m.stream > since;
+      const roomData = accountData.filter((a) => a.room_id === m.room_id);
+      if (m.membership === 'join') {
+        const room = this.joinedRoom(userId, m.room_id, since, changedSince, upTo, opts, roomData, now);
+        if (room) join[m.room_id] = room;
+      } else if (m.membership === 'invite' && changedSince) {
+        invite[m.room_id] = { invite_state: { events: this.inviteState(m.room_id, userId) } };
+      } else if ((m.membership === 'leave' || m.membership === 'ban') && since !== undefined && changedSince) {
+        const events = this.store.eventsBackward(m.room_id, m.stream, since, opts.timelineLimit + 1);
+        leave[m.room_id] = {
+          state: { events: [] },
+          timeline: this.timeline(events, opts.timelineLimit, since, userId, now).timeline,
+          account_data: { events: toAccountData(roomData) },
+        };
+      }
+    }
+    const globalData = toAccountData(accountData.filter((a) => a.room_id === ''));
+    const empty =
+      Object.keys(join).length + Object.keys(invite).length + Object.keys(leave).length + globalData.length === 0;
+    return {
+      empty,
+      body: {
+        next_batch: `s${upTo}`,
+        rooms: { join, invite, leave, knock: {} },
+        account_data: { events: globalData },
+        presence: { events: [] },
+        to_device: { events: [] },
+        device_lists: { changed: [], left: [] },
+        device_one_time_keys_count: { signed_curve25519: 0 },
+        'org.matrix.msc2732.device_unused_fallback_key_types': [],
+        device_unused_fallback_key_types: [],
+      },
+    };
+  }
+
+  private joinedRoom(
+    userId: string,
+    roomId: string,
+    since: number | undefined,
+    changedSince: boolean,
+    upTo: number,
+    opts: SyncOptions,
+    roomData: AccountDataEntry[],
+    now: number,
+  ): Record<string, unknown> | undefined {
+    // A fresh join gets the room from the start, like an initial sync of that room.
+    const incremental = since !== undefined && !changedSince;
+    const after = incremental ? since : 0;
+    const rows = this.store.eventsBackward(roomId, upTo, after, opts.timelineLimit + 1);
+    if (incremental && rows.length === 0 && roomData.length === 0 && !opts.fullState) return undefined;
+    const { timeline, limited, inTimeline } = this.timeline(rows, opts.timelineLimit, after, userId, now);
+    let stateRows: EventRow[];
+    if (!incremental || opts.fullState) stateRows = this.store.roomState(roomId);
+    else if (limited) stateRows = this.store.stateChangedSince(roomId, since);
+    else stateRows = [];
+    return {
+      summary: {},
+      state: {
+        events: stateRows.filter((r) => !inTimeline.has(r.event_id)).map((r) => toClientEvent(r, userId, now)),
+      },
+      timeline,
+      ephemeral: { events: [] },
+      account_data: { events: toAccountData(roomData) },
+      unread_notifications: { notification_count: 0, highlight_count: 0 },
+    };
+  }
+
+  /** `rows` are newest first and may hold one more than `limit` (then the window is limited). */
+  private timeline(
+    rows: EventRow[],
+    limit: number,
+    after: number,
+    reader: string,
+    now: number,
+  ): { timeline: Timeline; limited: boolean; inTimeline: Set<string> } {
+    const limited = rows.length > limit;
+    const window = rows.slice(0, limit).reverse();
+    const oldest = window[0];
+    return {
+      timeline: {
+        events: window.map((r) => toClientEvent(r, reader, now)),
+        limited,
+        prev_batch: `s${oldest ? oldest.stream - 1 : after}`,
+      },
+      limited,
+      inTimeline: new Set(window.map((r) => r.event_id)),
+    };
+  }
+
+  private inviteState(roomId: string, userId: string): Array<Record<string, unknown>> {
+    return this.store
+      .roomState(roomId)
+      .filter((r) => INVITE_STATE_TYPES.has(r.type) || (r.type === 'm.room.member' && r.state_key === userId))
+      .map(toStrippedState);
+  }
+}
+
+function toAccountData(entries: AccountDataEntry[]): Array<{ type: string; content: unknown }> {
+  return entries.map((a) => ({ type: a.type, content: JSON.parse(a.content) as unknown }));
+}

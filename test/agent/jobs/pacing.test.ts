@@ -1,0 +1,65 @@
+import { afterEach, describe, expect, it } from 'vitest';
+
+import type { Delegation } from '../../../src/agent/contracts.js';
+import { GRACE_MS, makeRig, settle, T0, TempDirs } from './harness.js';
+
+const dirs = new TempDirs();
+afterEach(() => dirs.cleanup());
+
+const delegation = (room: string, identity: string, serverName = 'hs.example'): Delegation => ({
+  livekitRoom: room,
+  identity,
+  delayId: `d-${identity}`,
+  delayTimeoutMs: 3_600_000,
+  serverName,
+  userId: '@u:hs.example',
+  source: 'delegate_delayed_leave',
+});
+
+describe('restart pacing per homeserver', () => {
+  it('turns a burst of 1000 joins into a paced stream, without holding back sends', async () => {
+    const rig = await makeRig(dirs, { settings: { pacing: { perSecond: 50, burst: 20 } } });
+    const jobs = Array.from({ length: 1000 }, (_, i) => delegation(`room-${i % 10}`, `id-${i}`));
+    jobs.push(delegation('room-x', 'elsewhere', 'other.example'));
+    await Promise.all(jobs.map((d) => rig.engine.delegate(d)));
+    await settle();
+    // One lookup per room, however many jobs it holds.
+    expect(rig.presence.calls).toHaveLength(11);
+
+    for (const d of jobs) {
+      const session = { identity: d.identity, sid: `s-${d.identity}` };
+      rig.engine.onParticipant({ kind: 'joined', livekitRoom: d.livekitRoom, session });
+    }
+    await settle();
+    expect(rig.engine.counts().connected).toBe(1001);
+    const paced = () =>
+      rig.actions.calls.filter((c) => c.action === 'restart' && c.serverName === 'hs.example');
+    expect(paced()).toHaveLength(20);
+    // Another homeserver is not stuck behind hs.example's queue.
+    expect(rig.actions.of('restart', 'd-elsewhere')).toHaveLength(1);
+
+    // A queued participant leaves: when the disconnect grace ends its send goes out at once, not
+    // paced behind the restarts, and its restart never happens.
+    const session = { identity: 'id-999', sid: 's-id-999' };
+    rig.engine.onParticipant({ kind: 'left', livekitRoom: 'room-9', session });
+    await settle();
+    expect(GRACE_MS).toBeLessThanOrEqual(1_000);
+    await rig.advance(1_000);
+    expect(rig.actions.of('send').map((c) => [c.delayId, c.at])).toEqual([['d-id-999', T0 + GRACE_MS]]);
+    expect(paced()).toHaveLength(70);
+    await rig.advance(9_000);
+    expect(paced()).toHaveLength(520);
+    await rig.advance(20_000);
+    expect(paced()).toHaveLength(999);
+    expect(rig.actions.of('restart', 'd-id-999')).toHaveLength(0);
+    // Never more than the rate plus the burst in any one second.
+    const perSecond = new Map<number, number>();
+    for (const c of paced()) {
+      const second = Math.floor((c.at - T0) / 1000);
+      perSecond.set(second, (perSecond.get(second) ?? 0) + 1);
+    }
+    for (const n of perSecond.values()) expect(n).toBeLessThanOrEqual(70);
+    // Every due time of every job sits in one heap behind one timer.
+    expect(rig.clock.pending).toBe(1);
+  });
+});

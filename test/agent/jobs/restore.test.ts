@@ -1,0 +1,176 @@
+import { DatabaseSync } from 'node:sqlite';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { GRACE_MS, makeRig, type Rig, ROOM, SteppingClock, T0, TempDirs } from './harness.js';
+
+const dirs = new TempDirs();
+afterEach(() => dirs.cleanup());
+
+const of = (rig: Rig, action: 'restart' | 'send', delayId: string) => rig.actions.of(action, delayId).length;
+
+async function join(rig: Rig, identity: string, sid: string): Promise<void> {
+  await rig.signal({ kind: 'joined', livekitRoom: ROOM, identity, sid, joinedAtMs: rig.clock.now() });
+  expect(rig.state(ROOM, identity)).toBe('connected');
+}
+
+/** Opens a second engine on the same file while the first still runs: what kill -9 leaves. */
+async function afterCrash(first: Rig, atMs: number, presence: Record<string, string>): Promise<Rig> {
+  const next = await makeRig(dirs, { dbPath: first.dbPath, clock: new SteppingClock(atMs), start: false });
+  next.presence.set(
+    ROOM,
+    Object.entries(presence).map(([identity, sid]) => ({ identity, sid })),
+  );
+  await next.engine.start();
+  await next.advance(0);
+  return next;
+}
+
+describe('restore after a crash', () => {
+  it('resumes every job with the time it has left and reconciles with LiveKit', async () => {
+    const a = await makeRig(dirs);
+    const delegate = (identity: string, delayTimeoutMs: number) =>
+      a.delegate({ identity, delayId: `delay-${identity}`, delayTimeoutMs });
+    await delegate('still-there', 100_000);
+    await join(a, 'still-there', 'S1');
+    await delegate('deadline-passed', 10_000);
+    await join(a, 'deadline-passed', 'S2');
+    await delegate('wait-over', 20_000);
+    await delegate('wait-left', 4 * 3_600_000);
+    await delegate('rejoined', 100_000);
+    await join(a, 'rejoined', 'S6');
+    await delegate('left-while-down', 100_000);
+    await join(a, 'left-while-down', 'S7');
+    await delegate('was-sending', 100_000);
+    await join(a, 'was-sending', 'S3');
+    a.actions.hold.send = true;
+    await a.signal({ kind: 'left', livekitRoom: ROOM, identity: 'was-sending', sid: 'S3' });
+    await a.advance(GRACE_MS);
+    expect(a.state(ROOM, 'was-sending')).toBe('sending');
+
+    const b = await afterCrash(a, T0 + 30_000, { 'still-there': 'S1', rejoined: 'S6b' });
+
+    expect(b.state(ROOM, 'still-there')).toBe('connected');
+    expect([of(b, 'restart', 'delay-still-there'), of(b, 'send', 'delay-still-there')]).toEqual([1, 0]);
+    // The homeserver already sent this one itself: no restart, no send.
+    expect(b.state(ROOM, 'deadline-passed')).toBe('expired');
+    expect(b.actions.calls.filter((c) => c.delayId === 'delay-deadline-passed')).toEqual([]);
+    expect(b.state(ROOM, 'was-sending')).toBe('sent');
+    expect(of(b, 'send', 'delay-was-sending')).toBe(1);
+    expect(b.state(ROOM, 'wait-over')).toBe('sent');
+    expect(of(b, 'send', 'delay-wait-over')).toBe(1);
+    expect(b.engine.get(ROOM, 'rejoined')).toMatchObject({ state: 'connected', sid: 'S6b' });
+    expect(of(b, 'send', 'delay-rejoined')).toBe(0);
+    expect(b.state(ROOM, 'left-while-down')).toBe('sent');
+    expect(of(b, 'send', 'delay-left-while-down')).toBe(1);
+    // All the prompt sends went out at once, in one lookup for the room.
+    expect(b.actions.of('send').every((c) => c.at === T0 + 30_000)).toBe(true);
+    expect(b.presence.calls).toHaveLength(1);
+
+    // The never-connected job keeps its original wait: 1 h from delegation, not from restore.
+    expect(b.engine.get(ROOM, 'wait-left')).toMatchObject({ state: 'waiting', deadlineMs: T0 + 3_600_000 });
+    await b.advance(3_600_000 - 30_000 - 1);
+    expect(of(b, 'send', 'delay-wait-left')).toBe(0);
+    await b.advance(1);
+    expect(of(b, 'send', 'delay-wait-left')).toBe(1);
+  });
+
+  it('reconciles a job that was in its disconnect grace like a connected one', async () => {
+    const a = await makeRig(dirs);
+    for (const [identity, sid] of [
+      ['rejoined', 'S1'],
+      ['gone', 'S2'],
+    ] as const) {
+      await a.delegate({ identity, delayId: `delay-${identity}` });
+      await join(a, identity, sid);
+      await a.signal({ kind: 'left', livekitRoom: ROOM, identity, sid });
+      expect(a.state(ROOM, identity)).toBe('leaving');
+    }
+    await a.advance(0);
+    const db = new DatabaseSync(a.dbPath, { readOnly: true });
+    try {
+      expect(db.prepare('SELECT DISTINCT state FROM jobs').all()).toEqual([{ state: 'leaving' }]);
+    } finally {
+      db.close();
+    }
+
+    // The old sessions are still listed (LiveKit lags); they are known to have ended.
+    const b = await afterCrash(a, T0 + 5_000, { rejoined: 'S1b' });
+    expect(b.engine.get(ROOM, 'rejoined')).toMatchObject({ state: 'connected', sid: 'S1b' });
+    expect([of(b, 'restart', 'delay-rejoined'), of(b, 'send', 'delay-rejoined')]).toEqual([1, 0]);
+    expect(b.state(ROOM, 'gone')).toBe('sent');
+    expect(of(b, 'send', 'delay-gone')).toBe(1);
+  });
+
+  it('keeps restarting and retries the reconciliation while LiveKit fails, never sending', async () => {
+    const a = await makeRig(dirs);
+    await a.delegate({ delayTimeoutMs: 60_000 });
+    await join(a, 'identity-hash-BBBB', 'S1');
+    await a.advance(0);
+    const b = await makeRig(dirs, { dbPath: a.dbPath, clock: new SteppingClock(T0 + 10_000), start: false });
+    b.presence.failing = true;
+    await b.engine.start();
+    await b.advance(180_000);
+    expect(b.actions.of('send')).toEqual([]);
+    expect(b.actions.of('restart').length).toBeGreaterThanOrEqual(4);
+    expect(b.presence.calls.length).toBeGreaterThan(5);
+    b.presence.failing = false;
+    await b.advance(60_000);
+    expect(b.actions.of('send')).toHaveLength(1);
+    expect(b.state()).toBe('sent');
+  });
+
+  it('restores a replacement, not the job it replaced', async () => {
+    const a = await makeRig(dirs);
+    await a.delegate({ delayId: 'first', delayTimeoutMs: 10_000 });
+    await a.delegate({ delayId: 'second', delayTimeoutMs: 10_000 });
+    await a.advance(0);
+    const b = await afterCrash(a, T0 + 20_000, {});
+    expect(b.engine.counts()).toMatchObject({ replaced: 1, sent: 1, waiting: 0 });
+    expect(b.actions.calls.map((c) => c.delayId)).toEqual(['second']);
+  });
+});
+
+describe('purging finished jobs', () => {
+  const countRows = (path: string) => {
+    const db = new DatabaseSync(path, { readOnly: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM jobs').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+
+  it('removes expired jobs from memory and the store after the retention', async () => {
+    const rig = await makeRig(dirs, { settings: { terminalRetentionMs: 60_000 } });
+    rig.actions.defaults.restart = { kind: 'transient', detail: '500' };
+    await rig.delegate({ delayTimeoutMs: 5_000 });
+    await rig.signal({ kind: 'joined', livekitRoom: ROOM, sid: 'S1' });
+    await rig.advance(5_000);
+    expect(rig.engine.counts().expired).toBe(1);
+    expect(countRows(rig.dbPath)).toBe(1);
+    await rig.advance(59_999);
+    expect(rig.state()).toBe('expired');
+    await rig.advance(1);
+    expect(rig.engine.get(ROOM, 'identity-hash-BBBB')).toBeUndefined();
+    expect(rig.engine.counts().expired).toBe(0);
+    expect(countRows(rig.dbPath)).toBe(0);
+  });
+
+  it('purges finished rows at start when their retention passed while the agent was down', async () => {
+    const a = await makeRig(dirs, { settings: { terminalRetentionMs: 60_000 } });
+    await a.delegate({ identity: 'x', delayTimeoutMs: 1_000 });
+    await a.delegate({ identity: 'y', delayTimeoutMs: 1_000_000 });
+    await a.advance(1_000);
+    expect(a.state(ROOM, 'x')).toBe('sent');
+    const b = await makeRig(dirs, {
+      dbPath: a.dbPath,
+      clock: new SteppingClock(T0 + 120_000),
+      settings: { terminalRetentionMs: 60_000 },
+    });
+    await b.advance(0);
+    expect(b.state(ROOM, 'x')).toBeUndefined();
+    expect(b.state(ROOM, 'y')).toBe('waiting');
+    expect(countRows(b.dbPath)).toBe(1);
+  });
+});

@@ -1,0 +1,345 @@
+// Issue 4: the whole delegated-leave flow with real parts. A matrix-js-sdk MatrixRTCSession joins a
+// call with Element Call's delegated preset (hangup scheduled 1 h ahead, client restarts every
+// 5 min), hands its delay_id to the agent, a real LiveKit participant connects with the agent's
+// token, and the app dies without leaving. From then on only the agent keeps the membership alive
+// and ends it: these tests watch, from a second client, when the membership ends.
+//
+// Homeservers: the bundled `lastwill homeserver` (scenarios 1, 3, 4, MSC4195) and a real Synapse
+// (scenario 2). Everything runs as child processes built from dist/ (`npm run build`).
+// Skips with a reason when Go/Python/root are missing, except with CI=true where it fails.
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+
+import {
+  type Call,
+  DELEGATED_PRESET,
+  type FlowStack,
+  flowSkipReason,
+  handOver,
+  type HandOver,
+  jwtPayload,
+  type Metrics,
+  setupCall,
+  startFlowStack,
+  type SetupCallOptions,
+  waitForWebhook,
+} from './support/flow.js';
+import { isCI, sleep } from './support/proc.js';
+
+const bundledSkip = await flowSkipReason('bundled');
+const synapseSkip = await flowSkipReason('synapse');
+if (bundledSkip) console.warn(`[flow] skipping bundled-homeserver flows: ${bundledSkip}`);
+if (synapseSkip) console.warn(`[flow] skipping Synapse flow: ${synapseSkip}`);
+
+const log = (...a: unknown[]) => console.log('[flow]', ...a);
+const secs = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
+
+/** A clean leave must end the membership within this (issue 4). */
+const CLEAN_LEAVE_BOUND_MS = 3_000;
+/** After LiveKit reports an abrupt disconnect, the membership must end within this. */
+const AFTER_DETECTION_BOUND_MS = 3_000;
+/** LiveKit's own detection of a dead participant: 15–25 s (livekit.md §3); generous wait. */
+const DETECTION_WAIT_MS = 60_000;
+
+interface Counters {
+  restartsOk: number;
+  sends: number;
+  sendsOk: number;
+  delegations(source: string): number;
+  webhooks(event: string): number;
+  connectedJobs: number;
+}
+
+type Harness = ReturnType<typeof useStack>;
+
+/**
+ * Shared per-describe plumbing: one stack (homeserver, LiveKit, agent) for the describe, one call
+ * per test, the test's timeline and logs printed, everything closed.
+ */
+function useStack(kind: 'bundled' | 'synapse') {
+  const ctx = {} as { stack: FlowStack; calls: Call[]; from: number; base: Metrics | undefined };
+  beforeAll(async () => {
+    ctx.stack = await startFlowStack({ homeserver: kind });
+    log(`${kind}: ${ctx.stack.hs.label} ${ctx.stack.hs.baseUrl}, LiveKit ${ctx.stack.lk.url}, agent ${ctx.stack.agent.url}`);
+  }, 180_000);
+  afterAll(async () => {
+    await ctx.stack?.close();
+  }, 60_000);
+  beforeEach(async () => {
+    ctx.calls = [];
+    ctx.from = ctx.stack.timeline.entries.length;
+    ctx.base = await ctx.stack.agent.metrics();
+  });
+  afterEach(async (t) => {
+    log(`timeline of "${t.task.name}":\n${ctx.stack.timeline.entries.slice(ctx.from).map((e) => `  +${(e.t / 1000).toFixed(3)}s ${e.actor.padEnd(11)} ${e.text}`).join('\n')}`);
+    if (t.task.result?.state === 'fail') {
+      console.log(ctx.stack.dumpLogs());
+      for (const c of ctx.calls) for (const p of c.participants) console.log(`--- participant ${p.sid} ---\n${p.logs().slice(-2000)}`);
+    }
+    await Promise.all(ctx.calls.map((c) => c.close()));
+    // A test that stopped the agent must not leave the next one without it.
+    if (!ctx.stack.agent.running()) await ctx.stack.agent.start();
+  }, 60_000);
+  return {
+    get stack() {
+      return ctx.stack;
+    },
+    /** The agent's counters since the test began (or since the agent was last started in it). */
+    async counters(): Promise<Counters> {
+      const m = await ctx.stack.agent.metrics();
+      const d = (f: (x: Metrics) => number) => f(m) - (ctx.base ? f(ctx.base) : 0);
+      return {
+        restartsOk: d((x) => x.restartsOk()),
+        sends: d((x) => x.sends()),
+        sendsOk: d((x) => x.sendsOk()),
+        delegations: (source) => d((x) => x.delegations(source)),
+        webhooks: (event) => d((x) => x.webhooks(event)),
+        connectedJobs: m.jobs('connected'),
+      };
+    },
+    /** Call after (re)starting the agent: its counters start from zero again. */
+    rebase() {
+      ctx.base = undefined;
+    },
+    async call(opts?: SetupCallOptions): Promise<Call> {
+      const c = await setupCall(ctx.stack, opts);
+      ctx.calls.push(c);
+      return c;
+    },
+  };
+}
+
+/** The checks every flow makes once the app has handed over and died. */
+async function expectAgentKeepsMembership(s: Harness, call: Call, h: HandOver, holdMs: number): Promise<void> {
+  const { stack } = s;
+  const { app } = call;
+  // The token the agent minted names the identity and room it derives (lk-jwt-service hashes).
+  const claims = jwtPayload(h.jwt);
+  expect(claims.sub).toBe(app.identity);
+  expect((claims.video as Record<string, unknown>).room).toBe(app.livekitRoom);
+  expect(h.url).toBe(stack.lk.url);
+  expect(h.participant.identity).toBe(app.identity);
+
+  // The agent restarts the delayed leave as soon as it sees the participant connected.
+  const restarted = await waitForRestart(call, app.scheduledRunningSince, 15_000);
+  log(`running_since advanced ${restarted.running_since - app.scheduledRunningSince} ms past the client's scheduling`);
+  expect(restarted.delay).toBe(DELEGATED_PRESET.delayedLeaveEventDelayMs);
+
+  app.crash();
+  await sleep(holdMs);
+  expect(call.membershipPresent()).toBe(true);
+  expect(h.participant.messages.some((m) => m.type === 'event' && m.name === 'disconnected')).toBe(false);
+  const c = await s.counters();
+  expect(c.restartsOk).toBeGreaterThanOrEqual(1);
+  expect(c.sends).toBe(0);
+  // Nobody but the agent restarted it: the client (delegated preset) would first do so after 5 min.
+  expect(app.clientRestartsSinceSetup()).toEqual([]);
+}
+
+/** Waits until the homeserver lists the app's delayed leave with running_since > `after`. */
+async function waitForRestart(call: Call, after: number, timeoutMs: number) {
+  const t0 = Date.now();
+  for (;;) {
+    const d = await call.app.listing();
+    if (!d) throw new Error('the delayed leave is no longer scheduled');
+    if (d.running_since > after) return d;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`running_since stayed at ${d.running_since} for ${timeoutMs} ms`);
+    await sleep(250);
+  }
+}
+
+/** After the membership ended: the leave is a real state event and no longer scheduled. */
+async function expectHangupDelivered(s: Harness, call: Call): Promise<void> {
+  expect(call.membershipPresent()).toBe(false);
+  expect(await call.observer.stateContent(call.stateKey())).toEqual({});
+  expect(await call.app.listing()).toBeUndefined();
+  const c = await s.counters();
+  expect(c.sendsOk).toBe(1);
+  expect(c.sends).toBe(1);
+  if (s.stack.hs.kind === 'bundled') {
+    // Sent by an action (the agent's send), not by the 1 h timeout.
+    expect(await call.app.finalised()).toMatchObject({ outcome: 'send', reason: 'action' });
+  }
+}
+
+describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` (skipped: ${bundledSkip})` : ''}`, () => {
+  const s = useStack('bundled');
+
+  it('1a: after the app died, a clean participant disconnect ends the membership within 3 s', async () => {
+    const call = await s.call();
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    const c0 = await s.counters();
+    expect(c0.delegations('get_token')).toBe(1);
+    expect(c0.delegations('delegate_delayed_leave')).toBe(1);
+    await expectAgentKeepsMembership(s, call, h, 3_000);
+
+    const t0 = Date.now();
+    await h.participant.disconnect();
+    const left = await waitForWebhook(s.stack, 'participant_left', h.participant.sid, 30_000);
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`1a clean disconnect: participant_left after ${secs(left.receivedAt - t0)}, membership gone after ${secs(goneAt - t0)}`);
+    expect((left.json.participant as Record<string, unknown>).disconnectReason).toBe('CLIENT_INITIATED');
+    expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+    await expectHangupDelivered(s, call);
+  }, 120_000);
+
+  it('1b: after the app died, SIGKILL of the participant ends the membership within LiveKit detection + 3 s', async () => {
+    const call = await s.call();
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 2_000);
+
+    const t0 = Date.now();
+    await h.participant.kill();
+    const left = await waitForWebhook(s.stack, 'participant_left', h.participant.sid, DETECTION_WAIT_MS);
+    const goneAt = await call.waitMembershipGone(DETECTION_WAIT_MS);
+    const detection = left.receivedAt - t0;
+    log(
+      `1b SIGKILL: LiveKit detected after ${secs(detection)} (${String((left.json.participant as Record<string, unknown>).disconnectReason)}), ` +
+        `membership gone after ${secs(goneAt - t0)} (${secs(goneAt - left.receivedAt)} after the webhook)`,
+    );
+    expect(goneAt - left.receivedAt).toBeLessThanOrEqual(AFTER_DETECTION_BOUND_MS);
+    // And not before LiveKit knew (the sink and the agent get the webhook from separate queues).
+    expect(goneAt - t0).toBeGreaterThan(detection - 1_000);
+    await expectHangupDelivered(s, call);
+  }, 150_000);
+
+  it('1c: while the participant stays connected the membership never ends, even across an agent restart', async () => {
+    const call = await s.call();
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 3_000);
+    const before = await call.app.listing();
+
+    const exit = await s.stack.agent.stop();
+    log(`1c agent SIGTERM -> exit ${JSON.stringify(exit)}`);
+    expect(exit.signal === 'SIGTERM' || exit.code === 143).toBe(true);
+    await sleep(2_000);
+    expect(call.membershipPresent()).toBe(true);
+    const t0 = Date.now();
+    await s.stack.agent.start();
+    s.rebase();
+    log(`1c agent started again in ${secs(Date.now() - t0)}`);
+    // The restored job restarts the leave at once (its time kept running while the agent was down).
+    const after = await waitForRestart(call, before!.running_since, 15_000);
+    log(`1c restored job restarted the leave ${secs(after.running_since - t0)} after the restart began`);
+    await sleep(5_000);
+    const c = await s.counters();
+    expect(c.restartsOk).toBeGreaterThanOrEqual(1);
+    expect(c.sends).toBe(0);
+    expect(c.connectedJobs).toBe(1);
+    expect(call.membershipPresent()).toBe(true);
+    expect(h.participant.messages.some((x) => x.type === 'event' && x.name === 'disconnected')).toBe(false);
+    expect(await call.observer.stateContent(call.stateKey())).not.toEqual({});
+
+    // The restored job still follows the participant: its clean leave ends the call.
+    const t1 = Date.now();
+    await h.participant.disconnect();
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`1c after the agent restart, clean disconnect -> membership gone after ${secs(goneAt - t1)}`);
+    expect(goneAt - t1).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+  }, 150_000);
+
+  it('1 (MSC4195): the delay_id handed to the homeserver reaches the agent, which ends the call', async (t) => {
+    const call = await s.call();
+    // Token without delegation: the homeserver's forwarding is the only way the agent learns the delay_id.
+    const h = await handOver(call, { viaGetToken: false, viaDelegate: false });
+    const res = await call.app.delegateViaHomeserver(s.stack.lk.url);
+    if (res.status === 404 && res.body.errcode === 'M_UNRECOGNIZED') {
+      const why = `the homeserver has no MSC4195 endpoint yet: POST /_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave -> 404 M_UNRECOGNIZED`;
+      if (isCI()) throw new Error(why);
+      t.skip(why);
+      return;
+    }
+    expect(res, JSON.stringify(res.body)).toMatchObject({ status: 200, body: {} });
+    expect((await s.counters()).delegations('msc4195')).toBe(1);
+    await expectAgentKeepsMembership(s, call, h, 2_000);
+
+    const t0 = Date.now();
+    await h.participant.disconnect();
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`MSC4195: clean disconnect -> membership gone after ${secs(goneAt - t0)}`);
+    expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+  }, 120_000);
+
+  it('3: agent SIGKILLed, participant leaves while it is down; the restarted agent ends the call promptly', async () => {
+    const call = await s.call();
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 1_000);
+
+    const killed = await s.stack.agent.kill();
+    expect(killed.signal).toBe('SIGKILL');
+    await h.participant.disconnect();
+    const left = await waitForWebhook(s.stack, 'participant_left', h.participant.sid, 30_000);
+    // LiveKit retries the agent's webhook for 1+2+4+8 s, then drops it: outwait that, so only the
+    // restored job (not a late webhook) can end the call.
+    await sleep(20_000 - (Date.now() - left.receivedAt));
+    expect(call.membershipPresent()).toBe(true);
+
+    const t0 = Date.now();
+    await s.stack.agent.start();
+    s.rebase();
+    const readyAt = Date.now();
+    const goneAt = await call.waitMembershipGone(30_000);
+    const c = await s.counters();
+    log(`3: agent ready ${secs(readyAt - t0)} after start; membership gone ${secs(goneAt - readyAt)} after ready`);
+    expect(goneAt - readyAt).toBeLessThanOrEqual(5_000);
+    // The restored job found the participant gone by itself: LiveKit gave up delivering the left
+    // webhook to the dead agent, and the new process was told about no left of any participant.
+    const agentHook = `${s.stack.agent.url}/sfu_webhook`;
+    const deliveries = s.stack.lk.logs().split('\n').filter((l) => l.includes(left.event.id) && l.includes(agentHook));
+    expect(deliveries.some((l) => l.includes('failed to send webhook'))).toBe(true);
+    expect(deliveries.some((l) => l.includes('sent webhook'))).toBe(false);
+    expect(c.webhooks('participant_left')).toBe(0);
+    await expectHangupDelivered(s, call);
+  }, 150_000);
+
+  it('4: a reconnect with the same identity (new sid) while the old session is frozen sends no hangup', async () => {
+    // A 10 s delay makes the agent's keep-alive visible: without restarts every ~8 s the
+    // membership would end by itself during this test.
+    const call = await s.call({ delayedLeaveEventDelayMs: 10_000, delayedLeaveEventRestartMs: 5_000 });
+    const { jwt, participant: first } = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await waitForRestart(call, call.app.scheduledRunningSince, 15_000);
+    call.app.crash();
+
+    const t0 = Date.now();
+    first.stop(); // frozen: its connection is still open but silent
+    const second = await call.connectParticipant(jwt);
+    expect(second.identity).toBe(first.identity);
+    expect(second.sid).not.toBe(first.sid);
+    const oldLeft = await waitForWebhook(s.stack, 'participant_left', first.sid, 30_000);
+    const newJoined = await waitForWebhook(s.stack, 'participant_joined', second.sid, 30_000);
+    log(
+      `4: old sid ${first.sid} left (${String((oldLeft.json.participant as Record<string, unknown>).disconnectReason)}) ` +
+        `${secs(oldLeft.receivedAt - t0)}, new sid ${second.sid} joined ${secs(newJoined.receivedAt - t0)} after the freeze`,
+    );
+    // Past the time a frozen session takes to time out (15–25 s) and past two 10 s delays.
+    await sleep(Math.max(0, 28_000 - (Date.now() - t0)));
+    expect(call.membershipPresent()).toBe(true);
+    expect((await s.counters()).sends).toBe(0);
+    const listed = await call.app.listing();
+    expect(listed).toBeDefined();
+    expect(Date.now() - listed!.running_since).toBeLessThan(10_000);
+
+    await first.kill();
+    const t1 = Date.now();
+    await second.disconnect();
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`4: new session's clean disconnect -> membership gone after ${secs(goneAt - t1)}`);
+    expect(goneAt - t1).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+  }, 150_000);
+});
+
+describe.skipIf(!!synapseSkip)(`flow on Synapse${synapseSkip ? ` (skipped: ${synapseSkip})` : ''}`, () => {
+  const s = useStack('synapse');
+
+  it('2: the agent keeps and ends a Synapse membership (restart/send on Synapse, clean disconnect within 3 s)', async () => {
+    const call = await s.call();
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 3_000);
+
+    const t0 = Date.now();
+    await h.participant.disconnect();
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`2 Synapse: clean disconnect -> membership gone after ${secs(goneAt - t0)}`);
+    expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+    await expectHangupDelivered(s, call);
+  }, 120_000);
+});

@@ -1,0 +1,976 @@
+// The full MatrixRTC delegation flow, shared by test/e2e/flow.test.ts and scripts/demo.ts:
+//
+//   homeserver (bundled `lastwill homeserver` or a real Synapse)
+//     ^  restart/send of the delayed leave           ^ OpenID userinfo
+//     |                                               |
+//   agent (`lastwill agent`, child process) <- webhooks -- LiveKit (test-owned netns)
+//     ^ /get_token, /delegate_delayed_leave                 ^ WebRTC
+//   app (matrix-js-sdk MatrixRTCSession, in process)   participant (@livekit/rtc-node child)
+//   observer (a second matrix-js-sdk client watching the call membership)
+//
+//   const stack = await startFlowStack({ homeserver: 'bundled' });
+//   const call = await setupCall(stack);              // app joined, delay_id known, observer synced
+//   const { jwt } = await call.app.getToken({ delegate: true });
+//   const p = await call.connectParticipant(jwt);
+//   await call.app.crash();                           // the app dies without leaving
+//   …
+//   await call.close(); await stack.close();
+//
+// Every step is recorded on a Timeline (relative timestamps, who did what, and a curl command to
+// redo it by hand), which the tests print and the demo renders live.
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { ClientEvent, createClient, type MatrixClient, type Room, SyncState } from 'matrix-js-sdk';
+import { logger as sdkRootLogger } from 'matrix-js-sdk/lib/logger.js';
+import {
+  type MatrixRTCSession,
+  MatrixRTCSessionEvent,
+  MembershipManagerEvent,
+  Status,
+} from 'matrix-js-sdk/lib/matrixrtc/index.js';
+
+import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './livekit.js';
+import { startParticipant, type Participant } from './participant.js';
+import {
+  freeTcpPort,
+  nodeForChildren,
+  PrerequisiteMissing,
+  REPO_ROOT,
+  SUPPORT_DIR,
+  skipOrThrow,
+  spawnManaged,
+  waitFor,
+  type ExitInfo,
+  type ManagedProcess,
+} from './proc.js';
+import { ensureSynapse, registerWithSharedSecret, startSynapse, type RegisteredUser } from './synapse.js';
+import { startWebhookSink, type ReceivedWebhook, type WebhookSink } from './webhook-sink.js';
+
+/** Element Call's `delegatedDelayedLeave` preset: the client restarts only every 5 min. */
+export const DELEGATED_PRESET = { delayedLeaveEventDelayMs: 3_600_000, delayedLeaveEventRestartMs: 300_000 } as const;
+/** The slot every Element Call room call uses (application m.call, id ROOM). */
+export const SLOT_ID = 'm.call#ROOM';
+/** The legacy call member state event type that MembershipManager sends. */
+export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
+export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
+const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
+const MSC4195_DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
+
+/**
+ * unpadded_base64(SHA-256(JSON array)): how lk-jwt-service (and so the agent) names LiveKit rooms
+ * ([room_id, slot_id]) and identities ([mxid, device, member id]). Computed here independently of
+ * the agent's code so the e2e checks the agent against the documented derivation.
+ */
+export function hashJsonArray(parts: readonly string[]): string {
+  return createHash('sha256').update(JSON.stringify(parts), 'utf8').digest('base64').replace(/=+$/, '');
+}
+
+/** The payload of a JWT (no verification: LiveKit verifies it when the participant joins). */
+export function jwtPayload(jwt: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites
+
+export type HomeserverKind = 'bundled' | 'synapse';
+
+/**
+ * undefined when the flow can run here, else the reason to skip (throws under CI=true, like the
+ * rest of the e2e support). Provisions LiveKit/Synapse into .cache/ when missing.
+ */
+export async function flowSkipReason(kind: HomeserverKind): Promise<string | undefined> {
+  const lk = await ensureLiveKitBinary();
+  if (lk.skip) return lk.skip;
+  if (kind === 'synapse') {
+    const py = await ensureSynapse();
+    if (py.skip) return py.skip;
+  }
+  // dist/ is not a prerequisite one may lack: `npm test` builds it first.
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+  return undefined;
+}
+
+/** The parent's environment minus every setting of ours, so a developer's shell cannot leak in. */
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!/^(LASTWILL_HS_|LASTWILL_AGENT_|LIVEKIT_)/.test(k)) env[k] = v;
+  }
+  return env;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeline
+
+export type Actor = 'client' | 'agent' | 'livekit' | 'participant' | 'homeserver' | 'observer' | 'test';
+
+export interface TimelineEntry {
+  /** ms since the timeline started. */
+  t: number;
+  actor: Actor;
+  text: string;
+  /** Commands to do (or check) this step by hand. */
+  commands: string[];
+}
+
+/** What each party did, when, and how to reproduce it; `vars` are the shell variables the commands use. */
+export class Timeline {
+  readonly t0 = Date.now();
+  readonly entries: TimelineEntry[] = [];
+  readonly vars = new Map<string, string>();
+  private readonly listeners = new Set<(e: TimelineEntry) => void>();
+  private readonly varListeners = new Set<(name: string, value: string) => void>();
+
+  mark(actor: Actor, text: string, commands: string[] = []): TimelineEntry {
+    const e = { t: Date.now() - this.t0, actor, text, commands };
+    this.entries.push(e);
+    for (const l of this.listeners) l(e);
+    return e;
+  }
+
+  setVar(name: string, value: string): void {
+    if (this.vars.get(name) === value) return;
+    this.vars.set(name, value);
+    for (const l of this.varListeners) l(name, value);
+  }
+
+  onEntry(l: (e: TimelineEntry) => void): void {
+    this.listeners.add(l);
+  }
+
+  onVar(l: (name: string, value: string) => void): void {
+    this.varListeners.add(l);
+  }
+
+  /** One line per entry, e.g. `  +12.345s agent       sent the hangup`. */
+  render({ commands = false }: { commands?: boolean } = {}): string {
+    return this.entries.map((e) => formatEntry(e, commands)).join('\n');
+  }
+}
+
+export function formatEntry(e: TimelineEntry, withCommands: boolean): string {
+  const head = `  +${(e.t / 1000).toFixed(3).padStart(8)}s  ${e.actor.padEnd(11)} ${e.text}`;
+  if (!withCommands || e.commands.length === 0) return head;
+  return [head, ...e.commands.map((c) => `              $ ${c}`)].join('\n');
+}
+
+/** A curl command line; `url` and header values may reference the timeline's shell variables. */
+export function curl(method: string, url: string, opts: { token?: string; body?: unknown } = {}): string {
+  const parts = ['curl -sS'];
+  if (method !== 'GET') parts.push(`-X ${method}`);
+  parts.push(`"${url}"`);
+  if (opts.token) parts.push(`-H "Authorization: Bearer ${opts.token}"`);
+  if (opts.body !== undefined) parts.push(`-H 'Content-Type: application/json' -d '${JSON.stringify(opts.body)}'`);
+  return parts.join(' ');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Homeservers
+
+export interface MatrixServer {
+  kind: HomeserverKind;
+  label: string;
+  baseUrl: string;
+  serverName: string;
+  registerUser(name: string): Promise<RegisteredUser>;
+  /** How to start this server by hand, for the demo. */
+  runCommand: string;
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+/** `VAR=value … node dist/cli.js <command>` (single-quoted values). */
+function envCommand(env: Record<string, string>, tail: string): string {
+  return `${Object.entries(env)
+    .map(([k, v]) => `${k}='${v}'`)
+    .join(' ')} ${tail}`;
+}
+
+export interface BundledHomeserverOptions {
+  serverName?: string;
+  /** The agent's server-to-server delegation endpoint and its shared secret (MSC4195 forwarding). */
+  agentUrl?: string;
+  agentSecret?: string;
+  livekitServiceUrl?: string;
+}
+
+/** `node dist/cli.js homeserver` on a free loopback port, state in a temp dir. */
+export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}): Promise<MatrixServer> {
+  const port = await freeTcpPort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-e2e-hs-'));
+  const secret = randomBytes(16).toString('hex');
+  const serverName = opts.serverName ?? 'localhost';
+  const settings: Record<string, string> = {
+    LASTWILL_HS_BIND: `127.0.0.1:${port}`,
+    LASTWILL_HS_SERVER_NAME: serverName,
+    LASTWILL_HS_DATA_DIR: dir,
+    LASTWILL_HS_OPEN_REGISTRATION: 'true',
+    LASTWILL_HS_REGISTRATION_SHARED_SECRET: secret,
+    // The agent's unauthenticated restarts come from loopback: give them the trusted bucket.
+    LASTWILL_HS_RATE_LIMITS_TRUSTED_ADDRESSES: '127.0.0.1,::1,::ffff:127.0.0.1',
+    LASTWILL_HS_LOG_LEVEL: 'info',
+    ...(opts.agentUrl ? { LASTWILL_HS_RTC_AGENT_URL: opts.agentUrl } : {}),
+    ...(opts.agentSecret ? { LASTWILL_HS_RTC_AGENT_SECRET: opts.agentSecret } : {}),
+    ...(opts.livekitServiceUrl ? { LASTWILL_HS_RTC_LIVEKIT_SERVICE_URL: opts.livekitServiceUrl } : {}),
+  };
+  const env = { ...cleanEnv(), ...settings };
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const proc = spawnManaged(nodeForChildren(), [CLI, 'homeserver'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    await waitFor('bundled homeserver /versions', async () => (await fetch(`${baseUrl}/_matrix/client/versions`)).ok, {
+      timeoutMs: 20_000,
+      abort: () => (proc.hasExited() ? `homeserver exited early:\n${proc.logs().slice(-4000)}` : undefined),
+    });
+  } catch (err) {
+    await proc.kill();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    kind: 'bundled',
+    label: 'lastwill homeserver',
+    baseUrl,
+    serverName,
+    registerUser: (name) => registerWithSharedSecret(baseUrl, secret, name),
+    runCommand: envCommand(settings, 'npx node dist/cli.js homeserver'),
+    logs: () => proc.logs(),
+    async stop() {
+      await proc.stop(5000);
+      if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent as a child process (so it can be SIGTERMed, SIGKILLed and started again)
+
+export interface AgentOptions {
+  port: number;
+  livekit: Pick<LiveKitServer, 'url' | 'apiKey' | 'apiSecret'>;
+  /** Server name -> loopback base URL (LIVEKIT_CS_API_URL_OVERRIDES); all are full-access. */
+  homeservers: Record<string, string>;
+  /** Enables the server-to-server delegation endpoint the bundled homeserver forwards MSC4195 to. */
+  homeserverSecret?: string;
+}
+
+export interface AgentProcess {
+  url: string;
+  dataDir: string;
+  /** The environment it runs with (lk-jwt-service names), for the demo's "run it yourself". */
+  env: Record<string, string>;
+  running(): boolean;
+  /** Starts it (again, same port and data dir) and waits for /readyz. */
+  start(): Promise<void>;
+  /** SIGTERM (graceful: jobs stay stored, nothing is sent). */
+  stop(): Promise<ExitInfo>;
+  /** SIGKILL. */
+  kill(): Promise<ExitInfo>;
+  /** Current /metrics, parsed. */
+  metrics(): Promise<Metrics>;
+  /** Logs of every run so far. */
+  logs(): string;
+  /** Removes the data dir; the process must be stopped. */
+  dispose(): void;
+}
+
+export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-e2e-agent-'));
+  const url = `http://127.0.0.1:${opts.port}`;
+  const env: Record<string, string> = {
+    LIVEKIT_URL: opts.livekit.url,
+    LIVEKIT_KEY: opts.livekit.apiKey,
+    LIVEKIT_SECRET: opts.livekit.apiSecret,
+    LIVEKIT_FULL_ACCESS_HOMESERVERS: Object.keys(opts.homeservers).join(','),
+    LIVEKIT_JWT_BIND: `127.0.0.1:${opts.port}`,
+    LIVEKIT_CS_API_URL_OVERRIDES: Object.entries(opts.homeservers)
+      .map(([name, base]) => `${name}=${base}`)
+      .join(','),
+    LASTWILL_AGENT_DATA_DIR: dataDir,
+    LIVEKIT_LOG_LEVEL: 'debug',
+    ...(opts.homeserverSecret ? { LASTWILL_AGENT_HOMESERVER_SECRET: opts.homeserverSecret } : {}),
+  };
+  let proc: ManagedProcess | undefined;
+  let history = '';
+  const agent: AgentProcess = {
+    url,
+    dataDir,
+    env,
+    running: () => proc !== undefined && !proc.hasExited(),
+    async start() {
+      if (agent.running()) throw new Error('agent already running');
+      if (proc) history += proc.logs();
+      const p = spawnManaged(nodeForChildren(), [CLI, 'agent'], {
+        env: { ...cleanEnv(), ...env },
+        cwd: dataDir,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      proc = p;
+      await waitFor('agent /readyz', async () => (await fetch(`${url}/readyz`)).ok, {
+        timeoutMs: 20_000,
+        intervalMs: 50,
+        abort: () => (p.hasExited() ? `agent exited early:\n${p.logs().slice(-4000)}` : undefined),
+      });
+    },
+    async stop() {
+      if (!proc) return { code: null, signal: null };
+      return proc.stop(15_000);
+    },
+    async kill() {
+      if (!proc) return { code: null, signal: null };
+      return proc.kill();
+    },
+    async metrics() {
+      const r = await fetch(`${url}/metrics`);
+      if (!r.ok) throw new Error(`GET ${url}/metrics: ${r.status}`);
+      return new Metrics(await r.text());
+    },
+    logs: () => history + (proc?.logs() ?? ''),
+    dispose() {
+      if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  return agent;
+}
+
+/** A parsed Prometheus text exposition. */
+export class Metrics {
+  readonly samples: Array<{ name: string; labels: Record<string, string>; value: number }> = [];
+
+  constructor(readonly text: string) {
+    for (const line of text.split('\n')) {
+      const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
+      if (!m) continue;
+      const labels: Record<string, string> = {};
+      for (const [, k, v] of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[k!] = v!;
+      this.samples.push({ name: m[1]!, labels, value: Number(m[3]) });
+    }
+  }
+
+  /** Sum of the samples of `name` whose labels include `labels`. */
+  sum(name: string, labels: Record<string, string> = {}): number {
+    return this.samples
+      .filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+      .reduce((a, s) => a + s.value, 0);
+  }
+
+  restartsOk(): number {
+    return this.sum('lastwill_agent_delayed_event_actions_total', { action: 'restart', outcome: 'ok' });
+  }
+
+  sendsOk(): number {
+    return this.sum('lastwill_agent_delayed_event_actions_total', { action: 'send', outcome: 'ok' });
+  }
+
+  sends(): number {
+    return this.sum('lastwill_agent_delayed_event_actions_total', { action: 'send' });
+  }
+
+  delegations(source?: string): number {
+    return this.sum('lastwill_agent_delegations_total', source ? { source } : {});
+  }
+
+  webhooks(event: string, verdict = 'accepted'): number {
+    return this.sum('lastwill_agent_webhooks_total', { event, verdict });
+  }
+
+  jobs(state: string): number {
+    return this.sum('lastwill_agent_jobs', { state });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack
+
+export interface FlowStack {
+  hs: MatrixServer;
+  lk: LiveKitServer;
+  /** A second webhook consumer next to the agent: LiveKit's own view, for measuring detection. */
+  sink: WebhookSink;
+  agent: AgentProcess;
+  timeline: Timeline;
+  /** Everything each part logged, for failure dumps. */
+  dumpLogs(): string;
+  close(): Promise<void>;
+}
+
+export async function startFlowStack(opts: { homeserver: HomeserverKind; timeline?: Timeline }): Promise<FlowStack> {
+  const timeline = opts.timeline ?? new Timeline();
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const close = async () => {
+    while (cleanups.length) {
+      try {
+        await cleanups.pop()!();
+      } catch (err) {
+        console.error('[flow] cleanup failed:', err);
+      }
+    }
+  };
+  try {
+    const agentPort = await freeTcpPort();
+    const agentUrl = `http://127.0.0.1:${agentPort}`;
+    const agentSecret = randomBytes(24).toString('hex');
+
+    const sink = await startWebhookSink();
+    cleanups.push(() => sink.close());
+
+    let hs: MatrixServer;
+    if (opts.homeserver === 'bundled') {
+      hs = await startBundledHomeserver({ agentUrl, agentSecret, livekitServiceUrl: agentUrl });
+    } else {
+      const syn = await startSynapse();
+      hs = {
+        kind: 'synapse',
+        label: `Synapse ${syn.version}`,
+        baseUrl: syn.baseUrl,
+        serverName: syn.serverName,
+        registerUser: (name) => syn.registerUser(name),
+        runCommand: `.cache/synapse-venv/bin/python -m synapse.app.homeserver -c ${syn.configFile}`,
+        logs: () => syn.logs(),
+        stop: () => syn.stop(),
+      };
+    }
+    cleanups.push(() => hs.stop());
+    timeline.setVar('HS', hs.baseUrl);
+    timeline.mark('homeserver', `${hs.label} up at ${hs.baseUrl} (server name ${hs.serverName})`, [
+      hs.runCommand,
+      curl('GET', '$HS/_matrix/client/versions'),
+    ]);
+
+    const lk = await startLiveKit({ webhookUrls: [`${agentUrl}/sfu_webhook`, sink.url] });
+    cleanups.push(() => lk.stop());
+    sink.setCredentials(lk.apiKey, lk.apiSecret);
+    timeline.setVar('LK', lk.httpUrl);
+    timeline.mark('livekit', `LiveKit up at ${lk.url}, webhooks to the agent and to a test sink`);
+
+    const agent = await createAgent({
+      port: agentPort,
+      livekit: lk,
+      homeservers: { [hs.serverName]: hs.baseUrl },
+      ...(hs.kind === 'bundled' ? { homeserverSecret: agentSecret } : {}),
+    });
+    cleanups.push(() => agent.dispose());
+    cleanups.push(async () => {
+      await agent.stop();
+    });
+    await agent.start();
+    timeline.setVar('AGENT', agent.url);
+    timeline.mark('agent', `agent up at ${agent.url}`, [
+      envCommand({ ...agent.env, LASTWILL_AGENT_DATA_DIR: '<a fresh dir>' }, 'npx node dist/cli.js agent'),
+      curl('GET', '$AGENT/healthz'),
+    ]);
+
+    const unsubscribe = sink.onReceive((w) => {
+      const p = w.event.participant;
+      if (!p || !w.event.event.startsWith('participant_')) return;
+      const reason = (w.json.participant as Record<string, unknown> | undefined)?.disconnectReason;
+      timeline.mark('livekit', `webhook ${w.event.event} sid=${p.sid}${reason ? ` reason=${String(reason)}` : ''}`);
+    });
+    cleanups.push(unsubscribe);
+
+    return {
+      hs,
+      lk,
+      sink,
+      agent,
+      timeline,
+      dumpLogs: () =>
+        [
+          `--- agent log (tail) ---\n${agent.logs().slice(-8000)}`,
+          `--- homeserver log (tail) ---\n${hs.logs().slice(-6000)}`,
+          `--- livekit log (tail) ---\n${lk.logs().slice(-4000)}`,
+          `--- matrix-js-sdk log (tail) ---\n${sdkLogTail().slice(-4000)}`,
+        ].join('\n'),
+      close,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matrix-js-sdk clients
+
+const sdkLog: string[] = [];
+/** The SDK logs every request at debug; keep its output in a ring for failure dumps instead. */
+function captureSdkLogs(): void {
+  const root = sdkRootLogger as unknown as {
+    methodFactory: (method: string) => (...args: unknown[]) => void;
+    rebuild(): void;
+  };
+  root.methodFactory = (method: string) => (...args: unknown[]) => {
+    sdkLog.push(`${method}: ${args.map((a) => (a instanceof Error ? a.message : String(a))).join(' ')}`);
+    if (sdkLog.length > 2000) sdkLog.splice(0, 500);
+  };
+  root.rebuild();
+}
+captureSdkLogs();
+
+export function sdkLogTail(): string {
+  return sdkLog.slice(-200).join('\n');
+}
+
+/** Creates a client whose network can be cut (an app that crashed sends nothing more). */
+interface NetworkGate {
+  online: boolean;
+  /** `METHOD /path` of every request that got an answer. */
+  answered: string[];
+}
+
+function matrixClient(hs: MatrixServer, user: RegisteredUser, gate: NetworkGate): MatrixClient {
+  const fetchFn: typeof fetch = async (input, init) => {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    if (!gate.online) throw new TypeError('fetch failed (the app is gone)');
+    const res = await fetch(input, init);
+    gate.answered.push(`${init?.method ?? 'GET'} ${new URL(url).pathname}`);
+    return res;
+  };
+  return createClient({
+    baseUrl: hs.baseUrl,
+    accessToken: user.accessToken,
+    userId: user.userId,
+    deviceId: user.deviceId,
+    fetchFn,
+    logger: sdkRootLogger.getChild(`[${user.userId}]`),
+  });
+}
+
+async function startSyncing(client: MatrixClient, roomId: string): Promise<Room> {
+  const synced = new Promise<void>((resolve, reject) => {
+    const onSync = (state: SyncState) => {
+      if (state === SyncState.Prepared || state === SyncState.Syncing) {
+        client.off(ClientEvent.Sync, onSync);
+        resolve();
+      } else if (state === SyncState.Error) {
+        client.off(ClientEvent.Sync, onSync);
+        reject(new Error('initial sync failed'));
+      }
+    };
+    client.on(ClientEvent.Sync, onSync);
+  });
+  await client.startClient({ initialSyncLimit: 5 });
+  await synced;
+  return waitFor(`room ${roomId} in the client's store`, () => client.getRoom(roomId) ?? undefined, { timeoutMs: 15_000 });
+}
+
+async function requestJson(
+  method: string,
+  url: string,
+  opts: { token?: string; body?: unknown } = {},
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await fetch(url, {
+    method,
+    headers: {
+      ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
+    },
+    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+  });
+  const text = await r.text();
+  let body: Record<string, unknown>;
+  try {
+    body = text ? (JSON.parse(text) as Record<string, unknown>) : {};
+  } catch {
+    body = { raw: text };
+  }
+  return { status: r.status, body };
+}
+
+async function okJson(method: string, url: string, opts: { token?: string; body?: unknown } = {}): Promise<Record<string, unknown>> {
+  const r = await requestJson(method, url, opts);
+  if (r.status !== 200) throw new Error(`${method} ${url} -> ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One call: the app (Element Call's role) and an observer
+
+export interface DelayedEventListing {
+  delay_id: string;
+  running_since: number;
+  delay: number;
+  room_id: string;
+  type: string;
+  state_key?: string;
+}
+
+export interface JoinedApp {
+  user: RegisteredUser;
+  client: MatrixClient;
+  session: MatrixRTCSession;
+  memberId: string;
+  delayId: string;
+  /** running_since of the delayed leave right after the client scheduled it. */
+  scheduledRunningSince: number;
+  /** The identity the agent must derive: hash of [mxid, device, member id]. */
+  identity: string;
+  livekitRoom: string;
+  /** Restart/send requests the client made after setupCall returned (answered ones). */
+  clientRestartsSinceSetup(): string[];
+  /** POST /get_token (with the delay_id when `delegate`), as Element Call does. */
+  getToken(o: { delegate: boolean }): Promise<{ url: string; jwt: string }>;
+  /** POST /delegate_delayed_leave on the agent. */
+  delegateToAgent(): Promise<void>;
+  /** POST the MSC4195 endpoint of the homeserver; resolves with the raw answer (it may not exist). */
+  delegateViaHomeserver(sfuUrl: string): Promise<{ status: number; body: Record<string, unknown> }>;
+  /** The app dies without leaving: its network is cut, then the client is stopped. */
+  crash(): void;
+  crashed(): boolean;
+  /** The scheduled delayed leave as the homeserver lists it (read with the user's token). */
+  listing(): Promise<DelayedEventListing | undefined>;
+  /**
+   * The finalised delayed leave (`?status=finalised`, the bundled homeserver's MSC4140 revision):
+   * `{delayed_event, outcome, reason, event_id?, origin_server_ts?}`. Synapse 1.157 has no such listing.
+   */
+  finalised(): Promise<Record<string, unknown> | undefined>;
+}
+
+export interface Observer {
+  user: RegisteredUser;
+  client: MatrixClient;
+  /** Whether the observer's MatrixRTCSession lists a membership of that user and device. */
+  sees(userId: string, deviceId: string): boolean;
+  /** Date.now() when the membership was last seen disappearing, if it has. */
+  goneAt(userId: string, deviceId: string): number | undefined;
+  /** Waits for the membership to disappear; resolves with that moment (Date.now()). */
+  waitGone(userId: string, deviceId: string, timeoutMs: number): Promise<number>;
+  /** The call member state event's content, read over HTTP with the observer's token. */
+  stateContent(stateKey: string): Promise<Record<string, unknown> | undefined>;
+}
+
+export interface Call {
+  roomId: string;
+  app: JoinedApp;
+  observer: Observer;
+  participants: Participant[];
+  /** Starts a real participant with the token (and waits until it is connected). */
+  connectParticipant(jwt: string): Promise<Participant>;
+  /** Whether the observer still sees the app's membership. */
+  membershipPresent(): boolean;
+  /** Waits for the app's membership to end; resolves with that moment. */
+  waitMembershipGone(timeoutMs: number): Promise<number>;
+  /** The app's call member state key. */
+  stateKey(): string;
+  close(): Promise<void>;
+}
+
+export interface SetupCallOptions {
+  delayedLeaveEventDelayMs?: number;
+  delayedLeaveEventRestartMs?: number;
+}
+
+/**
+ * Registers two users, makes a room, has the app (first user) join the MatrixRTC session with the
+ * delegated timing preset, and waits until the observer (second user) sees the membership and the
+ * app knows its delay_id.
+ */
+export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): Promise<Call> {
+  const { hs, agent, timeline } = stack;
+  const delayMs = opts.delayedLeaveEventDelayMs ?? DELEGATED_PRESET.delayedLeaveEventDelayMs;
+  const restartMs = opts.delayedLeaveEventRestartMs ?? DELEGATED_PRESET.delayedLeaveEventRestartMs;
+  const suffix = randomBytes(3).toString('hex');
+  const alice = await hs.registerUser(`alice-${suffix}`);
+  const bob = await hs.registerUser(`bob-${suffix}`);
+  timeline.setVar('ALICE_TOKEN', alice.accessToken);
+  timeline.setVar('BOB_TOKEN', bob.accessToken);
+  const created = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/createRoom`, {
+    token: alice.accessToken,
+    body: { preset: 'public_chat', name: 'lastwill e2e call' },
+  });
+  const roomId = String(created.room_id);
+  await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { token: bob.accessToken, body: {} });
+  timeline.mark('client', `${alice.userId} created ${roomId}; ${bob.userId} joined it`);
+
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const participants: Participant[] = [];
+  const close = async () => {
+    // A clean leave, so LiveKit does not report a timeout into the next test 20 s later.
+    await Promise.all(participants.map((p) => p.disconnect(5_000)));
+    while (cleanups.length) await cleanups.pop()!();
+  };
+  try {
+    // The observer first, so it sees the membership arrive.
+    const bobGate: NetworkGate = { online: true, answered: [] };
+    const bobClient = matrixClient(hs, bob, bobGate);
+    cleanups.push(() => {
+      bobClient.stopClient();
+    });
+    const bobRoom = await startSyncing(bobClient, roomId);
+    const bobSession = bobClient.matrixRTC.getRoomSession(bobRoom);
+    const gone = new Map<string, number>();
+    const key = (u: string, d: string) => `${u}|${d}`;
+    const sees = (u: string, d: string) => bobSession.memberships.some((m) => m.sender === u && m.deviceId === d);
+    let seen = new Set<string>();
+    bobSession.on(MatrixRTCSessionEvent.MembershipsChanged, (_old, now) => {
+      const next = new Set(now.map((m) => key(m.sender, m.deviceId)));
+      for (const k of seen) if (!next.has(k)) gone.set(k, Date.now());
+      for (const k of next) if (!seen.has(k)) gone.delete(k);
+      seen = next;
+    });
+    const observer: Observer = {
+      user: bob,
+      client: bobClient,
+      sees,
+      goneAt: (u, d) => gone.get(key(u, d)),
+      waitGone: (u, d, timeoutMs) =>
+        waitFor(`membership of ${u}/${d} to end (seen by ${bob.userId})`, () => gone.get(key(u, d)), { timeoutMs, intervalMs: 20 }),
+      async stateContent(stateKey) {
+        const r = await requestJson(
+          'GET',
+          `${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`,
+          { token: bob.accessToken },
+        );
+        return r.status === 200 ? r.body : undefined;
+      },
+    };
+
+    // The app: joins the MatrixRTC session like Element Call with the delegated preset.
+    const gate: NetworkGate = { online: true, answered: [] };
+    const client = matrixClient(hs, alice, gate);
+    cleanups.push(() => {
+      gate.online = false; // stopClient() would otherwise send the leave
+      client.stopClient();
+    });
+    const room = await startSyncing(client, roomId);
+    const session = client.matrixRTC.getRoomSession(room);
+    const memberId = `${alice.userId}:${alice.deviceId}`;
+    const delayIdKnown = new Promise<string>((resolve) => {
+      const onDelayId = (id: string | undefined) => {
+        if (id) {
+          session.off(MembershipManagerEvent.DelayIdChanged, onDelayId);
+          resolve(id);
+        }
+      };
+      session.on(MembershipManagerEvent.DelayIdChanged, onDelayId);
+    });
+    const fociPreferred = [{ type: 'livekit', livekit_service_url: agent.url }];
+    session.joinRTCSession({ userId: alice.userId, deviceId: alice.deviceId, memberId }, fociPreferred, undefined, {
+      delayedLeaveEventDelayMs: delayMs,
+      delayedLeaveEventRestartMs: restartMs,
+      manageMediaKeys: false,
+    });
+    const delayId = await Promise.race([
+      delayIdKnown,
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no delay_id within 15 s; sdk log:\n${sdkLogTail()}`)), 15_000)),
+    ]);
+    timeline.setVar('DELAY_ID', delayId);
+    await waitFor('the app reports its membership as Connected', () => session.membershipStatus === Status.Connected, { timeoutMs: 15_000 });
+    await waitFor(`${bob.userId} to see ${alice.userId}'s call membership`, () => sees(alice.userId, alice.deviceId), { timeoutMs: 15_000 });
+    const stateKey = `_${alice.userId}_${alice.deviceId}_m.call`;
+    const membershipContent = await observer.stateContent(stateKey);
+    // MembershipManager restarts the delayed leave once right after publishing the membership;
+    // let that settle so running_since below is the client's last word.
+    const isRestart = (r: string) => r.startsWith('POST') && r.includes('/delayed_events/');
+    await waitFor('the client\'s first restart', () => gate.answered.some(isRestart), { timeoutMs: 5_000 }).catch(() => undefined);
+    const answeredAtSetup = gate.answered.length;
+
+    const listing = async (): Promise<DelayedEventListing | undefined> => {
+      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events`, { token: alice.accessToken });
+      const list = (body.delayed_events ?? []) as DelayedEventListing[];
+      return list.find((d) => d.delay_id === delayId);
+    };
+    const finalised = async (): Promise<Record<string, unknown> | undefined> => {
+      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events?status=finalised`, { token: alice.accessToken });
+      const list = (body.finalised ?? []) as Array<Record<string, unknown>>;
+      return list.find((f) => (f.delayed_event as DelayedEventListing | undefined)?.delay_id === delayId);
+    };
+    const scheduled = await listing();
+    if (!scheduled) throw new Error(`the homeserver does not list delay_id ${delayId} as scheduled`);
+    timeline.mark(
+      'client',
+      `joined the MatrixRTC session (joinRTCSession, delay ${delayMs} ms, restart every ${restartMs} ms): ` +
+        `scheduled the hangup (delayed leave ${delayId}) and published the membership`,
+      [
+        curl('PUT', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}?org.matrix.msc4140.delay=${delayMs}`, {
+          token: '$ALICE_TOKEN',
+          body: {},
+        }),
+        curl('PUT', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`, {
+          token: '$ALICE_TOKEN',
+          body: membershipContent ?? {},
+        }),
+        curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' }),
+      ],
+    );
+
+    const identity = hashJsonArray([alice.userId, alice.deviceId, memberId]);
+    const livekitRoom = hashJsonArray([roomId, SLOT_ID]);
+    const member = { id: memberId, claimed_user_id: alice.userId, claimed_device_id: alice.deviceId };
+    let crashed = false;
+    const openid = async () => {
+      const tok = await client.getOpenIdToken();
+      return {
+        access_token: tok.access_token,
+        token_type: tok.token_type,
+        matrix_server_name: tok.matrix_server_name,
+        expires_in: tok.expires_in,
+      };
+    };
+    const openidCurl = curl('POST', `$HS/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/openid/request_token`, {
+      token: '$ALICE_TOKEN',
+      body: {},
+    });
+
+    const app: JoinedApp = {
+      user: alice,
+      client,
+      session,
+      memberId,
+      delayId,
+      scheduledRunningSince: scheduled.running_since,
+      identity,
+      livekitRoom,
+      clientRestartsSinceSetup: () => gate.answered.slice(answeredAtSetup).filter(isRestart),
+      async getToken({ delegate }) {
+        const body = {
+          room_id: roomId,
+          slot_id: SLOT_ID,
+          openid_token: await openid(),
+          member,
+          ...(delegate ? { delay_id: delayId, delay_timeout: delayMs } : {}),
+        };
+        const res = await okJson('POST', `${agent.url}/get_token`, { body });
+        timeline.mark(
+          'client',
+          delegate ? 'asked the agent for a LiveKit token, handing over the delay_id (/get_token)' : 'asked the agent for a LiveKit token (/get_token)',
+          [openidCurl, curl('POST', '$AGENT/get_token', { body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } } })],
+        );
+        if (typeof res.jwt !== 'string' || typeof res.url !== 'string') throw new Error(`bad /get_token answer ${JSON.stringify(res)}`);
+        timeline.setVar('JWT', res.jwt);
+        return { url: res.url, jwt: res.jwt };
+      },
+      async delegateToAgent() {
+        const body = { room_id: roomId, slot_id: SLOT_ID, openid_token: await openid(), member, delay_id: delayId, delay_timeout: delayMs };
+        await okJson('POST', `${agent.url}/delegate_delayed_leave`, { body });
+        timeline.mark('client', 'handed the delay_id to the agent (/delegate_delayed_leave)', [
+          openidCurl,
+          curl('POST', '$AGENT/delegate_delayed_leave', { body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } } }),
+        ]);
+      },
+      async delegateViaHomeserver(sfuUrl) {
+        const body = { url: sfuUrl, room_id: roomId, slot_id: SLOT_ID, member: { id: memberId, claimed_device_id: alice.deviceId }, delay_id: delayId };
+        const res = await requestJson('POST', `${hs.baseUrl}${MSC4195_DELEGATE}`, { token: alice.accessToken, body });
+        timeline.mark('client', `handed the delay_id to its homeserver (MSC4195) -> ${res.status}${res.status === 200 ? '' : ` ${JSON.stringify(res.body)}`}`, [
+          curl('POST', `$HS${MSC4195_DELEGATE}`, { token: '$ALICE_TOKEN', body }),
+        ]);
+        return res;
+      },
+      crash() {
+        if (crashed) return;
+        crashed = true;
+        gate.online = false;
+        client.stopClient();
+        timeline.mark('client', 'the app died without leaving (network cut, client stopped): it will never restart the hangup again');
+      },
+      crashed: () => crashed,
+      listing,
+      finalised,
+    };
+
+    const call: Call = {
+      roomId,
+      app,
+      observer,
+      participants,
+      async connectParticipant(jwt) {
+        const p = await startParticipant({ url: stack.lk.url, token: jwt });
+        participants.push(p);
+        timeline.mark('participant', `connected to LiveKit as ${p.identity} (sid ${p.sid}, connect ${p.connectMs} ms)`, [
+          `LASTWILL_PARTICIPANT='{"url":"${stack.lk.url}","token":"'"$JWT"'"}' nsenter -t ${stack.lk.netns?.holderPid ?? '<netns holder>'} -n -- ` +
+            `npx node ${path.relative(process.cwd(), path.join(SUPPORT_DIR, 'participant-child.ts'))}`,
+        ]);
+        return p;
+      },
+      membershipPresent: () => sees(alice.userId, alice.deviceId),
+      async waitMembershipGone(timeoutMs) {
+        const at = await observer.waitGone(alice.userId, alice.deviceId, timeoutMs);
+        timeline.mark('observer', `${bob.userId} saw ${alice.userId}'s membership end`, [
+          curl('GET', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`, {
+            token: '$BOB_TOKEN',
+          }),
+        ]);
+        return at;
+      },
+      stateKey: () => stateKey,
+      close,
+    };
+    return call;
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching the agent from outside: /metrics counters turned into timeline entries
+
+/**
+ * Polls the agent's /metrics and marks restarts, sends and delegations on the timeline as they
+ * happen (counters reset when the agent restarts; the watcher follows). Stop it with the result.
+ */
+export function watchAgent(stack: FlowStack, intervalMs = 100): () => void {
+  let last = { restarts: 0, sends: 0, delegations: 0 };
+  let stopped = false;
+  const loop = async () => {
+    while (!stopped) {
+      try {
+        if (stack.agent.running()) {
+          const m = await stack.agent.metrics();
+          const now = { restarts: m.restartsOk(), sends: m.sendsOk(), delegations: m.delegations() };
+          if (now.restarts < last.restarts || now.sends < last.sends || now.delegations < last.delegations) last = { restarts: 0, sends: 0, delegations: 0 };
+          if (now.delegations > last.delegations) {
+            stack.timeline.mark('agent', `took the delegation (seen in /metrics: ${now.delegations} accepted)`, [
+              `curl -sS "$AGENT/metrics" | grep lastwill_agent_delegations_total`,
+            ]);
+          }
+          if (now.restarts > last.restarts) {
+            stack.timeline.mark('agent', `restarted the delayed leave on the homeserver (seen in /metrics: ${now.restarts} ok)`, [
+              curl('POST', `$HS${MSC4140}/delayed_events/$DELAY_ID/restart`, { body: {} }),
+            ]);
+          }
+          if (now.sends > last.sends) {
+            stack.timeline.mark('agent', 'sent the hangup: the delayed leave, now (seen in /metrics)', [curl('POST', `$HS${MSC4140}/delayed_events/$DELAY_ID/send`, { body: {} })]);
+          }
+          last = now;
+        }
+      } catch {
+        /* the agent is between runs */
+      }
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  };
+  void loop();
+  return () => {
+    stopped = true;
+  };
+}
+
+export interface HandOver {
+  jwt: string;
+  /** The LiveKit URL the agent answered with. */
+  url: string;
+  participant: Participant;
+}
+
+/**
+ * What Element Call does after joining: get a LiveKit token from the agent (handing over the
+ * delay_id with it when `viaGetToken`), connect to LiveKit with it, then hand the delay_id over
+ * again through /delegate_delayed_leave when `viaDelegate`.
+ */
+export async function handOver(call: Call, o: { viaGetToken: boolean; viaDelegate: boolean }): Promise<HandOver> {
+  const { url, jwt } = await call.app.getToken({ delegate: o.viaGetToken });
+  const participant = await call.connectParticipant(jwt);
+  if (o.viaDelegate) await call.app.delegateToAgent();
+  return { jwt, url, participant };
+}
+
+/** Waits for the webhook sink to receive a participant event for `sid`. */
+export function waitForWebhook(stack: FlowStack, event: string, sid: string, timeoutMs: number): Promise<ReceivedWebhook> {
+  return stack.sink.waitFor((w) => w.event.event === event && w.event.participant?.sid === sid, timeoutMs);
+}
+
+export { PrerequisiteMissing, skipOrThrow };

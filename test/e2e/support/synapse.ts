@@ -1,0 +1,233 @@
+// A real Synapse (pinned by scripts/provision-synapse.sh, venv in .cache/synapse-venv) with
+// MSC4140 delayed events enabled, on a free 127.0.0.1 port, all state in a temp dir.
+//
+//   const py = await ensureSynapse();                  // {path} or {skip}; throws when CI=true
+//   const hs = await startSynapse();                   // hs.baseUrl, hs.serverName ('localhost')
+//   const u = await hs.registerUser('alice');          // shared-secret admin API (HMAC-SHA1 mac)
+//   await hs.restart();  await hs.stop();  hs.kill();  hs.logs();
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  REPO_ROOT,
+  execFileText,
+  freeTcpPort,
+  PrerequisiteMissing,
+  skipOrThrow,
+  spawnManaged,
+  waitFor,
+  type ManagedProcess,
+} from './proc.js';
+
+export const SYNAPSE_VERSION = '1.157.1';
+
+export type Ensure = { path: string; skip?: undefined } | { path?: undefined; skip: string };
+let ensured: Promise<Ensure> | undefined;
+
+/** Python of the Synapse venv, provisioning it (pip, ~40 s cold) when missing. SYNAPSE_PYTHON overrides. */
+export function ensureSynapse(): Promise<Ensure> {
+  ensured ??= (async (): Promise<Ensure> => {
+    const override = process.env.SYNAPSE_PYTHON;
+    if (override) {
+      if (existsSync(override)) return { path: override };
+      return { skip: skipOrThrow(`SYNAPSE_PYTHON=${override} does not exist`) };
+    }
+    const script = path.join(REPO_ROOT, 'scripts', 'provision-synapse.sh');
+    const r = await execFileText('bash', [script], { stderrToParent: true, env: { ...process.env, SYNAPSE_VERSION } });
+    const py = r.stdout.trim().split('\n').pop() ?? '';
+    if (r.code === 0 && py && existsSync(py)) return { path: py };
+    const msg = (r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-synapse:')).pop() ?? r.stderr.trim()) || `exit ${r.code}`;
+    return { skip: skipOrThrow(`Synapse unavailable: ${msg}`) };
+  })();
+  return ensured;
+}
+
+export interface RegisteredUser {
+  userId: string;
+  accessToken: string;
+  deviceId: string;
+  password: string;
+}
+
+export interface SynapseServer {
+  baseUrl: string;
+  serverName: string;
+  port: number;
+  dir: string;
+  configFile: string;
+  registrationSharedSecret: string;
+  version: string;
+  registerUser(name: string, opts?: { admin?: boolean; password?: string }): Promise<RegisteredUser>;
+  logs(): string;
+  /** SIGTERM (SIGKILL after 10 s) and remove the temp dir. */
+  stop(): Promise<void>;
+  /** SIGKILL and remove the temp dir. */
+  kill(): Promise<void>;
+  /** Stop and start again on the same port with the same database. */
+  restart(): Promise<void>;
+}
+
+export interface StartSynapseOptions {
+  serverName?: string;
+  /** Extra top-level config keys merged over the generated config. */
+  extraConfig?: Record<string, unknown>;
+  readyTimeoutMs?: number;
+}
+
+export function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
+  return createHmac('sha1', secret).update([nonce, user, password, admin ? 'admin' : 'notadmin'].join('\0'), 'utf8').digest('hex');
+}
+
+/**
+ * Registers a user through the Synapse shared-secret admin API (GET nonce, POST with the HMAC-SHA1
+ * mac). The bundled homeserver implements the same API, so both test servers use this.
+ */
+export async function registerWithSharedSecret(
+  baseUrl: string,
+  secret: string,
+  name: string,
+  o: { admin?: boolean; password?: string } = {},
+): Promise<RegisteredUser> {
+  const password = o.password ?? `pw-${randomBytes(6).toString('hex')}`;
+  const url = `${baseUrl}/_synapse/admin/v1/register`;
+  const nr = await fetch(url);
+  if (!nr.ok) throw new Error(`GET ${url}: ${nr.status} ${await nr.text()}`);
+  const { nonce } = (await nr.json()) as { nonce: string };
+  const admin = o.admin ?? false;
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ nonce, username: name, password, admin, mac: registrationMac(secret, nonce, name, password, admin) }),
+  });
+  const body = (await r.json()) as { user_id: string; access_token: string; device_id: string };
+  if (!r.ok) throw new Error(`register ${name}: ${r.status} ${JSON.stringify(body)}`);
+  return { userId: body.user_id, accessToken: body.access_token, deviceId: body.device_id, password };
+}
+
+const fast = { per_second: 10000, burst_count: 10000 };
+
+export async function startSynapse(opts: StartSynapseOptions = {}): Promise<SynapseServer> {
+  const py = await ensureSynapse();
+  if (!py.path) throw new PrerequisiteMissing(py.skip);
+  const python = py.path;
+  const serverName = opts.serverName ?? 'localhost';
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-synapse-'));
+  const port = await freeTcpPort();
+  const secret = randomBytes(16).toString('hex');
+  const configFile = path.join(dir, 'homeserver.yaml');
+  const signingKey = path.join(dir, 'signing.key');
+  // Synapse signing key file format: "ed25519 <key id> <unpadded base64 of the 32-byte seed>"
+  writeFileSync(signingKey, `ed25519 a_test ${randomBytes(32).toString('base64').replace(/=+$/, '')}\n`);
+  const config = {
+    server_name: serverName,
+    report_stats: false,
+    pid_file: path.join(dir, 'homeserver.pid'),
+    signing_key_path: signingKey,
+    media_store_path: path.join(dir, 'media_store'),
+    database: { name: 'sqlite3', args: { database: path.join(dir, 'homeserver.db') } },
+    listeners: [
+      {
+        port,
+        bind_addresses: ['127.0.0.1'],
+        type: 'http',
+        tls: false,
+        x_forwarded: false,
+        // `openid` serves /_matrix/federation/v1/openid/userinfo without a federation listener
+        resources: [{ names: ['client', 'openid'], compress: false }],
+      },
+    ],
+    // No outbound traffic: no key servers, no stats, no federation listener.
+    trusted_key_servers: [],
+    suppress_key_server_warning: true,
+    enable_metrics: false,
+    url_preview_enabled: false,
+    registration_shared_secret: secret,
+    enable_registration: true,
+    enable_registration_without_verification: true,
+    // MSC4140: enabled iff max_event_delay_duration is set and the per-user limit > 0
+    max_event_delay_duration: '24h',
+    experimental_features: { msc4140_max_delayed_events_per_user: 100 },
+    rc_message: fast,
+    rc_delayed_event_mgmt: fast,
+    rc_registration: fast,
+    rc_registration_token_validity: fast,
+    rc_joins: { local: fast, remote: fast },
+    rc_joins_per_room: fast,
+    rc_invites: { per_room: fast, per_user: fast, per_issuer: fast },
+    rc_login: { address: fast, account: fast, failed_attempts: fast },
+    rc_admin_redaction: fast,
+    rc_3pid_validation: fast,
+    ...opts.extraConfig,
+  };
+  writeFileSync(configFile, JSON.stringify(config, null, 2)); // JSON is YAML
+  const logFile = path.join(dir, 'synapse.log');
+  const baseUrl = `http://127.0.0.1:${port}`;
+  let proc: ManagedProcess | undefined;
+  let logHistory = '';
+
+  const versionR = await execFileText(python, ['-c', 'import importlib.metadata as m; print(m.version("matrix-synapse"))']);
+  const version = versionR.stdout.trim();
+
+  async function launch(): Promise<void> {
+    const p = spawnManaged(python, ['-m', 'synapse.app.homeserver', '-c', configFile], {
+      cwd: dir,
+      logFile,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1', SYNAPSE_ASYNC_IO_REACTOR: process.env.SYNAPSE_ASYNC_IO_REACTOR ?? '0' },
+    });
+    proc = p;
+    await waitFor(
+      'Synapse /health',
+      async () => (await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(1000) })).ok,
+      {
+        timeoutMs: opts.readyTimeoutMs ?? 60_000,
+        intervalMs: 200,
+        abort: () => (p.hasExited() ? `synapse exited early:\n${p.logs().slice(-4000)}` : undefined),
+      },
+    );
+  }
+  async function halt(how: 'stop' | 'kill'): Promise<void> {
+    if (!proc) return;
+    const p = proc;
+    proc = undefined;
+    if (how === 'stop') await p.stop(10_000);
+    else await p.kill();
+    logHistory += p.logs();
+  }
+
+  try {
+    await launch();
+  } catch (err) {
+    await halt('kill');
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+
+  let gone = false;
+  const finish = async (how: 'stop' | 'kill') => {
+    if (gone) return;
+    gone = true;
+    await halt(how);
+    if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dir, { recursive: true, force: true });
+  };
+
+  return {
+    baseUrl,
+    serverName,
+    port,
+    dir,
+    configFile,
+    registrationSharedSecret: secret,
+    version,
+    registerUser: (name, o = {}) => registerWithSharedSecret(baseUrl, secret, name, o),
+    logs: () => logHistory + (proc?.logs() ?? ''),
+    stop: () => finish('stop'),
+    kill: () => finish('kill'),
+    async restart() {
+      if (gone) throw new Error('synapse already stopped');
+      await halt('stop');
+      await launch();
+    },
+  };
+}

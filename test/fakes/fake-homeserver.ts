@@ -1,0 +1,187 @@
+// A loopback Matrix homeserver fake with the wire shapes the agent depends on: federation OpenID
+// userinfo, .well-known/matrix/{client,server}, and MSC4140 delayed_events restart/send (path and
+// action-in-body forms). Answers are scriptable per delay id (status, Retry-After, hang) and every
+// request is recorded so tests assert on what actually reached the homeserver.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { closeServer, listenLoopback, readBody, sendJson, waitUntil } from './http-util.js';
+
+export type DelayedAction = 'restart' | 'send';
+
+/** One scripted answer: a status with optional body/headers, or `hang` (never answer). */
+export type ScriptedAnswer = { status: number; body?: unknown; headers?: Record<string, string> } | 'hang';
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  /** For delayed-event management requests. */
+  delayId?: string;
+  action?: string;
+  /** `path` for `/delayed_events/{id}/{action}`, `body` for the action-in-body form. */
+  form?: 'path' | 'body';
+  authorization?: string;
+  body: string;
+  status: number;
+  at: number;
+}
+
+export interface FakeHomeserverOptions {
+  /** Serve over HTTPS with a self-signed certificate generated for 127.0.0.1/localhost. */
+  tls?: boolean;
+}
+
+export interface FakeHomeserver {
+  /** Base URL (http:// or https://127.0.0.1:port). */
+  readonly url: string;
+  readonly port: number;
+  /** PEM of the self-signed certificate when `tls` is set (for NODE_EXTRA_CA_CERTS). */
+  readonly certFile?: string;
+  readonly requests: RecordedRequest[];
+  /** Makes `accessToken` resolve to `userId` at openid/userinfo. */
+  addOpenIdToken(accessToken: string, userId: string): void;
+  /** Answers for the next requests of (delayId, action), in order; after that, `fallback`. */
+  script(delayId: string, action: DelayedAction, answers: ScriptedAnswer[], fallback?: ScriptedAnswer): void;
+  /** While down, every delayed-event request gets 503 (an outage behind a proxy). */
+  setDown(down: boolean): void;
+  /** What `.well-known/matrix/client` announces (default: this server's own URL). */
+  setClientWellKnown(doc: unknown | undefined): void;
+  /** Delayed-event requests for one id (and action), in arrival order. */
+  actionRequests(delayId: string, action?: DelayedAction): RecordedRequest[];
+  waitForRequests(delayId: string, action: DelayedAction, count: number, timeoutMs?: number): Promise<RecordedRequest[]>;
+  close(): Promise<void>;
+}
+
+const DELAYED_PREFIX = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events/';
+
+/** Generates a throwaway self-signed certificate valid for 127.0.0.1 and localhost. */
+export function makeSelfSignedCert(): { dir: string; keyFile: string; certFile: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'lastwill-cert-'));
+  const keyFile = join(dir, 'key.pem');
+  const certFile = join(dir, 'cert.pem');
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1',
+      '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
+    { stdio: 'ignore' },
+  );
+  return { dir, keyFile, certFile };
+}
+
+export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Promise<FakeHomeserver> {
+  const tokens = new Map<string, string>();
+  const scripts = new Map<string, { answers: ScriptedAnswer[]; fallback: ScriptedAnswer }>();
+  const requests: RecordedRequest[] = [];
+  const hanging = new Set<ServerResponse>();
+  let down = false;
+  let clientWellKnown: unknown | undefined;
+  let baseUrl = '';
+
+  const answer = (res: ServerResponse, a: ScriptedAnswer): number => {
+    if (a === 'hang') {
+      hanging.add(res);
+      res.on('close', () => hanging.delete(res));
+      return 0;
+    }
+    sendJson(res, a.status, a.body ?? (a.status < 300 ? {} : { errcode: 'M_UNKNOWN', error: 'scripted' }), a.headers);
+    return a.status;
+  };
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readBody(req);
+    const url = new URL(req.url ?? '/', 'http://fake');
+    const rec: RecordedRequest = {
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      body,
+      status: 0,
+      at: Date.now(),
+      ...(req.headers.authorization !== undefined ? { authorization: req.headers.authorization } : {}),
+    };
+    requests.push(rec);
+    const reply = (status: number, json: unknown, headers?: Record<string, string>) => {
+      rec.status = status;
+      sendJson(res, status, json, headers);
+    };
+
+    if (url.pathname === '/_matrix/federation/v1/openid/userinfo' && req.method === 'GET') {
+      const sub = tokens.get(url.searchParams.get('access_token') ?? '');
+      return sub ? reply(200, { sub }) : reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Unknown token' });
+    }
+    if (url.pathname === '/.well-known/matrix/client') {
+      return reply(200, clientWellKnown ?? { 'm.homeserver': { base_url: baseUrl } });
+    }
+    if (url.pathname === '/.well-known/matrix/server') {
+      return reply(404, { errcode: 'M_NOT_FOUND', error: 'No delegation' });
+    }
+    if (url.pathname.startsWith(DELAYED_PREFIX) && req.method === 'POST') {
+      const rest = url.pathname.slice(DELAYED_PREFIX.length).split('/');
+      const delayId = decodeURIComponent(rest[0] ?? '');
+      let action = rest[1];
+      rec.form = 'path';
+      if (action === undefined) {
+        rec.form = 'body';
+        try {
+          action = (JSON.parse(body) as { action?: string }).action;
+        } catch {
+          action = undefined;
+        }
+      }
+      rec.delayId = delayId;
+      if (action !== undefined) rec.action = action;
+      if (down) return reply(503, { errcode: 'M_UNKNOWN', error: 'Service unavailable' });
+      if (action !== 'restart' && action !== 'send') {
+        return reply(400, { errcode: 'M_INVALID_PARAM', error: 'bad action' });
+      }
+      const script = scripts.get(`${action}\0${delayId}`);
+      const next = script ? (script.answers.shift() ?? script.fallback) : { status: 200, body: {} };
+      rec.status = answer(res, next);
+      return;
+    }
+    return reply(404, { errcode: 'M_UNRECOGNIZED', error: 'Unrecognized request' });
+  }
+
+  const cert = opts.tls ? makeSelfSignedCert() : undefined;
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    handle(req, res).catch(() => res.destroy());
+  };
+  const server: Server = cert
+    ? createHttpsServer({ key: readFileSync(cert.keyFile), cert: readFileSync(cert.certFile) }, listener)
+    : createHttpServer(listener);
+  const port = await listenLoopback(server);
+  baseUrl = `${cert ? 'https' : 'http'}://127.0.0.1:${port}`;
+
+  const actionRequests = (delayId: string, action?: DelayedAction) =>
+    requests.filter((r) => r.delayId === delayId && (action === undefined || r.action === action));
+
+  return {
+    url: baseUrl,
+    port,
+    ...(cert ? { certFile: cert.certFile } : {}),
+    requests,
+    addOpenIdToken: (t, u) => void tokens.set(t, u),
+    script: (delayId, action, answers, fallback = { status: 200, body: {} }) =>
+      void scripts.set(`${action}\0${delayId}`, { answers: [...answers], fallback }),
+    setDown: (d) => void (down = d),
+    setClientWellKnown: (doc) => void (clientWellKnown = doc),
+    actionRequests,
+    waitForRequests: (delayId, action, count, timeoutMs = 30_000) =>
+      waitUntil(
+        () => {
+          const found = actionRequests(delayId, action);
+          return found.length >= count ? found : undefined;
+        },
+        `${count} ${action} request(s)`,
+        timeoutMs,
+      ),
+    async close() {
+      for (const res of hanging) res.destroy();
+      await closeServer(server);
+      if (cert) rmSync(cert.dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,111 @@
+/**
+ * matrix-js-sdk (unmodified) against the module: every delayed-event call it has, and a syncing
+ * client that sees the room state change when a delayed event fires.
+ */
+import { ClientEvent, createClient, type MatrixClient, RoomStateEvent, UpdateDelayedEventAction } from 'matrix-js-sdk';
+import type { Logger } from 'matrix-js-sdk/lib/logger.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
+import { openRoom, roomPath, timeline, waitFor } from './support.js';
+
+const CALL_MEMBER = 'org.matrix.msc3401.call.member';
+
+const noop = (): void => undefined;
+/** The SDK logs every sync step; tests read assertions, not that. */
+const quietLogger: Logger = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, getChild: () => quietLogger };
+
+describe('matrix-js-sdk', () => {
+  let t: TestHomeserver;
+  let alice: Session;
+  let bob: Session;
+  let roomId: string;
+  let client: MatrixClient;
+
+  const clientFor = (s: Session): MatrixClient =>
+    createClient({ baseUrl: t.url, accessToken: s.accessToken, userId: s.userId, deviceId: s.deviceId, logger: quietLogger });
+
+  beforeAll(async () => {
+    t = await startTestHomeserver({ rate_limits: { management: { per_second: 1000, burst: 1000 } } });
+    alice = await t.register('alice');
+    bob = await t.register('bob');
+    roomId = await openRoom(t, alice, [bob]);
+    // Call membership state is open to everyone in this room, as MatrixRTC rooms configure it.
+    const pl = await t.request('GET', roomPath(roomId, '/state/m.room.power_levels/'), { token: alice.accessToken });
+    pl.body.events[CALL_MEMBER] = 0;
+    await t.request('PUT', roomPath(roomId, '/state/m.room.power_levels/'), { token: alice.accessToken, body: pl.body });
+    client = clientFor(alice);
+  });
+  afterAll(async () => {
+    client?.stopClient();
+    await t?.close();
+  });
+
+  it('schedules state and message events and lists them', async () => {
+    const state = await client._unstable_sendDelayedStateEvent(roomId, { delay: 600_000 }, CALL_MEMBER as any, {} as any, `_${alice.userId}_dev`);
+    const msg = await client._unstable_sendDelayedEvent(roomId, { delay: 500_000 }, null, 'com.example.test' as any, { body: 'hi' } as any);
+    expect(state.delay_id).toBeTypeOf('string');
+    expect(msg.delay_id).toBeTypeOf('string');
+    const listed = await client._unstable_getDelayedEvents();
+    expect(listed.scheduled?.map((e) => e.delay_id)).toEqual([msg.delay_id, state.delay_id]);
+    const one = await client._unstable_getDelayedEvents('scheduled', state.delay_id);
+    expect(one.scheduled).toHaveLength(1);
+    expect(one.scheduled![0]).toMatchObject({ type: CALL_MEMBER, state_key: `_${alice.userId}_dev`, delay: 600_000 });
+  });
+
+  it('restarts, cancels and sends, and reports finalised events', async () => {
+    const a = await client._unstable_sendDelayedEvent(roomId, { delay: 600_000 }, null, 'com.example.test' as any, { n: 'a' } as any);
+    const b = await client._unstable_sendDelayedEvent(roomId, { delay: 600_000 }, null, 'com.example.test' as any, { n: 'b' } as any);
+    expect(await client._unstable_restartScheduledDelayedEvent(a.delay_id)).toEqual({});
+    expect(await client._unstable_cancelScheduledDelayedEvent(b.delay_id)).toEqual({});
+    expect(await client._unstable_sendScheduledDelayedEvent(a.delay_id)).toEqual({});
+    await expect(client._unstable_cancelScheduledDelayedEvent(b.delay_id)).rejects.toMatchObject({ errcode: 'M_NOT_FOUND' });
+    const finalised = await client._unstable_getDelayedEvents('finalised', [a.delay_id, b.delay_id]);
+    expect(finalised.finalised?.map((f) => [f.delayed_event.delay_id, f.outcome, f.reason])).toEqual([
+      [a.delay_id, 'send', 'action'],
+      [b.delay_id, 'cancel', 'action'],
+    ]);
+    expect(finalised.finalised?.[0]?.event_id).toMatch(/^\$/);
+    const sent = (await timeline(t, alice, roomId, 'com.example.test')).filter((e) => e.content.n === 'a');
+    expect(sent).toHaveLength(1);
+  });
+
+  it('the deprecated body-form update works (falls back to the authenticated request)', async () => {
+    const a = await client._unstable_sendDelayedEvent(roomId, { delay: 600_000 }, null, 'com.example.test' as any, { n: 'upd' } as any);
+    expect(await client._unstable_updateDelayedEvent(a.delay_id, UpdateDelayedEventAction.Restart)).toEqual({});
+    expect(await client._unstable_updateDelayedEvent(a.delay_id, UpdateDelayedEventAction.Send)).toEqual({});
+    expect(await client._unstable_updateDelayedEvent(a.delay_id, UpdateDelayedEventAction.Send)).toEqual({});
+    await expect(client._unstable_updateDelayedEvent(a.delay_id, UpdateDelayedEventAction.Cancel)).rejects.toMatchObject({
+      httpStatus: 409,
+    });
+  });
+
+  it('a syncing client sees the state change when a delayed leave fires', async () => {
+    const watcher = clientFor(bob);
+    try {
+      const ready = new Promise<void>((resolve) => {
+        watcher.on(ClientEvent.Sync, (state) => {
+          if (state === 'PREPARED') resolve();
+        });
+      });
+      await watcher.startClient({ initialSyncLimit: 5 });
+      await ready;
+      const key = `_${alice.userId}_leave`;
+      await client.sendStateEvent(roomId, CALL_MEMBER as any, { joined: true } as any, key);
+      await waitFor(
+        async () => (watcher.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER, key)?.getContent().joined ? true : undefined),
+        'join state at the watcher',
+      );
+      const changed = new Promise<Record<string, unknown>>((resolve) => {
+        watcher.on(RoomStateEvent.Events, (event) => {
+          if (event.getType() === CALL_MEMBER && event.getStateKey() === key) resolve(event.getContent());
+        });
+      });
+      await client._unstable_sendDelayedStateEvent(roomId, { delay: 300 }, CALL_MEMBER as any, {} as any, key);
+      expect(await changed).toEqual({});
+      expect(watcher.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER, key)?.getSender()).toBe(alice.userId);
+    } finally {
+      watcher.stopClient();
+    }
+  });
+});
