@@ -62,12 +62,12 @@ export async function startAll(
   log: Logger,
 ): Promise<RunningService> {
   const wired = wireTogether(hsConfig, agentConfig);
-  const homeserver = await startHomeserver(wired.hs, log.child({ component: 'homeserver' }));
+  const homeserver = await startHomeserver(wired.hs, log.child({ service: 'homeserver' }));
   let agent: RunningService;
   try {
     agent = await startAgent(
       wired.agent,
-      log.child({ component: 'agent' }, { level: wired.agent.log_level }),
+      log.child({ service: 'agent' }, { level: wired.agent.log_level }),
     );
   } catch (err) {
     await homeserver.close();

@@ -153,3 +153,6 @@ export const forwardedDelegation = z.object({
   user_id: z.string().min(1),
   scoped_token: z.string().min(1).optional(),
 });
+
+/** The body a homeserver sends to `POST /_lastwill/v1/delegations` (MSC4195 forwarding). */
+export type ForwardedDelegation = z.infer<typeof forwardedDelegation>;

@@ -11,6 +11,7 @@ import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
 import { openDatabase } from '../lib/sqlite.js';
 import { type Clock, systemClock } from '../lib/timer-heap.js';
 import { Accounts } from './accounts.js';
+import { AgentForwarder } from './agent-forwarder.js';
 import { TokenAuth } from './auth.js';
 import type { Auth, DelayedEvents, RoomEngine } from './contracts.js';
 import { createDelayedEvents } from './delayed/index.js';
@@ -20,6 +21,7 @@ import { registerAccountRoutes } from './routes/account.js';
 import type { Services } from './routes/common.js';
 import { registerDiscoveryRoutes } from './routes/discovery.js';
 import { registerClientMiscRoutes } from './routes/misc.js';
+import { registerRtcRoutes } from './routes/rtc.js';
 import { registerRoomRoutes } from './routes/rooms.js';
 import { registerSyncRoutes } from './routes/sync.js';
 import { CoreStore } from './store.js';
@@ -66,10 +68,16 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   const db = openDatabase(join(deps.dataDir ?? config.data_dir, 'homeserver.db'), config.sqlite_synchronous);
   const store = new CoreStore(db);
   const notifier = new StreamNotifier(store.maxStream(), clock);
-  let delayed: DelayedEvents | undefined;
-  const auth = new TokenAuth(store, () => delayed);
+  // Auth resolves scoped tokens through the delayed-events module, which itself needs auth.
+  let delayedRef: DelayedEvents | undefined;
+  const auth = new TokenAuth(store, () => delayedRef);
   const rooms = new Rooms(store, notifier, clock, config.server_name, log);
-  delayed = createDelayedEvents({ config, db, log, clock, rooms, auth });
+  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth });
+  delayedRef = delayed;
+  const forwarder =
+    config.rtc.agent_url !== undefined && config.rtc.agent_secret !== undefined
+      ? new AgentForwarder(config.rtc.agent_url, config.rtc.agent_secret, log)
+      : undefined;
   let baseUrl = config.public_base_url ?? `http://${config.bind}`;
   const services: Services = {
     config,
@@ -92,8 +100,8 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   registerSyncRoutes(router, services);
   registerClientMiscRoutes(router, services);
   delayed.registerRoutes(router);
+  registerRtcRoutes(router, { ...services, delayed }, forwarder);
   const app = createHttpApp({ router, log, maxBodyBytes: MAX_BODY_BYTES, commonHeaders: CORS_HEADERS });
-  const delayedEvents = delayed;
   let closed = false;
 
   return {
@@ -101,15 +109,16 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
     router,
     rooms,
     auth,
-    delayed: delayedEvents,
+    delayed,
     db,
     services,
-    start: () => delayedEvents.start(),
+    start: () => delayed.start(),
     async close() {
       if (closed) return;
       closed = true;
-      await delayedEvents.stop();
+      await delayed.stop();
       await app.close();
+      await forwarder?.close();
       db.close();
     },
     setBaseUrl(url) {

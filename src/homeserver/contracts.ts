@@ -87,6 +87,11 @@ export interface DelayedEvents {
     delayMs: number;
     /** Which wire form asked: the seed's query parameter or the dedicated PUT (generation C). */
     form: 'query' | 'dedicated';
+    /**
+     * Runs inside the transaction that stores the delayed event, so the core's transaction-id
+     * record commits with it: a crash can never leave a scheduled event whose retry schedules again.
+     */
+    inCommit?: (delayId: string) => void;
   }): Promise<{ delayId: string }>;
   /** Resolves a scoped delegation token, or undefined when the string is not one. */
   resolveScopedToken(token: string): Requester | undefined;

@@ -2,10 +2,14 @@
 import type { Logger } from 'pino';
 
 import { type HomeserverConfig, splitHostPort } from '../config/homeserver.js';
+import { ConfigError } from '../config/load.js';
 import type { RunningService } from '../lib/service.js';
 import { buildHomeserver } from './app.js';
 
 export async function startHomeserver(config: HomeserverConfig, log: Logger): Promise<RunningService> {
+  if ((config.rtc.agent_url === undefined) !== (config.rtc.agent_secret === undefined)) {
+    throw new ConfigError('rtc.agent_url and rtc.agent_secret must be set together (MSC4195 forwarding)');
+  }
   const hs = buildHomeserver({ config, log });
   try {
     await hs.start();

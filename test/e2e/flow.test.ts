@@ -14,6 +14,7 @@ import {
   DELEGATED_PRESET,
   type FlowStack,
   flowSkipReason,
+  formatEntry,
   handOver,
   type HandOver,
   jwtPayload,
@@ -24,6 +25,7 @@ import {
   waitForWebhook,
 } from './support/flow.js';
 import { isCI, sleep } from './support/proc.js';
+import type { ReceivedWebhook } from './support/webhook-sink.js';
 
 const bundledSkip = await flowSkipReason('bundled');
 const synapseSkip = await flowSkipReason('synapse');
@@ -32,6 +34,8 @@ if (synapseSkip) console.warn(`[flow] skipping Synapse flow: ${synapseSkip}`);
 
 const log = (...a: unknown[]) => console.log('[flow]', ...a);
 const secs = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
+/** LiveKit's disconnect reason name as sent on the wire (protojson). */
+const reasonOf = (w: ReceivedWebhook) => String((w.json.participant as Record<string, unknown>).disconnectReason);
 
 /** A clean leave must end the membership within this (issue 4). */
 const CLEAN_LEAVE_BOUND_MS = 3_000;
@@ -59,7 +63,8 @@ function useStack(kind: 'bundled' | 'synapse') {
   const ctx = {} as { stack: FlowStack; calls: Call[]; from: number; base: Metrics | undefined };
   beforeAll(async () => {
     ctx.stack = await startFlowStack({ homeserver: kind });
-    log(`${kind}: ${ctx.stack.hs.label} ${ctx.stack.hs.baseUrl}, LiveKit ${ctx.stack.lk.url}, agent ${ctx.stack.agent.url}`);
+    const { hs, lk, agent } = ctx.stack;
+    log(`${kind}: ${hs.label} ${hs.baseUrl}, LiveKit ${lk.url}, agent ${agent.url}`);
   }, 180_000);
   afterAll(async () => {
     await ctx.stack?.close();
@@ -70,10 +75,13 @@ function useStack(kind: 'bundled' | 'synapse') {
     ctx.base = await ctx.stack.agent.metrics();
   });
   afterEach(async (t) => {
-    log(`timeline of "${t.task.name}":\n${ctx.stack.timeline.entries.slice(ctx.from).map((e) => `  +${(e.t / 1000).toFixed(3)}s ${e.actor.padEnd(11)} ${e.text}`).join('\n')}`);
+    const entries = ctx.stack.timeline.entries.slice(ctx.from);
+    log(`timeline of "${t.task.name}":\n${entries.map((e) => formatEntry(e, false)).join('\n')}`);
     if (t.task.result?.state === 'fail') {
       console.log(ctx.stack.dumpLogs());
-      for (const c of ctx.calls) for (const p of c.participants) console.log(`--- participant ${p.sid} ---\n${p.logs().slice(-2000)}`);
+      for (const p of ctx.calls.flatMap((c) => c.participants)) {
+        console.log(`--- participant ${p.sid} ---\n${p.logs().slice(-2000)}`);
+      }
     }
     await Promise.all(ctx.calls.map((c) => c.close()));
     // A test that stopped the agent must not leave the next one without it.
@@ -121,7 +129,8 @@ async function expectAgentKeepsMembership(s: Harness, call: Call, h: HandOver, h
 
   // The agent restarts the delayed leave as soon as it sees the participant connected.
   const restarted = await waitForRestart(call, app.scheduledRunningSince, 15_000);
-  log(`running_since advanced ${restarted.running_since - app.scheduledRunningSince} ms past the client's scheduling`);
+  const advanced = restarted.running_since - app.scheduledRunningSince;
+  log(`running_since advanced ${advanced} ms past the client's scheduling`);
   expect(restarted.delay).toBe(DELEGATED_PRESET.delayedLeaveEventDelayMs);
 
   app.crash();
@@ -142,7 +151,9 @@ async function waitForRestart(call: Call, after: number, timeoutMs: number) {
     const d = await call.app.listing();
     if (!d) throw new Error('the delayed leave is no longer scheduled');
     if (d.running_since > after) return d;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`running_since stayed at ${d.running_since} for ${timeoutMs} ms`);
+    if (Date.now() - t0 > timeoutMs) {
+      throw new Error(`running_since stayed at ${d.running_since} for ${timeoutMs} ms`);
+    }
     await sleep(250);
   }
 }
@@ -150,7 +161,7 @@ async function waitForRestart(call: Call, after: number, timeoutMs: number) {
 /** After the membership ended: the leave is a real state event and no longer scheduled. */
 async function expectHangupDelivered(s: Harness, call: Call): Promise<void> {
   expect(call.membershipPresent()).toBe(false);
-  expect(await call.observer.stateContent(call.stateKey())).toEqual({});
+  expect(await call.observer.stateContent(call.app.stateKey)).toEqual({});
   expect(await call.app.listing()).toBeUndefined();
   const c = await s.counters();
   expect(c.sendsOk).toBe(1);
@@ -161,7 +172,9 @@ async function expectHangupDelivered(s: Harness, call: Call): Promise<void> {
   }
 }
 
-describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` (skipped: ${bundledSkip})` : ''}`, () => {
+const skipped = (reason: string | undefined) => (reason ? ` (skipped: ${reason})` : '');
+
+describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${skipped(bundledSkip)}`, () => {
   const s = useStack('bundled');
 
   it('1a: after the app died, a clean participant disconnect ends the membership within 3 s', async () => {
@@ -176,8 +189,11 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     await h.participant.disconnect();
     const left = await waitForWebhook(s.stack, 'participant_left', h.participant.sid, 30_000);
     const goneAt = await call.waitMembershipGone(30_000);
-    log(`1a clean disconnect: participant_left after ${secs(left.receivedAt - t0)}, membership gone after ${secs(goneAt - t0)}`);
-    expect((left.json.participant as Record<string, unknown>).disconnectReason).toBe('CLIENT_INITIATED');
+    log(
+      `1a clean disconnect: participant_left after ${secs(left.receivedAt - t0)}, ` +
+        `membership gone after ${secs(goneAt - t0)}`,
+    );
+    expect(reasonOf(left)).toBe('CLIENT_INITIATED');
     expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
     await expectHangupDelivered(s, call);
   }, 120_000);
@@ -193,7 +209,7 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     const goneAt = await call.waitMembershipGone(DETECTION_WAIT_MS);
     const detection = left.receivedAt - t0;
     log(
-      `1b SIGKILL: LiveKit detected after ${secs(detection)} (${String((left.json.participant as Record<string, unknown>).disconnectReason)}), ` +
+      `1b SIGKILL: LiveKit detected after ${secs(detection)} (${reasonOf(left)}), ` +
         `membership gone after ${secs(goneAt - t0)} (${secs(goneAt - left.receivedAt)} after the webhook)`,
     );
     expect(goneAt - left.receivedAt).toBeLessThanOrEqual(AFTER_DETECTION_BOUND_MS);
@@ -227,7 +243,7 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     expect(c.connectedJobs).toBe(1);
     expect(call.membershipPresent()).toBe(true);
     expect(h.participant.messages.some((x) => x.type === 'event' && x.name === 'disconnected')).toBe(false);
-    expect(await call.observer.stateContent(call.stateKey())).not.toEqual({});
+    expect(await call.observer.stateContent(call.app.stateKey)).not.toEqual({});
 
     // The restored job still follows the participant: its clean leave ends the call.
     const t1 = Date.now();
@@ -243,7 +259,9 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     const h = await handOver(call, { viaGetToken: false, viaDelegate: false });
     const res = await call.app.delegateViaHomeserver(s.stack.lk.url);
     if (res.status === 404 && res.body.errcode === 'M_UNRECOGNIZED') {
-      const why = `the homeserver has no MSC4195 endpoint yet: POST /_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave -> 404 M_UNRECOGNIZED`;
+      const why =
+        'the homeserver has no MSC4195 endpoint yet: POST /_matrix/client/unstable/io.element.msc4195' +
+        '/rtc/livekit/delegate_delayed_leave -> 404 M_UNRECOGNIZED';
       if (isCI()) throw new Error(why);
       t.skip(why);
       return;
@@ -284,7 +302,10 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     // The restored job found the participant gone by itself: LiveKit gave up delivering the left
     // webhook to the dead agent, and the new process was told about no left of any participant.
     const agentHook = `${s.stack.agent.url}/sfu_webhook`;
-    const deliveries = s.stack.lk.logs().split('\n').filter((l) => l.includes(left.event.id) && l.includes(agentHook));
+    const deliveries = s.stack.lk
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes(left.event.id) && l.includes(agentHook));
     expect(deliveries.some((l) => l.includes('failed to send webhook'))).toBe(true);
     expect(deliveries.some((l) => l.includes('sent webhook'))).toBe(false);
     expect(c.webhooks('participant_left')).toBe(0);
@@ -307,8 +328,8 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
     const oldLeft = await waitForWebhook(s.stack, 'participant_left', first.sid, 30_000);
     const newJoined = await waitForWebhook(s.stack, 'participant_joined', second.sid, 30_000);
     log(
-      `4: old sid ${first.sid} left (${String((oldLeft.json.participant as Record<string, unknown>).disconnectReason)}) ` +
-        `${secs(oldLeft.receivedAt - t0)}, new sid ${second.sid} joined ${secs(newJoined.receivedAt - t0)} after the freeze`,
+      `4: old sid ${first.sid} left (${reasonOf(oldLeft)}) ${secs(oldLeft.receivedAt - t0)}, ` +
+        `new sid ${second.sid} joined ${secs(newJoined.receivedAt - t0)} after the freeze`,
     );
     // Past the time a frozen session takes to time out (15–25 s) and past two 10 s delays.
     await sleep(Math.max(0, 28_000 - (Date.now() - t0)));
@@ -327,7 +348,7 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${bundledSkip ? ` 
   }, 150_000);
 });
 
-describe.skipIf(!!synapseSkip)(`flow on Synapse${synapseSkip ? ` (skipped: ${synapseSkip})` : ''}`, () => {
+describe.skipIf(!!synapseSkip)(`flow on Synapse${skipped(synapseSkip)}`, () => {
   const s = useStack('synapse');
 
   it('2: the agent keeps and ends a Synapse membership (restart/send on Synapse, clean disconnect within 3 s)', async () => {

@@ -17,7 +17,7 @@ import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimi
 import { RateLimiter } from '../../lib/rate-limit.js';
 import { BatchWriter, transaction } from '../../lib/sqlite.js';
 import { type Clock, TimerHeap } from '../../lib/timer-heap.js';
-import type { Requester, RoomEngine } from '../contracts.js';
+import type { DelayedEvents, Requester, RoomEngine } from '../contracts.js';
 import { checkTypeAndKey, serialiseContent } from '../events.js';
 import type { DelayedRow, DelayedStore, FinaliseCause, FinaliseFields } from './store.js';
 
@@ -40,15 +40,7 @@ export interface ScheduledEvent {
 
 export type DelayedAction = 'send' | 'cancel' | 'restart';
 
-export interface ScheduleRequest {
-  requester: Requester;
-  roomId: string;
-  type: string;
-  stateKey?: string;
-  content: Record<string, unknown>;
-  delayMs: number;
-  form: 'query' | 'dedicated';
-}
+export type ScheduleRequest = Parameters<DelayedEvents['schedule']>[0];
 
 /** Transaction ids of the dedicated PUT are remembered this long (Synapse keeps ~30 min). */
 const TXN_KEEP_MS = 24 * 3600 * 1000;
@@ -208,7 +200,7 @@ export class DelayedEngine {
       committed: false,
     };
     this.remember(ev);
-    const write = this.writer.write(() =>
+    const write = this.writer.write(() => {
       this.store.insert(
         {
           delay_id: ev.delayId,
@@ -224,8 +216,9 @@ export class DelayedEngine {
         },
         txnKey,
         now,
-      ),
-    );
+      );
+      req.inCommit?.(ev.delayId);
+    });
     const done = write.then(
       () => {
         ev.committed = true;

@@ -136,7 +136,14 @@ export function registerRoomRoutes(router: Router, s: Services): void {
   ): Promise<Record<string, unknown>> => {
     const content = await body(ctx, stateContent);
     if (delayMs !== undefined) {
-      const { delayId } = await s.delayed.schedule({ requester, ...target, content, delayMs, form: 'query' });
+      const { delayId } = await s.delayed.schedule({
+        requester,
+        ...target,
+        content,
+        delayMs,
+        form: 'query',
+        ...(remember ? { inCommit: (id: string) => remember({ delay_id: id }) } : {}),
+      });
       return { delay_id: delayId };
     }
     const { eventId } = rooms.sendEvent({ ...target, sender: requester.userId, content }, (id) =>

@@ -50,7 +50,10 @@ import { ensureSynapse, registerWithSharedSecret, startSynapse, type RegisteredU
 import { startWebhookSink, type ReceivedWebhook, type WebhookSink } from './webhook-sink.js';
 
 /** Element Call's `delegatedDelayedLeave` preset: the client restarts only every 5 min. */
-export const DELEGATED_PRESET = { delayedLeaveEventDelayMs: 3_600_000, delayedLeaveEventRestartMs: 300_000 } as const;
+export const DELEGATED_PRESET = {
+  delayedLeaveEventDelayMs: 3_600_000,
+  delayedLeaveEventRestartMs: 300_000,
+} as const;
 /** The slot every Element Call room call uses (application m.call, id ROOM). */
 export const SLOT_ID = 'm.call#ROOM';
 /** The legacy call member state event type that MembershipManager sends. */
@@ -219,9 +222,14 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
   };
   const env = { ...cleanEnv(), ...settings };
   const baseUrl = `http://127.0.0.1:${port}`;
-  const proc = spawnManaged(nodeForChildren(), [CLI, 'homeserver'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawnManaged(nodeForChildren(), [CLI, 'homeserver'], {
+    env,
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const up = async () => (await fetch(`${baseUrl}/_matrix/client/versions`)).ok;
   try {
-    await waitFor('bundled homeserver /versions', async () => (await fetch(`${baseUrl}/_matrix/client/versions`)).ok, {
+    await waitFor('bundled homeserver /versions', up, {
       timeoutMs: 20_000,
       abort: () => (proc.hasExited() ? `homeserver exited early:\n${proc.logs().slice(-4000)}` : undefined),
     });
@@ -397,7 +405,10 @@ export interface FlowStack {
   close(): Promise<void>;
 }
 
-export async function startFlowStack(opts: { homeserver: HomeserverKind; timeline?: Timeline }): Promise<FlowStack> {
+export async function startFlowStack(opts: {
+  homeserver: HomeserverKind;
+  timeline?: Timeline;
+}): Promise<FlowStack> {
   const timeline = opts.timeline ?? new Timeline();
   const cleanups: Array<() => Promise<void> | void> = [];
   const close = async () => {
@@ -467,7 +478,8 @@ export async function startFlowStack(opts: { homeserver: HomeserverKind; timelin
       const p = w.event.participant;
       if (!p || !w.event.event.startsWith('participant_')) return;
       const reason = (w.json.participant as Record<string, unknown> | undefined)?.disconnectReason;
-      timeline.mark('livekit', `webhook ${w.event.event} sid=${p.sid}${reason ? ` reason=${String(reason)}` : ''}`);
+      const why = reason ? ` reason=${String(reason)}` : '';
+      timeline.mark('livekit', `webhook ${w.event.event} sid=${p.sid}${why}`);
     });
     cleanups.push(unsubscribe);
 
@@ -514,13 +526,14 @@ export function sdkLogTail(): string {
   return sdkLog.slice(-200).join('\n');
 }
 
-/** Creates a client whose network can be cut (an app that crashed sends nothing more). */
+/** A client's network: cut it and the app that crashed sends nothing more. */
 interface NetworkGate {
   online: boolean;
   /** `METHOD /path` of every request that got an answer. */
   answered: string[];
 }
 
+/** A matrix-js-sdk client whose requests pass through `gate`. */
 function matrixClient(hs: MatrixServer, user: RegisteredUser, gate: NetworkGate): MatrixClient {
   const fetchFn: typeof fetch = async (input, init) => {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
@@ -554,7 +567,9 @@ async function startSyncing(client: MatrixClient, roomId: string): Promise<Room>
   });
   await client.startClient({ initialSyncLimit: 5 });
   await synced;
-  return waitFor(`room ${roomId} in the client's store`, () => client.getRoom(roomId) ?? undefined, { timeoutMs: 15_000 });
+  return waitFor(`room ${roomId} in the client's store`, () => client.getRoom(roomId) ?? undefined, {
+    timeoutMs: 15_000,
+  });
 }
 
 async function requestJson(
@@ -580,7 +595,11 @@ async function requestJson(
   return { status: r.status, body };
 }
 
-async function okJson(method: string, url: string, opts: { token?: string; body?: unknown } = {}): Promise<Record<string, unknown>> {
+async function okJson(
+  method: string,
+  url: string,
+  opts: { token?: string; body?: unknown } = {},
+): Promise<Record<string, unknown>> {
   const r = await requestJson(method, url, opts);
   if (r.status !== 200) throw new Error(`${method} ${url} -> ${r.status} ${JSON.stringify(r.body)}`);
   return r.body;
@@ -604,6 +623,8 @@ export interface JoinedApp {
   session: MatrixRTCSession;
   memberId: string;
   delayId: string;
+  /** State key of the app's call member event. */
+  stateKey: string;
   /** running_since of the delayed leave right after the client scheduled it. */
   scheduledRunningSince: number;
   /** The identity the agent must derive: hash of [mxid, device, member id]. */
@@ -653,8 +674,6 @@ export interface Call {
   membershipPresent(): boolean;
   /** Waits for the app's membership to end; resolves with that moment. */
   waitMembershipGone(timeoutMs: number): Promise<number>;
-  /** The app's call member state key. */
-  stateKey(): string;
   close(): Promise<void>;
 }
 
@@ -663,15 +682,252 @@ export interface SetupCallOptions {
   delayedLeaveEventRestartMs?: number;
 }
 
+/** Paths of the app's call member state event (legacy `m.call.member` form, room-level slot). */
+function memberStatePath(roomId: string, stateKey: string): string {
+  const room = encodeURIComponent(roomId);
+  return `/_matrix/client/v3/rooms/${room}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
+}
+
+/** A second user's client that watches the call memberships through its own MatrixRTCSession. */
+async function startObserver(
+  hs: MatrixServer,
+  user: RegisteredUser,
+  roomId: string,
+): Promise<Observer & { close(): void }> {
+  const client = matrixClient(hs, user, { online: true, answered: [] });
+  let room: Room;
+  try {
+    room = await startSyncing(client, roomId);
+  } catch (err) {
+    client.stopClient();
+    throw err;
+  }
+  const session = client.matrixRTC.getRoomSession(room);
+  const key = (u: string, d: string) => `${u}|${d}`;
+  const goneAt = new Map<string, number>();
+  let current = new Set<string>();
+  session.on(MatrixRTCSessionEvent.MembershipsChanged, (_old, now) => {
+    const next = new Set(now.map((m) => key(m.sender, m.deviceId)));
+    for (const k of current) if (!next.has(k)) goneAt.set(k, Date.now());
+    for (const k of next) goneAt.delete(k);
+    current = next;
+  });
+  return {
+    user,
+    client,
+    sees: (u, d) => session.memberships.some((m) => m.sender === u && m.deviceId === d),
+    goneAt: (u, d) => goneAt.get(key(u, d)),
+    waitGone: (u, d, timeoutMs) =>
+      waitFor(`membership of ${u}/${d} to end (seen by ${user.userId})`, () => goneAt.get(key(u, d)), {
+        timeoutMs,
+        intervalMs: 20,
+      }),
+    async stateContent(stateKey) {
+      const r = await requestJson('GET', `${hs.baseUrl}${memberStatePath(roomId, stateKey)}`, {
+        token: user.accessToken,
+      });
+      return r.status === 200 ? r.body : undefined;
+    },
+    close: () => client.stopClient(),
+  };
+}
+
+/**
+ * The app in Element Call's role: joins the MatrixRTC session with the given timing, waits for
+ * its delay_id and for the observer to see the membership, and then acts on the agent like
+ * Element Call (token requests, delegations).
+ */
+async function startApp(
+  stack: FlowStack,
+  user: RegisteredUser,
+  roomId: string,
+  observer: Observer,
+  timing: { delayMs: number; restartMs: number },
+): Promise<JoinedApp & { close(): void }> {
+  const { hs, agent, timeline } = stack;
+  const gate: NetworkGate = { online: true, answered: [] };
+  const client = matrixClient(hs, user, gate);
+  const close = () => {
+    gate.online = false; // stopClient() would otherwise send the leave
+    client.stopClient();
+  };
+  try {
+    const room = await startSyncing(client, roomId);
+    const session = client.matrixRTC.getRoomSession(room);
+    const memberId = `${user.userId}:${user.deviceId}`; // what the deprecated joinRoomSession() uses
+    const delayIdKnown = new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no delay_id within 15 s; sdk log:\n${sdkLogTail()}`)),
+        15_000,
+      );
+      const onDelayId = (id: string | undefined) => {
+        if (!id) return;
+        clearTimeout(timer);
+        session.off(MembershipManagerEvent.DelayIdChanged, onDelayId);
+        resolve(id);
+      };
+      session.on(MembershipManagerEvent.DelayIdChanged, onDelayId);
+    });
+    session.joinRTCSession(
+      { userId: user.userId, deviceId: user.deviceId, memberId },
+      [{ type: 'livekit', livekit_service_url: agent.url }],
+      undefined,
+      {
+        delayedLeaveEventDelayMs: timing.delayMs,
+        delayedLeaveEventRestartMs: timing.restartMs,
+        manageMediaKeys: false,
+      },
+    );
+    const delayId = await delayIdKnown;
+    timeline.setVar('DELAY_ID', delayId);
+    const connected = () => session.membershipStatus === Status.Connected;
+    await waitFor('the app to report its membership as Connected', connected, { timeoutMs: 15_000 });
+    const seen = () => observer.sees(user.userId, user.deviceId);
+    await waitFor(`${observer.user.userId} to see ${user.userId}'s call membership`, seen, { timeoutMs: 15_000 });
+    const stateKey = `_${user.userId}_${user.deviceId}_m.call`;
+    // MembershipManager restarts the delayed leave once right after publishing the membership;
+    // let that settle so running_since below is the client's last word.
+    const isRestart = (r: string) => r.startsWith('POST') && r.includes('/delayed_events/');
+    await waitFor('the client\'s first restart', () => gate.answered.some(isRestart), { timeoutMs: 5_000 }).catch(
+      () => undefined,
+    );
+    const answeredAtSetup = gate.answered.length;
+
+    const listing = async (): Promise<DelayedEventListing | undefined> => {
+      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events`, { token: user.accessToken });
+      return ((body.delayed_events ?? []) as DelayedEventListing[]).find((d) => d.delay_id === delayId);
+    };
+    const finalised = async (): Promise<Record<string, unknown> | undefined> => {
+      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events?status=finalised`, {
+        token: user.accessToken,
+      });
+      const list = (body.finalised ?? []) as Array<Record<string, unknown>>;
+      return list.find((f) => (f.delayed_event as DelayedEventListing | undefined)?.delay_id === delayId);
+    };
+    const scheduled = await listing();
+    if (!scheduled) throw new Error(`the homeserver does not list delay_id ${delayId} as scheduled`);
+    const statePath = memberStatePath(roomId, stateKey);
+    timeline.mark(
+      'client',
+      `joined the MatrixRTC session (joinRTCSession, delay ${timing.delayMs} ms, restart every ` +
+        `${timing.restartMs} ms): scheduled the hangup (delayed leave ${delayId}) and published the membership`,
+      [
+        curl('PUT', `$HS${statePath}?org.matrix.msc4140.delay=${timing.delayMs}`, {
+          token: '$ALICE_TOKEN',
+          body: {},
+        }),
+        curl('PUT', `$HS${statePath}`, {
+          token: '$ALICE_TOKEN',
+          body: (await observer.stateContent(stateKey)) ?? {},
+        }),
+        curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' }),
+      ],
+    );
+
+    const member = { id: memberId, claimed_user_id: user.userId, claimed_device_id: user.deviceId };
+    const openid = async () => {
+      const t = await client.getOpenIdToken();
+      return {
+        access_token: t.access_token,
+        token_type: t.token_type,
+        matrix_server_name: t.matrix_server_name,
+        expires_in: t.expires_in,
+      };
+    };
+    const openidPath = `/_matrix/client/v3/user/${encodeURIComponent(user.userId)}/openid/request_token`;
+    const openidCurl = curl('POST', `$HS${openidPath}`, { token: '$ALICE_TOKEN', body: {} });
+    /** The body as a curl line, with the short-lived OpenID token left for the reader to fill in. */
+    const agentCurl = (route: string, body: { openid_token: Record<string, unknown> }) =>
+      curl('POST', `$AGENT${route}`, {
+        body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } },
+      });
+    const delay = { delay_id: delayId, delay_timeout: timing.delayMs };
+    let crashed = false;
+
+    return {
+      user,
+      client,
+      session,
+      memberId,
+      delayId,
+      stateKey,
+      scheduledRunningSince: scheduled.running_since,
+      identity: hashJsonArray([user.userId, user.deviceId, memberId]),
+      livekitRoom: hashJsonArray([roomId, SLOT_ID]),
+      clientRestartsSinceSetup: () => gate.answered.slice(answeredAtSetup).filter(isRestart),
+      async getToken({ delegate }) {
+        const body = {
+          room_id: roomId,
+          slot_id: SLOT_ID,
+          openid_token: await openid(),
+          member,
+          ...(delegate ? delay : {}),
+        };
+        const res = await okJson('POST', `${agent.url}/get_token`, { body });
+        timeline.mark(
+          'client',
+          `asked the agent for a LiveKit token${delegate ? ', handing over the delay_id' : ''} (/get_token)`,
+          [openidCurl, agentCurl('/get_token', body)],
+        );
+        if (typeof res.jwt !== 'string' || typeof res.url !== 'string') {
+          throw new Error(`bad /get_token answer ${JSON.stringify(res)}`);
+        }
+        timeline.setVar('JWT', res.jwt);
+        return { url: res.url, jwt: res.jwt };
+      },
+      async delegateToAgent() {
+        const body = { room_id: roomId, slot_id: SLOT_ID, openid_token: await openid(), member, ...delay };
+        await okJson('POST', `${agent.url}/delegate_delayed_leave`, { body });
+        timeline.mark('client', 'handed the delay_id to the agent (/delegate_delayed_leave)', [
+          openidCurl,
+          agentCurl('/delegate_delayed_leave', body),
+        ]);
+      },
+      async delegateViaHomeserver(sfuUrl) {
+        const body = {
+          url: sfuUrl,
+          room_id: roomId,
+          slot_id: SLOT_ID,
+          member: { id: memberId, claimed_device_id: user.deviceId },
+          delay_id: delayId,
+        };
+        const res = await requestJson('POST', `${hs.baseUrl}${MSC4195_DELEGATE}`, {
+          token: user.accessToken,
+          body,
+        });
+        const outcome = res.status === 200 ? '200' : `${res.status} ${JSON.stringify(res.body)}`;
+        timeline.mark('client', `handed the delay_id to its homeserver (MSC4195) -> ${outcome}`, [
+          curl('POST', `$HS${MSC4195_DELEGATE}`, { token: '$ALICE_TOKEN', body }),
+        ]);
+        return res;
+      },
+      crash() {
+        if (crashed) return;
+        crashed = true;
+        close();
+        timeline.mark(
+          'client',
+          'the app died without leaving (network cut, client stopped): it will never restart the hangup',
+        );
+      },
+      crashed: () => crashed,
+      listing,
+      finalised,
+      close,
+    };
+  } catch (err) {
+    close();
+    throw err;
+  }
+}
+
 /**
  * Registers two users, makes a room, has the app (first user) join the MatrixRTC session with the
- * delegated timing preset, and waits until the observer (second user) sees the membership and the
- * app knows its delay_id.
+ * delegated timing preset (unless overridden), and waits until the observer (second user) sees the
+ * membership and the app knows its delay_id.
  */
 export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): Promise<Call> {
-  const { hs, agent, timeline } = stack;
-  const delayMs = opts.delayedLeaveEventDelayMs ?? DELEGATED_PRESET.delayedLeaveEventDelayMs;
-  const restartMs = opts.delayedLeaveEventRestartMs ?? DELEGATED_PRESET.delayedLeaveEventRestartMs;
+  const { hs, timeline } = stack;
   const suffix = randomBytes(3).toString('hex');
   const alice = await hs.registerUser(`alice-${suffix}`);
   const bob = await hs.registerUser(`bob-${suffix}`);
@@ -682,268 +938,96 @@ export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): 
     body: { preset: 'public_chat', name: 'lastwill e2e call' },
   });
   const roomId = String(created.room_id);
-  await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { token: bob.accessToken, body: {} });
+  await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {
+    token: bob.accessToken,
+    body: {},
+  });
   timeline.mark('client', `${alice.userId} created ${roomId}; ${bob.userId} joined it`);
 
-  const cleanups: Array<() => Promise<void> | void> = [];
-  const participants: Participant[] = [];
-  const close = async () => {
-    // A clean leave, so LiveKit does not report a timeout into the next test 20 s later.
-    await Promise.all(participants.map((p) => p.disconnect(5_000)));
-    while (cleanups.length) await cleanups.pop()!();
-  };
+  // The observer first, so it sees the membership arrive.
+  const observer = await startObserver(hs, bob, roomId);
+  let app: JoinedApp & { close(): void };
   try {
-    // The observer first, so it sees the membership arrive.
-    const bobGate: NetworkGate = { online: true, answered: [] };
-    const bobClient = matrixClient(hs, bob, bobGate);
-    cleanups.push(() => {
-      bobClient.stopClient();
+    app = await startApp(stack, alice, roomId, observer, {
+      delayMs: opts.delayedLeaveEventDelayMs ?? DELEGATED_PRESET.delayedLeaveEventDelayMs,
+      restartMs: opts.delayedLeaveEventRestartMs ?? DELEGATED_PRESET.delayedLeaveEventRestartMs,
     });
-    const bobRoom = await startSyncing(bobClient, roomId);
-    const bobSession = bobClient.matrixRTC.getRoomSession(bobRoom);
-    const gone = new Map<string, number>();
-    const key = (u: string, d: string) => `${u}|${d}`;
-    const sees = (u: string, d: string) => bobSession.memberships.some((m) => m.sender === u && m.deviceId === d);
-    let seen = new Set<string>();
-    bobSession.on(MatrixRTCSessionEvent.MembershipsChanged, (_old, now) => {
-      const next = new Set(now.map((m) => key(m.sender, m.deviceId)));
-      for (const k of seen) if (!next.has(k)) gone.set(k, Date.now());
-      for (const k of next) if (!seen.has(k)) gone.delete(k);
-      seen = next;
-    });
-    const observer: Observer = {
-      user: bob,
-      client: bobClient,
-      sees,
-      goneAt: (u, d) => gone.get(key(u, d)),
-      waitGone: (u, d, timeoutMs) =>
-        waitFor(`membership of ${u}/${d} to end (seen by ${bob.userId})`, () => gone.get(key(u, d)), { timeoutMs, intervalMs: 20 }),
-      async stateContent(stateKey) {
-        const r = await requestJson(
-          'GET',
-          `${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`,
-          { token: bob.accessToken },
-        );
-        return r.status === 200 ? r.body : undefined;
-      },
-    };
-
-    // The app: joins the MatrixRTC session like Element Call with the delegated preset.
-    const gate: NetworkGate = { online: true, answered: [] };
-    const client = matrixClient(hs, alice, gate);
-    cleanups.push(() => {
-      gate.online = false; // stopClient() would otherwise send the leave
-      client.stopClient();
-    });
-    const room = await startSyncing(client, roomId);
-    const session = client.matrixRTC.getRoomSession(room);
-    const memberId = `${alice.userId}:${alice.deviceId}`;
-    const delayIdKnown = new Promise<string>((resolve) => {
-      const onDelayId = (id: string | undefined) => {
-        if (id) {
-          session.off(MembershipManagerEvent.DelayIdChanged, onDelayId);
-          resolve(id);
-        }
-      };
-      session.on(MembershipManagerEvent.DelayIdChanged, onDelayId);
-    });
-    const fociPreferred = [{ type: 'livekit', livekit_service_url: agent.url }];
-    session.joinRTCSession({ userId: alice.userId, deviceId: alice.deviceId, memberId }, fociPreferred, undefined, {
-      delayedLeaveEventDelayMs: delayMs,
-      delayedLeaveEventRestartMs: restartMs,
-      manageMediaKeys: false,
-    });
-    const delayId = await Promise.race([
-      delayIdKnown,
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no delay_id within 15 s; sdk log:\n${sdkLogTail()}`)), 15_000)),
-    ]);
-    timeline.setVar('DELAY_ID', delayId);
-    await waitFor('the app reports its membership as Connected', () => session.membershipStatus === Status.Connected, { timeoutMs: 15_000 });
-    await waitFor(`${bob.userId} to see ${alice.userId}'s call membership`, () => sees(alice.userId, alice.deviceId), { timeoutMs: 15_000 });
-    const stateKey = `_${alice.userId}_${alice.deviceId}_m.call`;
-    const membershipContent = await observer.stateContent(stateKey);
-    // MembershipManager restarts the delayed leave once right after publishing the membership;
-    // let that settle so running_since below is the client's last word.
-    const isRestart = (r: string) => r.startsWith('POST') && r.includes('/delayed_events/');
-    await waitFor('the client\'s first restart', () => gate.answered.some(isRestart), { timeoutMs: 5_000 }).catch(() => undefined);
-    const answeredAtSetup = gate.answered.length;
-
-    const listing = async (): Promise<DelayedEventListing | undefined> => {
-      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events`, { token: alice.accessToken });
-      const list = (body.delayed_events ?? []) as DelayedEventListing[];
-      return list.find((d) => d.delay_id === delayId);
-    };
-    const finalised = async (): Promise<Record<string, unknown> | undefined> => {
-      const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events?status=finalised`, { token: alice.accessToken });
-      const list = (body.finalised ?? []) as Array<Record<string, unknown>>;
-      return list.find((f) => (f.delayed_event as DelayedEventListing | undefined)?.delay_id === delayId);
-    };
-    const scheduled = await listing();
-    if (!scheduled) throw new Error(`the homeserver does not list delay_id ${delayId} as scheduled`);
-    timeline.mark(
-      'client',
-      `joined the MatrixRTC session (joinRTCSession, delay ${delayMs} ms, restart every ${restartMs} ms): ` +
-        `scheduled the hangup (delayed leave ${delayId}) and published the membership`,
-      [
-        curl('PUT', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}?org.matrix.msc4140.delay=${delayMs}`, {
-          token: '$ALICE_TOKEN',
-          body: {},
-        }),
-        curl('PUT', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`, {
-          token: '$ALICE_TOKEN',
-          body: membershipContent ?? {},
-        }),
-        curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' }),
-      ],
-    );
-
-    const identity = hashJsonArray([alice.userId, alice.deviceId, memberId]);
-    const livekitRoom = hashJsonArray([roomId, SLOT_ID]);
-    const member = { id: memberId, claimed_user_id: alice.userId, claimed_device_id: alice.deviceId };
-    let crashed = false;
-    const openid = async () => {
-      const tok = await client.getOpenIdToken();
-      return {
-        access_token: tok.access_token,
-        token_type: tok.token_type,
-        matrix_server_name: tok.matrix_server_name,
-        expires_in: tok.expires_in,
-      };
-    };
-    const openidCurl = curl('POST', `$HS/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/openid/request_token`, {
-      token: '$ALICE_TOKEN',
-      body: {},
-    });
-
-    const app: JoinedApp = {
-      user: alice,
-      client,
-      session,
-      memberId,
-      delayId,
-      scheduledRunningSince: scheduled.running_since,
-      identity,
-      livekitRoom,
-      clientRestartsSinceSetup: () => gate.answered.slice(answeredAtSetup).filter(isRestart),
-      async getToken({ delegate }) {
-        const body = {
-          room_id: roomId,
-          slot_id: SLOT_ID,
-          openid_token: await openid(),
-          member,
-          ...(delegate ? { delay_id: delayId, delay_timeout: delayMs } : {}),
-        };
-        const res = await okJson('POST', `${agent.url}/get_token`, { body });
-        timeline.mark(
-          'client',
-          delegate ? 'asked the agent for a LiveKit token, handing over the delay_id (/get_token)' : 'asked the agent for a LiveKit token (/get_token)',
-          [openidCurl, curl('POST', '$AGENT/get_token', { body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } } })],
-        );
-        if (typeof res.jwt !== 'string' || typeof res.url !== 'string') throw new Error(`bad /get_token answer ${JSON.stringify(res)}`);
-        timeline.setVar('JWT', res.jwt);
-        return { url: res.url, jwt: res.jwt };
-      },
-      async delegateToAgent() {
-        const body = { room_id: roomId, slot_id: SLOT_ID, openid_token: await openid(), member, delay_id: delayId, delay_timeout: delayMs };
-        await okJson('POST', `${agent.url}/delegate_delayed_leave`, { body });
-        timeline.mark('client', 'handed the delay_id to the agent (/delegate_delayed_leave)', [
-          openidCurl,
-          curl('POST', '$AGENT/delegate_delayed_leave', { body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } } }),
-        ]);
-      },
-      async delegateViaHomeserver(sfuUrl) {
-        const body = { url: sfuUrl, room_id: roomId, slot_id: SLOT_ID, member: { id: memberId, claimed_device_id: alice.deviceId }, delay_id: delayId };
-        const res = await requestJson('POST', `${hs.baseUrl}${MSC4195_DELEGATE}`, { token: alice.accessToken, body });
-        timeline.mark('client', `handed the delay_id to its homeserver (MSC4195) -> ${res.status}${res.status === 200 ? '' : ` ${JSON.stringify(res.body)}`}`, [
-          curl('POST', `$HS${MSC4195_DELEGATE}`, { token: '$ALICE_TOKEN', body }),
-        ]);
-        return res;
-      },
-      crash() {
-        if (crashed) return;
-        crashed = true;
-        gate.online = false;
-        client.stopClient();
-        timeline.mark('client', 'the app died without leaving (network cut, client stopped): it will never restart the hangup again');
-      },
-      crashed: () => crashed,
-      listing,
-      finalised,
-    };
-
-    const call: Call = {
-      roomId,
-      app,
-      observer,
-      participants,
-      async connectParticipant(jwt) {
-        const p = await startParticipant({ url: stack.lk.url, token: jwt });
-        participants.push(p);
-        timeline.mark('participant', `connected to LiveKit as ${p.identity} (sid ${p.sid}, connect ${p.connectMs} ms)`, [
-          `LASTWILL_PARTICIPANT='{"url":"${stack.lk.url}","token":"'"$JWT"'"}' nsenter -t ${stack.lk.netns?.holderPid ?? '<netns holder>'} -n -- ` +
-            `npx node ${path.relative(process.cwd(), path.join(SUPPORT_DIR, 'participant-child.ts'))}`,
-        ]);
-        return p;
-      },
-      membershipPresent: () => sees(alice.userId, alice.deviceId),
-      async waitMembershipGone(timeoutMs) {
-        const at = await observer.waitGone(alice.userId, alice.deviceId, timeoutMs);
-        timeline.mark('observer', `${bob.userId} saw ${alice.userId}'s membership end`, [
-          curl('GET', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`, {
-            token: '$BOB_TOKEN',
-          }),
-        ]);
-        return at;
-      },
-      stateKey: () => stateKey,
-      close,
-    };
-    return call;
   } catch (err) {
-    await close();
+    observer.close();
     throw err;
   }
+  const participants: Participant[] = [];
+  return {
+    roomId,
+    app,
+    observer,
+    participants,
+    async connectParticipant(jwt) {
+      const p = await startParticipant({ url: stack.lk.url, token: jwt });
+      participants.push(p);
+      const child = path.relative(process.cwd(), path.join(SUPPORT_DIR, 'participant-child.ts'));
+      const what = `connected to LiveKit as ${p.identity} (sid ${p.sid}, connect ${p.connectMs} ms)`;
+      timeline.mark('participant', what, [
+        `LASTWILL_PARTICIPANT='{"url":"${stack.lk.url}","token":"'"$JWT"'"}' ` +
+          `nsenter -t ${stack.lk.netns?.holderPid ?? '<netns holder pid>'} -n -- npx node ${child}`,
+      ]);
+      return p;
+    },
+    membershipPresent: () => observer.sees(alice.userId, alice.deviceId),
+    async waitMembershipGone(timeoutMs) {
+      const at = await observer.waitGone(alice.userId, alice.deviceId, timeoutMs);
+      timeline.mark('observer', `${bob.userId} saw ${alice.userId}'s membership end`, [
+        curl('GET', `$HS${memberStatePath(roomId, app.stateKey)}`, { token: '$BOB_TOKEN' }),
+      ]);
+      return at;
+    },
+    async close() {
+      // A clean leave, so LiveKit does not report a timeout into the next test 20 s later.
+      await Promise.all(participants.map((p) => p.disconnect(5_000)));
+      app.close();
+      observer.close();
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Watching the agent from outside: /metrics counters turned into timeline entries
 
 /**
- * Polls the agent's /metrics and marks restarts, sends and delegations on the timeline as they
- * happen (counters reset when the agent restarts; the watcher follows). Stop it with the result.
+ * Polls the agent's /metrics and marks delegations, restarts and sends on the timeline as they
+ * happen (counters restart from zero with the agent; the watcher follows). Call the result to stop.
  */
 export function watchAgent(stack: FlowStack, intervalMs = 100): () => void {
-  let last = { restarts: 0, sends: 0, delegations: 0 };
+  const zero = { restarts: 0, sends: 0, delegations: 0 };
+  let last = zero;
   let stopped = false;
-  const loop = async () => {
+  const actionCurl = (action: string) =>
+    curl('POST', `$HS${MSC4140}/delayed_events/$DELAY_ID/${action}`, { body: {} });
+  const poll = async () => {
+    const m = await stack.agent.metrics();
+    const now = { restarts: m.restartsOk(), sends: m.sendsOk(), delegations: m.delegations() };
+    if (now.restarts < last.restarts || now.sends < last.sends || now.delegations < last.delegations) last = zero;
+    const { timeline } = stack;
+    if (now.delegations > last.delegations) {
+      timeline.mark('agent', `took the delegation (seen in /metrics: ${now.delegations} accepted)`, [
+        'curl -sS "$AGENT/metrics" | grep lastwill_agent_delegations_total',
+      ]);
+    }
+    if (now.restarts > last.restarts) {
+      const what = `restarted the delayed leave on the homeserver (seen in /metrics: ${now.restarts} ok)`;
+      timeline.mark('agent', what, [actionCurl('restart')]);
+    }
+    if (now.sends > last.sends) {
+      timeline.mark('agent', 'sent the hangup: the delayed leave, now (seen in /metrics)', [actionCurl('send')]);
+    }
+    last = now;
+  };
+  void (async () => {
     while (!stopped) {
-      try {
-        if (stack.agent.running()) {
-          const m = await stack.agent.metrics();
-          const now = { restarts: m.restartsOk(), sends: m.sendsOk(), delegations: m.delegations() };
-          if (now.restarts < last.restarts || now.sends < last.sends || now.delegations < last.delegations) last = { restarts: 0, sends: 0, delegations: 0 };
-          if (now.delegations > last.delegations) {
-            stack.timeline.mark('agent', `took the delegation (seen in /metrics: ${now.delegations} accepted)`, [
-              `curl -sS "$AGENT/metrics" | grep lastwill_agent_delegations_total`,
-            ]);
-          }
-          if (now.restarts > last.restarts) {
-            stack.timeline.mark('agent', `restarted the delayed leave on the homeserver (seen in /metrics: ${now.restarts} ok)`, [
-              curl('POST', `$HS${MSC4140}/delayed_events/$DELAY_ID/restart`, { body: {} }),
-            ]);
-          }
-          if (now.sends > last.sends) {
-            stack.timeline.mark('agent', 'sent the hangup: the delayed leave, now (seen in /metrics)', [curl('POST', `$HS${MSC4140}/delayed_events/$DELAY_ID/send`, { body: {} })]);
-          }
-          last = now;
-        }
-      } catch {
-        /* the agent is between runs */
-      }
+      if (stack.agent.running()) await poll().catch(() => undefined); // between runs of the agent
       await new Promise((r) => setTimeout(r, intervalMs));
     }
-  };
-  void loop();
+  })();
   return () => {
     stopped = true;
   };
@@ -969,8 +1053,12 @@ export async function handOver(call: Call, o: { viaGetToken: boolean; viaDelegat
 }
 
 /** Waits for the webhook sink to receive a participant event for `sid`. */
-export function waitForWebhook(stack: FlowStack, event: string, sid: string, timeoutMs: number): Promise<ReceivedWebhook> {
+export function waitForWebhook(
+  stack: FlowStack,
+  event: string,
+  sid: string,
+  timeoutMs: number,
+): Promise<ReceivedWebhook> {
   return stack.sink.waitFor((w) => w.event.event === event && w.event.participant?.sid === sid, timeoutMs);
 }
 
-export { PrerequisiteMissing, skipOrThrow };
