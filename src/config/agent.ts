@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 
 import { group, type Infer, setting } from './define.js';
-import { hostPort } from './homeserver.js';
+import { hostPort, serverName, storageSettings } from './common.js';
 
 /** The value that makes LIVEKIT_INSECURE_SKIP_VERIFY_TLS take effect (same sentinel as lk-jwt-service). */
 export const INSECURE_TLS_SENTINEL = 'YES_I_KNOW_WHAT_I_AM_DOING';
@@ -31,10 +31,6 @@ export function bindFromLkJwt(raw: string): string {
 }
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'warning', 'error'] as const;
-
-const serverName = z
-  .string()
-  .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a Matrix server name');
 
 const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
 
@@ -125,14 +121,7 @@ export const agentSettings = group(
       secret: true,
       aliases: [{ name: 'LIVEKIT_REDIS_URL' }],
     }),
-    data_dir: setting(z.string().min(1).default('./.data/agent'), {
-      doc: 'Directory of the SQLite job store (created when missing).',
-      env: 'string',
-    }),
-    sqlite_synchronous: setting(z.enum(['normal', 'full']).default('full'), {
-      doc: 'SQLite synchronous mode. "full" survives power loss; "normal" survives process crashes only.',
-      env: 'string',
-    }),
+    ...storageSettings('./.data/agent'),
     homeserver_secret: setting(z.string().min(16).optional(), {
       doc:
         'Shared secret of homeservers forwarding MSC4195 delegations to POST /_lastwill/v1/delegations ' +

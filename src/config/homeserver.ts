@@ -1,20 +1,12 @@
 /** Settings of `lastwill homeserver`: the bundled MSC4140 delayed-events homeserver. */
 import { z } from 'zod';
 
+import { hostPort, serverName, storageSettings } from './common.js';
 import { group, type Infer, setting } from './define.js';
 
+export { hostPort, splitHostPort } from './common.js';
+
 const ONE_MONTH_MS = 30 * 24 * 3600 * 1000;
-
-/** `host:port`, with `[v6]:port` for IPv6. */
-export const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:8008')
-  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
-
-export function splitHostPort(value: string): { host: string; port: number } {
-  const i = value.lastIndexOf(':');
-  return { host: value.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(value.slice(i + 1)) };
-}
 
 const bucket = (perSecond: number, burst: number, what: string) =>
   group(
@@ -38,10 +30,7 @@ export const homeserverSettings = group(
       env: 'string',
     }),
     server_name: setting(
-      z
-        .string()
-        .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a Matrix server name')
-        .default('localhost'),
+      serverName.default('localhost'),
       { doc: 'The Matrix server name: the domain part of user ids (@alice:<server_name>).', env: 'string' },
     ),
     public_base_url: setting(z.url().optional(), {
@@ -49,14 +38,7 @@ export const homeserverSettings = group(
       env: 'string',
       example: 'https://matrix.example.com',
     }),
-    data_dir: setting(z.string().min(1).default('./.data/homeserver'), {
-      doc: 'Directory of the SQLite database (created when missing).',
-      env: 'string',
-    }),
-    sqlite_synchronous: setting(z.enum(['normal', 'full']).default('full'), {
-      doc: 'SQLite synchronous mode. "full" survives power loss; "normal" survives process crashes only.',
-      env: 'string',
-    }),
+    ...storageSettings('./.data/homeserver'),
     registration_shared_secret: setting(z.string().min(1).optional(), {
       doc: 'Enables Synapse-compatible shared-secret registration at /_synapse/admin/v1/register.',
       env: 'string',

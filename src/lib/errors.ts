@@ -23,6 +23,8 @@ export const ERROR_KINDS = {
   unrecognized: { status: 404, errcode: 'M_UNRECOGNIZED' },
   methodNotAllowed: { status: 405, errcode: 'M_UNRECOGNIZED' },
   conflict: { status: 409, errcode: 'M_UNKNOWN' },
+  /** Seed rule: a delayed state event overwritten by another user (stored as its error, never answered). */
+  cancelledByStateUpdate: { status: 409, errcode: 'M_CANCELLED_BY_STATE_UPDATE' },
   tooLarge: { status: 413, errcode: 'M_TOO_LARGE' },
   limitExceeded: { status: 429, errcode: 'M_LIMIT_EXCEEDED' },
   internal: { status: 500, errcode: 'M_UNKNOWN' },

@@ -12,7 +12,7 @@ import type { z } from 'zod';
 
 import { fail, isMatrixError, type MatrixError } from './errors.js';
 
-export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE' | 'OPTIONS';
+export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'OPTIONS';
 
 export interface Reply {
   status?: number;
@@ -247,6 +247,12 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
       }
       status = send(res, reply, method, opts.commonHeaders);
     } catch (err) {
+      if (req.destroyed && !isMatrixError(err)) {
+        // The client went away mid-request (reading its body failed): nobody to answer, no bug.
+        opts.log.debug({ route: routeName }, 'client aborted the request');
+        status = 499;
+        return;
+      }
       const reply = isMatrixError(err) ? errorReply(err) : internalError(err, opts.log, routeName);
       status = send(res, reply, method, opts.commonHeaders);
     } finally {

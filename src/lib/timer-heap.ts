@@ -58,11 +58,6 @@ export class TimerHeap<K> {
     return i === undefined ? undefined : this.dues[i];
   }
 
-  /** The earliest due time, or undefined when empty. */
-  peekDue(): number | undefined {
-    return this.dues[0];
-  }
-
   /** Adds the key, or moves it when it is already scheduled. */
   schedule(key: K, due: number): void {
     const i = this.index.get(key);
