@@ -76,9 +76,9 @@ async function main(): Promise<number> {
     call = await setupCall(stack);
     const { app } = call;
     const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
-    const msc4195 = await app.delegateViaHomeserver(stack.lk.url);
+    const msc4195 = await app.delegateViaHomeserver((await app.livekitServiceUrl()) ?? stack.agent.url);
     if (msc4195.status !== 200) {
-      timeline.mark('homeserver', 'has no MSC4195 delegation endpoint yet; the agent got the delay_id directly instead');
+      timeline.mark('homeserver', 'has no MSC4195 delegation endpoint yet; the agent got the delay_id directly');
     }
 
     // The agent restarts the delayed leave as soon as it sees the participant in LiveKit.
@@ -87,30 +87,38 @@ async function main(): Promise<number> {
       await sleep(250);
       listed = await app.listing();
     }
-    if (!listed || listed.running_since <= app.scheduledRunningSince) throw new Error('the agent did not restart the delayed leave');
+    if (!listed || listed.running_since <= app.scheduledRunningSince) {
+      throw new Error('the agent did not restart the delayed leave');
+    }
+    const advanced = listed.running_since - app.scheduledRunningSince;
     timeline.mark(
       'homeserver',
-      `lists the delayed leave with running_since ${listed.running_since - app.scheduledRunningSince} ms later than the ` +
-        `client left it: restarted by the agent, due in ${Math.round(listed.delay / 60_000)} min`,
+      `lists the delayed leave with running_since ${advanced} ms later than the client left it: ` +
+        `restarted by the agent, due in ${Math.round(listed.delay / 60_000)} min`,
       [curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' })],
     );
 
     app.crash();
     await sleep(HOLD_MS);
-    if (!call.membershipPresent()) throw new Error('the membership ended while the participant was still connected');
-    timeline.mark('observer', `${HOLD_MS / 1000} s after the app died, bob still sees alice in the call (the participant is connected)`, [
-      curl('GET', `$HS/_matrix/client/v3/rooms/${encodeURIComponent(call.roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(call.stateKey())}`, {
-        token: '$BOB_TOKEN',
-      }),
-    ]);
+    if (!call.membershipPresent()) throw new Error('the membership ended while the participant was connected');
+    const room = encodeURIComponent(call.roomId);
+    const statePath = `/_matrix/client/v3/rooms/${room}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(app.stateKey)}`;
+    timeline.mark(
+      'observer',
+      `${HOLD_MS / 1000} s after the app died, bob still sees alice in the call (the participant is connected)`,
+      [curl('GET', `$HS${statePath}`, { token: '$BOB_TOKEN' })],
+    );
 
-    timeline.mark('participant', 'leaves LiveKit cleanly (room.disconnect())', ['# in the participant: {"cmd":"disconnect"} on stdin, or Ctrl-C']);
+    timeline.mark('participant', 'leaves LiveKit cleanly (room.disconnect())', [
+      '# in the participant: {"cmd":"disconnect"} on stdin, or Ctrl-C',
+    ]);
     const t0 = Date.now();
     await h.participant.disconnect();
     const goneAt = await call.waitMembershipGone(30_000);
     await sleep(150); // let the metrics watcher note the send
     const fin = await app.finalised();
-    const sentAt = typeof fin?.origin_server_ts === 'number' ? ` at +${((fin.origin_server_ts - timeline.t0) / 1000).toFixed(3)}s` : '';
+    const created = fin?.origin_server_ts;
+    const sentAt = typeof created === 'number' ? ` at +${((created - timeline.t0) / 1000).toFixed(3)}s` : '';
     timeline.mark(
       'homeserver',
       fin
@@ -127,10 +135,11 @@ async function main(): Promise<number> {
       [
         `participant left -> membership gone for bob: ${goneAt - t0} ms`,
         `agent: ${m.delegations()} delegations accepted, ${m.restartsOk()} restarts ok, ${m.sendsOk()} hangup sent`,
-        `client: made ${app.clientRestartsSinceSetup().length} restarts after handing over (delegated preset: every 5 min)`,
+        `client: ${app.clientRestartsSinceSetup().length} restarts after handing over (delegated preset: every 5 min)`,
         msc4195.status === 200
           ? 'MSC4195: the homeserver accepted the delegation and forwarded it to the agent'
-          : `MSC4195: POST …/io.element.msc4195/rtc/livekit/delegate_delayed_leave answered ${msc4195.status} ${JSON.stringify(msc4195.body)}`,
+          : `MSC4195: POST …/io.element.msc4195/rtc/livekit/delegate_delayed_leave answered ${msc4195.status} ` +
+            JSON.stringify(msc4195.body),
       ].join('\n'),
     );
     return 0;

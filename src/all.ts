@@ -40,6 +40,7 @@ export function wireTogether(
         agent_url: agentUrl,
         agent_secret: sharedSecret,
         livekit_service_url: hs.rtc.livekit_service_url ?? agentUrl,
+        sfu_urls: hs.rtc.sfu_urls.length > 0 ? hs.rtc.sfu_urls : [agent.livekit.url],
       },
       rate_limits: {
         ...hs.rate_limits,

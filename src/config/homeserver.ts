@@ -97,6 +97,13 @@ export const homeserverSettings = group(
           env: 'string',
           example: 'https://livekit-jwt.example.com',
         }),
+        sfu_urls: setting(z.array(z.url()).default([]), {
+          doc:
+            'LiveKit SFU URLs (ws/wss) of this deployment. MSC4195 delegations name either the SFU or ' +
+            'livekit_service_url in `url`; with neither configured any url is accepted.',
+          env: 'list',
+          example: ['wss://livekit.example.com'],
+        }),
         agent_url: setting(z.url().optional(), {
           doc: 'Where MSC4195 delegations are forwarded (the agent\'s server-to-server endpoint).',
           env: 'string',

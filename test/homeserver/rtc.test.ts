@@ -55,7 +55,7 @@ beforeAll(async () => {
   const agentPort = await freePort();
   agentUrl = `http://127.0.0.1:${agentPort}`;
   hs = await startTestHomeserver({
-    rtc: { agent_url: agentUrl, agent_secret: SECRET, livekit_service_url: agentUrl },
+    rtc: { agent_url: agentUrl, agent_secret: SECRET, livekit_service_url: agentUrl, sfu_urls: [sfu.wsUrl] },
   });
   agentDir = mkdtempSync(join(tmpdir(), 'lastwill-rtc-agent-'));
   const config = toZod(agentSettings).parse({
@@ -154,9 +154,10 @@ describe('MSC4195 delegate_delayed_leave', () => {
     const scheduledBefore = await hs.request('GET', `/_matrix/client/v1/delayed_events/${delayId}`, { token: alice.accessToken });
     expect(scheduledBefore.status).toBe(200);
 
+    // `url` names the SFU itself, as matrix-js-sdk documents it (the service URL works too).
     const res = await hs.request('POST', DELEGATE, {
       token: alice.accessToken,
-      body: { url: agentUrl, room_id: roomId, slot_id: LEGACY_SLOT, member: { id: 'member-1', claimed_device_id: alice.deviceId }, delay_id: delayId },
+      body: { url: sfu.wsUrl, room_id: roomId, slot_id: LEGACY_SLOT, member: { id: 'member-1', claimed_device_id: alice.deviceId }, delay_id: delayId },
     });
     expect(res.status, JSON.stringify(res.body)).toBe(200);
 

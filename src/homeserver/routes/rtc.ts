@@ -6,8 +6,9 @@
  */
 import { z } from 'zod';
 
-import { fail } from '../../lib/errors.js';
+import { fail, rateLimited } from '../../lib/errors.js';
 import { RateLimiter } from '../../lib/rate-limit.js';
+import { bucketOf } from '../delayed/engine.js';
 import type { Router } from '../../lib/http.js';
 import { participantIdentity, roomAlias } from '../../livekit/identity.js';
 import type { AgentForwarder } from '../agent-forwarder.js';
@@ -64,19 +65,19 @@ export function registerRtcRoutes(
   // Without an agent there is nothing to delegate to; the route stays unknown (404 M_UNRECOGNIZED),
   // which is how clients probe for support.
   if (!forwarder) return;
-  const limiter = new RateLimiter(
-    { perSecond: s.config.rate_limits.management.per_second, burst: s.config.rate_limits.management.burst },
-    s.clock,
-  );
+  const limiter = new RateLimiter(bucketOf(s.config.rate_limits.management), s.clock);
+  // Clients name the SFU itself (matrix-js-sdk documents `url` as the SFU's WebSocket URL) or the
+  // service URL they found in /rtc/transports; both identify this deployment.
+  const knownUrls = [...(serviceUrl ? [serviceUrl] : []), ...s.config.rtc.sfu_urls];
 
   for (const path of DELEGATE_PATHS) {
     router.add('POST', path, async (ctx) => {
       const requester = s.auth.requester(ctx);
       const req = await body(ctx, delegateBody);
       const verdict = limiter.take(requester.userId);
-      if (!verdict.ok) throw fail.limitExceeded('Too many delegations', { retry_after_ms: verdict.retryAfterMs });
-      if (serviceUrl && req.url !== undefined && !sameUrl(req.url, serviceUrl)) {
-        throw fail.invalidParam('url is not a LiveKit service of this homeserver');
+      if (!verdict.ok) throw rateLimited(verdict.retryAfterMs, 'Too many delegations');
+      if (req.url !== undefined && knownUrls.length > 0 && !knownUrls.some((u) => sameUrl(u, req.url!))) {
+        throw fail.invalidParam('url is not a LiveKit SFU or service of this homeserver');
       }
       const scheduled = s.delayed.lookupOwned(requester.userId, req.delay_id);
       if (!scheduled || scheduled.roomId !== req.room_id) {

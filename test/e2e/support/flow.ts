@@ -61,6 +61,7 @@ export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
 export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
 const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 const MSC4195_DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
+const MSC4143_TRANSPORTS = '/_matrix/client/unstable/org.matrix.msc4143/rtc/transports';
 
 /**
  * unpadded_base64(SHA-256(JSON array)): how lk-jwt-service (and so the agent) names LiveKit rooms
@@ -636,8 +637,13 @@ export interface JoinedApp {
   getToken(o: { delegate: boolean }): Promise<{ url: string; jwt: string }>;
   /** POST /delegate_delayed_leave on the agent. */
   delegateToAgent(): Promise<void>;
+  /**
+   * The LiveKit service the homeserver offers (MSC4143 rtc/transports), as a client discovers the
+   * `url` it names in MSC4195 requests; undefined when the homeserver offers none.
+   */
+  livekitServiceUrl(): Promise<string | undefined>;
   /** POST the MSC4195 endpoint of the homeserver; resolves with the raw answer (it may not exist). */
-  delegateViaHomeserver(sfuUrl: string): Promise<{ status: number; body: Record<string, unknown> }>;
+  delegateViaHomeserver(url: string): Promise<{ status: number; body: Record<string, unknown> }>;
   /** The app dies without leaving: its network is cut, then the client is stopped. */
   crash(): void;
   crashed(): boolean;
@@ -883,9 +889,18 @@ async function startApp(
           agentCurl('/delegate_delayed_leave', body),
         ]);
       },
-      async delegateViaHomeserver(sfuUrl) {
+      async livekitServiceUrl() {
+        const r = await requestJson('GET', `${hs.baseUrl}${MSC4143_TRANSPORTS}`, { token: user.accessToken });
+        const transports = (r.body.rtc_transports ?? []) as Array<Record<string, unknown>>;
+        const url = transports.find((t) => t.type === 'livekit')?.livekit_service_url;
+        timeline.mark('client', `asked its homeserver for RTC transports -> ${r.status} ${JSON.stringify(r.body)}`, [
+          curl('GET', `$HS${MSC4143_TRANSPORTS}`, { token: '$ALICE_TOKEN' }),
+        ]);
+        return typeof url === 'string' ? url : undefined;
+      },
+      async delegateViaHomeserver(url) {
         const body = {
-          url: sfuUrl,
+          url,
           room_id: roomId,
           slot_id: SLOT_ID,
           member: { id: memberId, claimed_device_id: user.deviceId },
