@@ -19,6 +19,7 @@ import {
   type Handler,
   type HttpApp,
   jsonObject,
+  type Method,
   parseWith,
   type Reply,
   type RequestContext,
@@ -50,6 +51,22 @@ export const CORS_HEADERS: Readonly<Record<string, string>> = {
   'access-control-allow-methods': 'POST',
   'access-control-allow-headers': 'Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token',
 };
+
+/** The three lk-jwt-service client routes: POST, CORS preflight, 405 for every other method. */
+const CLIENT_ROUTES = ['/sfu/get', '/get_token', '/delegate_delayed_leave'] as const;
+type ClientRoute = (typeof CLIENT_ROUTES)[number];
+
+function isClientRoute(path: string): path is ClientRoute {
+  return (CLIENT_ROUTES as readonly string[]).includes(path);
+}
+
+/**
+ * The methods a route does not serve, for lk-jwt-service's bare 405s. HEAD follows GET in the
+ * router and OPTIONS never reaches it (see onOptions).
+ */
+function otherMethods(served: Method): Method[] {
+  return (['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const).filter((m) => m !== served);
+}
 
 /** Webhook ids are remembered this long; LiveKit's retries span about 15 s, its queue age 30 s. */
 const WEBHOOK_DEDUPE_TTL_MS = 10 * 60_000;
@@ -306,19 +323,20 @@ export function buildAgent(deps: AgentDeps): Agent {
     return { body: {} };
   };
 
+  const clientRoutes: Record<ClientRoute, Handler> = {
+    '/sfu/get': legacyRoute,
+    '/get_token': tokenRoute,
+    '/delegate_delayed_leave': delegateRoute,
+  };
   const router = new Router();
-  for (const [path, handler] of [
-    ['/sfu/get', legacyRoute],
-    ['/get_token', tokenRoute],
-    ['/delegate_delayed_leave', delegateRoute],
-  ] as const) {
-    router.add('POST', path, withCors(handler));
-    router.add(['GET', 'PUT', 'DELETE'], path, () => ({ status: 405, headers: { ...CORS_HEADERS } }));
+  for (const path of CLIENT_ROUTES) {
+    router.add('POST', path, withCors(clientRoutes[path]));
+    router.add(otherMethods('POST'), path, () => ({ status: 405, headers: { ...CORS_HEADERS } }));
   }
   router.add('POST', '/sfu_webhook', webhookRoute);
   if (config.homeserver_secret !== undefined) router.add('POST', '/_lastwill/v1/delegations', forwardedRoute);
   router.add('GET', '/healthz', () => ({ status: 200 }));
-  router.add(['POST', 'PUT', 'DELETE'], '/healthz', () => ({ status: 405 }));
+  router.add(otherMethods('GET'), '/healthz', () => ({ status: 405 }));
   router.add('GET', '/readyz', () =>
     started && !closing ? { body: { ready: true } } : { status: 503, body: { ready: false } },
   );
@@ -331,7 +349,15 @@ export function buildAgent(deps: AgentDeps): Agent {
     router,
     log,
     // The default 1 MiB cap: webhooks with full room/track info can be large, and a 413 is final for LiveKit.
-    onOptions: () => ({ status: 200, headers: { ...CORS_HEADERS } }),
+    // lk-jwt-service answers preflights on the client routes only; elsewhere OPTIONS is just
+    // another method (405 on /healthz, 404 M_UNRECOGNIZED on unknown paths, Matrix 405 elsewhere).
+    onOptions: (ctx) => {
+      if (isClientRoute(ctx.path)) return { status: 200, headers: { ...CORS_HEADERS } };
+      if (ctx.path === '/healthz') return { status: 405 };
+      const found = router.match('OPTIONS', ctx.path);
+      if (!found) return errorReply(fail.unrecognized('Unrecognized request'));
+      return errorReply(fail.methodNotAllowed('Method not allowed'));
+    },
     onResponse: ({ route, method, status, ms }) => {
       metrics.httpRequests.inc({ route, method, status: String(status) });
       metrics.httpDuration.observe({ route }, ms / 1000);
@@ -349,7 +375,8 @@ export function buildAgent(deps: AgentDeps): Agent {
     async close() {
       closing = true;
       await app.close();
-      if (started) await jobs.stop();
+      // Also when start() never ran or failed: the engine opened its SQLite store when built.
+      await jobs.stop();
       started = false;
       await outbound.close();
     },

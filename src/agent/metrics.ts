@@ -7,9 +7,6 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { JobState } from './contracts.js';
 import { JOB_STATES } from './jobs/fsm.js';
 
-
-export type WebhookVerdict = 'accepted' | 'duplicate' | 'ignored' | 'forged';
-
 export class AgentMetrics {
   readonly registry = new Registry();
   readonly webhooks: Counter<'event' | 'verdict'>;

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 
+import { serverName } from '../config/common.js';
 import { fail } from '../lib/errors.js';
 
 /** Longest accepted `delay_timeout`: the homeserver side caps delays at one month anyway. */
@@ -149,7 +150,7 @@ export const forwardedDelegation = z.object({
   identity: z.string().min(1),
   delay_id: z.string().min(1),
   delay_timeout: z.number().int().positive().max(MAX_DELAY_TIMEOUT_MS),
-  server_name: z.string().min(1),
+  server_name: serverName,
   user_id: z.string().min(1),
   scoped_token: z.string().min(1).optional(),
 });

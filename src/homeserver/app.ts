@@ -72,7 +72,8 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   let delayedRef: DelayedEvents | undefined;
   const auth = new TokenAuth(store, () => delayedRef);
   const rooms = new Rooms(store, notifier, clock, config.server_name, log);
-  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth });
+  const txns = new TxnCache(store, clock);
+  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth, txns });
   delayedRef = delayed;
   const forwarder =
     config.rtc.agent_url !== undefined && config.rtc.agent_secret !== undefined
@@ -88,7 +89,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
     accounts: new Accounts(store, clock, config.server_name),
     rooms,
     notifier,
-    txns: new TxnCache(store, clock),
+    txns,
     sync: new SyncBuilder(store, notifier, clock),
     delayed,
     baseUrl: () => baseUrl,

@@ -65,9 +65,9 @@ CREATE TABLE IF NOT EXISTS filters (
 CREATE TABLE IF NOT EXISTS txns (
   txn_key TEXT PRIMARY KEY,
   response TEXT NOT NULL,
-  created_ts INTEGER NOT NULL
+  expires_ts INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS txns_created ON txns(created_ts);
+CREATE INDEX IF NOT EXISTS txns_expires ON txns(expires_ts);
 CREATE TABLE IF NOT EXISTS openid_tokens (
   token TEXT PRIMARY KEY,
   user_id TEXT NOT NULL,
@@ -199,9 +199,9 @@ export class CoreStore {
       nextFilterId: prep('SELECT COALESCE(MAX(filter_id), -1) + 1 AS n FROM filters WHERE user_id = ?'),
       insertFilter: prep('INSERT INTO filters (user_id, filter_id, filter) VALUES (?, ?, ?)'),
       getFilter: prep('SELECT filter FROM filters WHERE user_id = ? AND filter_id = ?'),
-      getTxn: prep('SELECT response FROM txns WHERE txn_key = ? AND created_ts > ?'),
-      insertTxn: prep('INSERT OR REPLACE INTO txns (txn_key, response, created_ts) VALUES (?, ?, ?)'),
-      pruneTxns: prep('DELETE FROM txns WHERE created_ts <= ?'),
+      getTxn: prep('SELECT response FROM txns WHERE txn_key = ? AND expires_ts > ?'),
+      insertTxn: prep('INSERT OR REPLACE INTO txns (txn_key, response, expires_ts) VALUES (?, ?, ?)'),
+      pruneTxns: prep('DELETE FROM txns WHERE expires_ts <= ?'),
       insertOpenid: prep('INSERT INTO openid_tokens (token, user_id, expires_ts) VALUES (?, ?, ?)'),
       getOpenid: prep('SELECT user_id FROM openid_tokens WHERE token = ? AND expires_ts > ?'),
       pruneOpenid: prep('DELETE FROM openid_tokens WHERE expires_ts <= ?'),
@@ -341,14 +341,15 @@ export class CoreStore {
     return this.get<{ filter: string }>('getFilter', userId, filterId)?.filter;
   }
 
-  getTxn(key: string, notBefore: number): string | undefined {
-    return this.get<{ response: string }>('getTxn', key, notBefore)?.response;
+  /** A remembered transaction response that has not expired at `now`. */
+  getTxn(key: string, now: number): string | undefined {
+    return this.get<{ response: string }>('getTxn', key, now)?.response;
   }
-  insertTxn(key: string, response: string, now: number): void {
-    this.run('insertTxn', key, response, now);
+  insertTxn(key: string, response: string, expiresTs: number): void {
+    this.run('insertTxn', key, response, expiresTs);
   }
-  pruneTxns(before: number): void {
-    this.run('pruneTxns', before);
+  pruneTxns(now: number): void {
+    this.run('pruneTxns', now);
   }
 
   insertOpenid(token: string, userId: string, expires: number): void {

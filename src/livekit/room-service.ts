@@ -5,6 +5,7 @@
 import { RoomServiceClient, ServerError } from 'livekit-server-sdk';
 
 import type { ParticipantSession, PresenceLookup } from '../agent/contracts.js';
+import { sessionOf } from './participants.js';
 import type { LiveKitCredentials } from './tokens.js';
 
 /** lk-jwt-service's room settings: closed 300 s after creation if nobody joins, 20 s after the last leaves. */
@@ -49,10 +50,6 @@ export class LiveKitRooms implements PresenceLookup {
       if (err instanceof ServerError && err.code === 'not_found') return [];
       throw err;
     }
-    return participants.map((p) => {
-      const joinedAtMs =
-        p.joinedAtMs > 0n ? Number(p.joinedAtMs) : p.joinedAt > 0n ? Number(p.joinedAt) * 1000 : undefined;
-      return { identity: p.identity, sid: p.sid, ...(joinedAtMs !== undefined ? { joinedAtMs } : {}) };
-    });
+    return participants.map(sessionOf);
   }
 }

@@ -6,6 +6,7 @@
 import { WebhookReceiver, type WebhookEvent } from 'livekit-server-sdk';
 
 import type { ParticipantSignal } from '../agent/contracts.js';
+import { sessionOf } from './participants.js';
 import type { LiveKitCredentials } from './tokens.js';
 
 /**
@@ -87,20 +88,10 @@ export function toParticipantSignal(event: WebhookEvent): ParticipantSignal | un
   if (kind === undefined || participant === undefined || participant.identity === '' || roomName === '') {
     return undefined;
   }
-  const joinedAtMs =
-    participant.joinedAtMs > 0n
-      ? Number(participant.joinedAtMs)
-      : participant.joinedAt > 0n
-        ? Number(participant.joinedAt) * 1000
-        : undefined;
   const signal: ParticipantSignal = {
     kind,
     livekitRoom: roomName,
-    session: {
-      identity: participant.identity,
-      sid: participant.sid,
-      ...(joinedAtMs !== undefined ? { joinedAtMs } : {}),
-    },
+    session: sessionOf(participant),
     ...(event.createdAt > 0n ? { createdAtMs: Number(event.createdAt) * 1000 } : {}),
   };
   if (kind !== 'joined') signal.disconnectReason = disconnectReasonName(participant.disconnectReason);

@@ -1,8 +1,9 @@
 /**
  * MSC4140 restart/send on the user's homeserver, classified for the engine. The request shape is
  * lk-jwt-service's (unauthenticated management by delay id); with a scoped delegation token it is
- * sent as a Bearer token, and a server that does not know the action-in-path form is retried with
- * the action-in-body form the first MSC revision used.
+ * sent as a Bearer token, a server that does not know the action-in-path form is retried with the
+ * action-in-body form the first MSC revision used, and a token the server no longer accepts is
+ * dropped in favour of the unauthenticated form.
  */
 import type { ActionOutcome, DelayedAction, DelayedEventActions } from '../agent/contracts.js';
 import type { HomeserverDirectory } from './discovery.js';
@@ -50,6 +51,12 @@ function isUnrecognized(res: OutboundResponse): boolean {
   return (res.status === 404 || res.status === 400) && jsonObjectOf(res)?.errcode === 'M_UNRECOGNIZED';
 }
 
+/** A 401 for the token itself (expired, revoked, unknown), not for the request. */
+function isTokenRejected(res: OutboundResponse): boolean {
+  const errcode = jsonObjectOf(res)?.errcode;
+  return res.status === 401 && (errcode === 'M_UNKNOWN_TOKEN' || errcode === 'M_MISSING_TOKEN');
+}
+
 export class DelayedEventsClient implements DelayedEventActions {
   private readonly now: () => number;
 
@@ -68,16 +75,21 @@ export class DelayedEventsClient implements DelayedEventActions {
       return { kind: 'unresolvable', detail: (err as Error).message };
     }
     const eventUrl = `${base}${DELAYED_EVENTS_PATH}/${encodeURIComponent(target.delayId)}`;
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
-    if (target.scopedToken !== undefined) headers.authorization = `Bearer ${target.scopedToken}`;
+    const pathForm = `${eventUrl}/${action}`;
+    const unauthenticated = { 'content-type': 'application/json' };
+    const post = (url: string, body: string, headers: Record<string, string>) =>
+      this.opts.http.request(new URL(url), { method: 'POST', headers, body });
     try {
-      let res = await this.opts.http.request(new URL(`${eventUrl}/${action}`), { method: 'POST', headers, body: '{}' });
-      if (target.scopedToken !== undefined && isUnrecognized(res)) {
-        res = await this.opts.http.request(new URL(eventUrl), {
-          method: 'POST',
-          headers,
-          body: JSON.stringify({ action }),
-        });
+      let res: OutboundResponse;
+      if (target.scopedToken === undefined) {
+        res = await post(pathForm, '{}', unauthenticated);
+      } else {
+        const headers = { ...unauthenticated, authorization: `Bearer ${target.scopedToken}` };
+        res = await post(pathForm, '{}', headers);
+        if (isUnrecognized(res)) res = await post(eventUrl, JSON.stringify({ action }), headers);
+        // Scoped tokens expire (minted for days; a job can outlive one). The delay id alone is the
+        // capability on today's homeservers, so the call goes on without the token.
+        if (isTokenRejected(res)) res = await post(pathForm, '{}', unauthenticated);
       }
       return classify(res, this.now());
     } catch (err) {

@@ -7,37 +7,78 @@
 import { isIP } from 'node:net';
 
 import { jsonObjectOf, type OutboundHttp } from './outbound-http.js';
+import { FEDERATION_PORT, httpsOrigin, splitServerName } from './server-name.js';
 
 export interface DirectoryOptions {
   http: OutboundHttp;
   /** server name → CS-API base URL, from the configuration. */
   overrides: Readonly<Record<string, string>>;
   cacheTtlMs: number;
+  /** How long a failed lookup is remembered (capped at `cacheTtlMs`). */
+  failureTtlMs?: number;
+  /** Entries per cache; the least recently used go first. */
+  maxEntries?: number;
   now?: () => number;
 }
 
-interface Cached {
-  value: string;
+/** A broken homeserver is asked again after this long, not on every request. */
+const FAILURE_TTL_MS = 60_000;
+
+/**
+ * The federation cache is filled before the OpenID check succeeds (from names anyone can send), so
+ * both caches are bounded; this is far above the number of homeservers a deployment talks to.
+ */
+const MAX_ENTRIES = 10_000;
+
+/** A lookup, shared by everyone who asks while it runs and remembered until `expires`. */
+interface Entry {
+  value: Promise<string>;
   expires: number;
 }
 
-/** The default federation port. */
-const FEDERATION_PORT = 8448;
+/**
+ * Lookups by key: one in flight per key (N jobs restored on a cold cache make one request),
+ * successes kept for the TTL, failures for a shorter one, least recently used dropped when full.
+ */
+class LookupCache {
+  private readonly entries = new Map<string, Entry>();
 
-/** Splits a server name into host and optional port (`[v6]:port` aware). */
-export function splitServerName(name: string): { host: string; port?: number } {
-  const m = /^(\[[^\]]+\]|[^:]+)(?::(\d{1,5}))?$/.exec(name);
-  if (!m) throw new Error('malformed server name');
-  return { host: m[1]!, ...(m[2] !== undefined ? { port: Number(m[2]) } : {}) };
+  constructor(
+    private readonly ttlMs: number,
+    private readonly failureTtlMs: number,
+    private readonly capacity: number,
+    private readonly now: () => number,
+  ) {}
+
+  get(key: string, load: () => Promise<string>): Promise<string> {
+    const hit = this.entries.get(key);
+    if (hit && hit.expires > this.now()) {
+      this.entries.delete(key);
+      this.entries.set(key, hit);
+      return hit.value;
+    }
+    const entry: Entry = { value: load(), expires: Infinity };
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    entry.value.then(
+      () => void (entry.expires = this.now() + this.ttlMs),
+      () => void (entry.expires = this.now() + this.failureTtlMs),
+    );
+    return entry.value;
+  }
 }
 
 export class HomeserverDirectory {
-  private readonly clientCache = new Map<string, Cached>();
-  private readonly federationCache = new Map<string, Cached>();
-  private readonly now: () => number;
+  private readonly clientCache: LookupCache;
+  private readonly federationCache: LookupCache;
 
   constructor(private readonly opts: DirectoryOptions) {
-    this.now = opts.now ?? Date.now;
+    const now = opts.now ?? Date.now;
+    const failureTtl = Math.min(opts.failureTtlMs ?? FAILURE_TTL_MS, opts.cacheTtlMs);
+    const capacity = opts.maxEntries ?? MAX_ENTRIES;
+    this.clientCache = new LookupCache(opts.cacheTtlMs, failureTtl, capacity, now);
+    this.federationCache = new LookupCache(opts.cacheTtlMs, failureTtl, capacity, now);
   }
 
   /** The operator's override base URL for a server, if any. */
@@ -52,7 +93,7 @@ export class HomeserverDirectory {
   async clientBaseUrl(serverName: string): Promise<string> {
     const override = this.override(serverName);
     if (override !== undefined) return trimSlash(override);
-    return this.cached(this.clientCache, serverName, async () => {
+    return this.clientCache.get(serverName, async () => {
       const doc = await this.wellKnown(serverName, 'client');
       const homeserver = doc?.['m.homeserver'] as Record<string, unknown> | undefined;
       const base = homeserver?.base_url;
@@ -71,11 +112,9 @@ export class HomeserverDirectory {
   async federationOrigin(serverName: string): Promise<string> {
     const override = this.override(serverName);
     if (override !== undefined) return new URL(override).origin;
-    const { host, port } = splitServerName(serverName);
-    if (port !== undefined || isIP(host.replace(/^\[(.*)\]$/, '$1')) !== 0) {
-      return `https://${host}:${port ?? FEDERATION_PORT}`;
-    }
-    return this.cached(this.federationCache, serverName, async () => {
+    const { host, port } = parse(serverName);
+    if (port !== undefined || isIP(host) !== 0) return httpsOrigin(host, port ?? FEDERATION_PORT);
+    return this.federationCache.get(serverName, async () => {
       let delegated: string | undefined;
       try {
         const server = (await this.wellKnown(serverName, 'server'))?.['m.server'];
@@ -83,9 +122,9 @@ export class HomeserverDirectory {
       } catch {
         // No usable .well-known: the server name itself on the default port.
       }
-      if (delegated === undefined) return `https://${host}:${FEDERATION_PORT}`;
-      const target = splitServerName(delegated);
-      return `https://${target.host}:${target.port ?? FEDERATION_PORT}`;
+      if (delegated === undefined) return httpsOrigin(host, FEDERATION_PORT);
+      const target = parse(delegated);
+      return httpsOrigin(target.host, target.port ?? FEDERATION_PORT);
     });
   }
 
@@ -96,15 +135,12 @@ export class HomeserverDirectory {
     if (res.status !== 200) throw new Error(`.well-known/matrix/${which} answered ${res.status}`);
     return jsonObjectOf(res);
   }
+}
 
-  private async cached(cache: Map<string, Cached>, key: string, load: () => Promise<string>): Promise<string> {
-    const hit = cache.get(key);
-    const now = this.now();
-    if (hit && hit.expires > now) return hit.value;
-    const value = await load();
-    cache.set(key, { value, expires: now + this.opts.cacheTtlMs });
-    return value;
-  }
+function parse(name: string): { host: string; port?: number } {
+  const parsed = splitServerName(name);
+  if (!parsed) throw new Error('malformed server name');
+  return parsed;
 }
 
 function trimSlash(url: string): string {

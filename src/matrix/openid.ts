@@ -1,6 +1,7 @@
 /** OpenID token verification against the user's homeserver (federation `openid/userinfo`). */
 import type { Logger } from 'pino';
 
+import { serverName as serverNameGrammar } from '../config/common.js';
 import { fail } from '../lib/errors.js';
 import type { HomeserverDirectory } from './discovery.js';
 import { jsonObjectOf, type OutboundHttp } from './outbound-http.js';
@@ -23,10 +24,12 @@ export class OpenIdVerifier {
   /**
    * Exchanges the token for the user id it belongs to. The user id must belong to
    * `serverName` itself, so one homeserver cannot vouch for another's users (stricter than
-   * lk-jwt-service). Any failure is 401 M_UNAUTHORIZED; the reason is logged at debug only.
+   * lk-jwt-service). Any failure is 401 M_UNAUTHORIZED, including a name that is not a server
+   * name (which lk-jwt-service fails to resolve); the reason is logged at debug only.
    */
   async verify(serverName: string, accessToken: string): Promise<string> {
     try {
+      if (!serverNameGrammar.safeParse(serverName).success) throw new Error('malformed server name');
       const origin = await this.opts.directory.federationOrigin(serverName);
       const url = new URL('/_matrix/federation/v1/openid/userinfo', origin);
       url.searchParams.set('access_token', accessToken);

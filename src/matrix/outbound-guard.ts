@@ -7,6 +7,8 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
 
+import { splitServerName } from './server-name.js';
+
 /** Error code of a refused destination; callers classify it as "unresolvable", never retry it. */
 export const OUTBOUND_REFUSED = 'ERR_LASTWILL_OUTBOUND_REFUSED';
 
@@ -37,48 +39,73 @@ const NON_PUBLIC_V4: Array<[string, number]> = [
   ['240.0.0.0', 4], // reserved, broadcast
 ];
 
+/**
+ * IPv6 ranges refused outright. Ranges that embed an IPv4 address which a gateway would then
+ * contact (::/96, ::ffff:0:0/96, ::ffff:0:0:0/96, 64:ff9b::/96) are judged by that address
+ * instead (see `embeddedIpv4`); relayed transition ranges (6to4, Teredo) are refused whatever
+ * they embed, since no homeserver needs them and their relays reach arbitrary IPv4 hosts.
+ */
 const NON_PUBLIC_V6: Array<[string, number]> = [
-  ['::', 128], // unspecified
-  ['::1', 128],
-  ['64:ff9b:1::', 48], // local-use NAT64
+  ['64:ff9b::', 32], // NAT64: the well-known /96 is judged by its IPv4; the rest (local-use /48) refused
   ['100::', 64], // discard
-  ['2001::', 23], // IETF protocol assignments (Teredo, ORCHID, ...)
+  ['2001::', 23], // IETF protocol assignments (Teredo 2001::/32, ORCHID, ...)
   ['2001:db8::', 32], // documentation
-  ['2002::', 16], // 6to4 embeds arbitrary IPv4
+  ['2002::', 16], // 6to4 embeds an arbitrary IPv4 reached through a relay
   ['fc00::', 7], // unique local
   ['fe80::', 10], // link-local
   ['fec0::', 10], // site-local (deprecated)
   ['ff00::', 8], // multicast
 ];
 
-const nonPublic = new BlockList();
-for (const [net, prefix] of NON_PUBLIC_V4) nonPublic.addSubnet(net, prefix, 'ipv4');
-for (const [net, prefix] of NON_PUBLIC_V6) nonPublic.addSubnet(net, prefix, 'ipv6');
+const nonPublicV4 = new BlockList();
+for (const [net, prefix] of NON_PUBLIC_V4) nonPublicV4.addSubnet(net, prefix, 'ipv4');
+// Separate lists: a BlockList holding IPv6 rules also matches IPv4-mapped forms of IPv4 checks.
+const nonPublicV6 = new BlockList();
+for (const [net, prefix] of NON_PUBLIC_V6) nonPublicV6.addSubnet(net, prefix, 'ipv6');
+
+/** The eight 16-bit groups of a valid IPv6 address (zone dropped, `::` expanded, dotted tail converted). */
+function ipv6Groups(address: string): number[] {
+  const bare = address.replace(/%.*$/, '');
+  const hex = bare.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_m, a: string, b: string, c: string, d: string) =>
+    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`,
+  );
+  const [head = '', tail] = hex.split('::');
+  const parse = (part: string) => (part === '' ? [] : part.split(':').map((g) => parseInt(g, 16)));
+  const left = parse(head);
+  const right = tail === undefined ? [] : parse(tail);
+  return [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
+}
+
+/**
+ * The IPv4 address a gateway or the host's own stack would contact for an IPv6 address:
+ * IPv4-compatible `::a.b.c.d` (also `::` and `::1`, which become 0.0.0.0/8 and are refused),
+ * IPv4-mapped `::ffff:a.b.c.d`, SIIT `::ffff:0:a.b.c.d` and NAT64 `64:ff9b::a.b.c.d`.
+ */
+function embeddedIpv4(g: readonly number[]): string | undefined {
+  const zero = (from: number, to: number) => g.slice(from, to).every((x) => x === 0);
+  const embedded =
+    (zero(0, 5) && (g[5] === 0 || g[5] === 0xffff)) ||
+    (zero(0, 4) && g[4] === 0xffff && g[5] === 0) ||
+    (g[0] === 0x64 && g[1] === 0xff9b && zero(2, 6));
+  if (!embedded) return undefined;
+  const hi = g[6]!;
+  const lo = g[7]!;
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
 
 /** True for globally routable unicast addresses. */
 export function isPublicAddress(address: string): boolean {
   const family = isIP(address);
-  if (family === 0) return false;
-  // IPv4-mapped addresses are judged as the IPv4 address they carry (BlockList's IPv6 rules
-  // would otherwise also match plain IPv4 checks, so no ::ffff:0:0/96 rule is added).
-  const dotted = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (dotted) return isPublicAddress(dotted[1]!);
-  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
-  if (hex) {
-    const hi = parseInt(hex[1]!, 16);
-    const lo = parseInt(hex[2]!, 16);
-    return isPublicAddress(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`);
-  }
-  return !nonPublic.check(address, family === 4 ? 'ipv4' : 'ipv6');
+  if (family === 4) return !nonPublicV4.check(address, 'ipv4');
+  if (family !== 6) return false;
+  const v4 = embeddedIpv4(ipv6Groups(address));
+  if (v4 !== undefined) return isPublicAddress(v4);
+  return !nonPublicV6.check(address.replace(/%.*$/, ''), 'ipv6');
 }
 
-/** The host of a server name or URL host: port and IPv6 brackets removed, lowercased. */
-export function hostOf(serverNameOrHost: string): string {
-  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(serverNameOrHost);
-  if (bracketed) return bracketed[1]!.toLowerCase();
-  const colon = serverNameOrHost.lastIndexOf(':');
-  const host = colon > 0 && serverNameOrHost.indexOf(':') === colon ? serverNameOrHost.slice(0, colon) : serverNameOrHost;
-  return host.toLowerCase();
+/** The host of a server name or URL host, for comparing with the operator's named hosts. */
+function hostKey(serverNameOrHost: string): string {
+  return splitServerName(serverNameOrHost)?.host ?? serverNameOrHost.toLowerCase();
 }
 
 export interface GuardConfig {
@@ -99,7 +126,7 @@ export class OutboundGuard {
     namedHosts: Iterable<string>,
     private readonly resolve: Lookup = dnsLookup,
   ) {
-    this.named = new Set([...namedHosts].map(hostOf));
+    this.named = new Set([...namedHosts].map(hostKey));
   }
 
   /** Hosts named by the operator: full-access servers (not `*`) and every override, key and URL. */
@@ -112,7 +139,7 @@ export class OutboundGuard {
   }
 
   isNamed(host: string): boolean {
-    return this.named.has(hostOf(host));
+    return this.named.has(hostKey(host));
   }
 
   /** Throws OutboundRefusedError when `host` is an IP literal that may not be contacted. */

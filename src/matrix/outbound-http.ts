@@ -1,10 +1,12 @@
 /**
- * The one HTTP client for homeserver calls: an undici Pool per origin (keep-alive, a per-origin
- * connection cap so one slow homeserver cannot take every socket), fixed timeouts, the SSRF guard
- * in the connection's DNS lookup, and no redirects.
+ * The one HTTP client for homeserver calls: one undici Agent (keep-alive, a per-origin connection
+ * cap so one slow homeserver cannot take every socket), fixed timeouts, the SSRF guard in the
+ * connection's DNS lookup, and no redirects. Origins come from unauthenticated clients' server
+ * names, so the Agent's habit of dropping an origin's pool once its last connection closes is what
+ * keeps the client's memory bounded: an origin costs nothing after its idle timeout.
  */
 import type { Logger } from 'pino';
-import { Pool } from 'undici';
+import { Agent } from 'undici';
 
 import { OutboundGuard } from './outbound-guard.js';
 
@@ -17,7 +19,12 @@ export interface OutboundHttpOptions {
   log: Logger;
   /** Largest response body read; homeserver answers here are tiny. */
   maxBodyBytes?: number;
+  /** How long an idle keep-alive connection (and so its origin's pool) is kept. */
+  idleMs?: number;
 }
+
+/** Idle keep-alive connections are closed after this long (a homeserver's hint may shorten it). */
+const DEFAULT_IDLE_MS = 30_000;
 
 export interface OutboundResponse {
   status: number;
@@ -32,16 +39,29 @@ export interface OutboundRequest {
 }
 
 export class OutboundHttp {
-  private readonly pools = new Map<string, Pool>();
+  private readonly agent: Agent;
   private closed = false;
 
-  constructor(private readonly opts: OutboundHttpOptions) {}
+  constructor(private readonly opts: OutboundHttpOptions) {
+    const idleMs = opts.idleMs ?? DEFAULT_IDLE_MS;
+    this.agent = new Agent({
+      connections: opts.maxConnectionsPerOrigin,
+      keepAliveTimeout: idleMs,
+      keepAliveMaxTimeout: idleMs,
+      connect: {
+        timeout: opts.timeoutMs,
+        rejectUnauthorized: !opts.insecureTls,
+        lookup: opts.guard.lookup,
+      },
+    });
+  }
 
   /** Sends one request; throws on transport errors, timeouts and refused destinations. */
   async request(url: URL, req: OutboundRequest): Promise<OutboundResponse> {
+    if (this.closed) throw new Error('outbound client closed');
     this.opts.guard.checkLiteral(url.hostname);
-    const pool = this.poolFor(url.origin);
-    const res = await pool.request({
+    const res = await this.agent.request({
+      origin: url.origin,
       path: `${url.pathname}${url.search}`,
       method: req.method,
       headers: { 'user-agent': 'lastwill-agent', ...req.headers },
@@ -53,29 +73,14 @@ export class OutboundHttp {
     return { status: res.statusCode, headers: res.headers, text };
   }
 
-  private poolFor(origin: string): Pool {
-    if (this.closed) throw new Error('outbound client closed');
-    let pool = this.pools.get(origin);
-    if (!pool) {
-      pool = new Pool(origin, {
-        connections: this.opts.maxConnectionsPerOrigin,
-        keepAliveTimeout: 30_000,
-        connect: {
-          timeout: this.opts.timeoutMs,
-          rejectUnauthorized: !this.opts.insecureTls,
-          lookup: this.opts.guard.lookup,
-        },
-      });
-      this.pools.set(origin, pool);
-    }
-    return pool;
+  /** Origins that currently hold a connection pool. */
+  openOrigins(): string[] {
+    return Object.keys(this.agent.stats);
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    const pools = [...this.pools.values()];
-    this.pools.clear();
-    await Promise.allSettled(pools.map((p) => p.destroy()));
+    await this.agent.destroy().catch(() => undefined);
   }
 }
 

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { legacyIdentity, legacyRoomAlias, participantIdentity, roomAlias } from '../../src/livekit/identity.js';
 import { REPO_ROOT } from '../e2e/support/proc.js';
-import { CREDS, ensureBuilt, http, newUser, openIdToken, SERVER_NAME, startWorld, tokenBody, type World } from './support/harness.js';
+import { CREDS, http, newUser, openIdToken, SERVER_NAME, startWorld, tokenBody, type World } from './support/harness.js';
 
 const RESTRICTED = 'restricted.test';
 const HS_SECRET = 'homeserver-shared-secret-0123456789';
@@ -111,6 +111,19 @@ describe('POST /get_token', () => {
     expectCors(res.headers);
   });
 
+  it.each(['hs.test/evil', 'hs.test:80:80', 'hs.test?x=1', '[::1'])(
+    'answers the malformed matrix_server_name %j with 401 M_UNAUTHORIZED and no homeserver request',
+    async (name) => {
+      const u = newUser(w.hs);
+      const before = w.hs.requests.length;
+      const res = await w.agent.post('/get_token', { ...tokenBody(u), openid_token: openIdToken(u.token, name) });
+      expect(res.status).toBe(401);
+      expect(res.json.errcode).toBe('M_UNAUTHORIZED');
+      expectCors(res.headers);
+      expect(w.hs.requests.length).toBe(before);
+    },
+  );
+
   it('rejects a claimed user id that is not the verified one', async () => {
     const u = newUser(w.hs);
     const res = await w.agent.post('/get_token', tokenBody({ ...u, userId: '@someone-else:hs.test' }));
@@ -207,18 +220,39 @@ describe('CORS and method handling', () => {
     expectCors(res.headers);
   });
 
-  it.each(['/sfu/get', '/get_token', '/delegate_delayed_leave'])('GET %s is 405 with no body', async (path) => {
-    const res = await http(`${w.agent.url}${path}`);
-    expect(res.status).toBe(405);
-    expect(res.text).toBe('');
+  const clientRoutes = ['/sfu/get', '/get_token', '/delegate_delayed_leave'];
+  it.each(clientRoutes.flatMap((path) => ['GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'].map((method) => [method, path])))(
+    '%s %s is 405 with no body and CORS headers',
+    async (method, path) => {
+      const res = await http(`${w.agent.url}${path}`, { method });
+      expect(res.status).toBe(405);
+      expect(res.text).toBe('');
+      expectCors(res.headers);
+    },
+  );
+
+  it('answers OPTIONS elsewhere like any other method, without CORS', async () => {
+    const healthz = await http(`${w.agent.url}/healthz`, { method: 'OPTIONS' });
+    expect(healthz.status).toBe(405);
+    expect(healthz.text).toBe('');
+    const metrics = await http(`${w.agent.url}/metrics`, { method: 'OPTIONS' });
+    expect(metrics.status).toBe(405);
+    expect(metrics.json.errcode).toBe('M_UNRECOGNIZED');
+    const unknown = await http(`${w.agent.url}/nowhere`, { method: 'OPTIONS' });
+    expect(unknown.status).toBe(404);
+    expect(unknown.json.errcode).toBe('M_UNRECOGNIZED');
+    for (const res of [healthz, metrics, unknown]) expect(res.headers.get('access-control-allow-origin')).toBeNull();
   });
 });
 
 describe('operations endpoints', () => {
-  it('/healthz answers GET and HEAD, 405 otherwise', async () => {
+  it('/healthz answers GET and HEAD, 405 with no body otherwise', async () => {
     expect((await http(`${w.agent.url}/healthz`)).status).toBe(200);
     expect((await http(`${w.agent.url}/healthz`, { method: 'HEAD' })).status).toBe(200);
-    expect((await http(`${w.agent.url}/healthz`, { method: 'POST' })).status).toBe(405);
+    for (const method of ['POST', 'PUT', 'PATCH', 'DELETE']) {
+      const res = await http(`${w.agent.url}/healthz`, { method });
+      expect([method, res.status, res.text]).toEqual([method, 405, '']);
+    }
   });
 
   it('/readyz is 200 once started', async () => {
@@ -294,6 +328,16 @@ describe('POST /_lastwill/v1/delegations (homeserver forward)', () => {
     expect(res.status).toBe(400);
   });
 
+  it('rejects a server_name that is not a server name', async () => {
+    const res = await w.agent.post(
+      '/_lastwill/v1/delegations',
+      { ...body('f2b'), server_name: 'hs.test/x', user_id: '@fwd:hs.test/x' },
+      { authorization: `Bearer ${HS_SECRET}` },
+    );
+    expect(res.status).toBe(400);
+    expect(res.json.errcode).toBe('M_BAD_JSON');
+  });
+
   it('registers a job that restarts with the scoped token once the participant is present', async () => {
     w.sfu.join('fwd-room', { identity: 'fwd-identity', sid: 'PA_fwd' });
     const res = await w.agent.post('/_lastwill/v1/delegations', body('f3'), { authorization: `Bearer ${HS_SECRET}` });
@@ -309,7 +353,6 @@ describe('configuration errors', () => {
     [{ LIVEKIT_JWT_BIND: ':8080', LIVEKIT_JWT_PORT: '8080' }, 'LIVEKIT_JWT_PORT'],
     [{ LIVEKIT_LOG_LEVEL: 'chatty' }, 'log_level'],
   ])('`lastwill agent` exits non-zero naming the key for %o', (env, key) => {
-    ensureBuilt();
     const r = spawnSync(process.execPath, [join(REPO_ROOT, 'dist/cli.js'), 'agent'], {
       env: { PATH: process.env.PATH ?? '', ...env },
       encoding: 'utf8',

@@ -6,22 +6,32 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { silentLogger } from '../../src/lib/logger.js';
 import { DelayedEventsClient } from '../../src/matrix/delayed-events-client.js';
-import { HomeserverDirectory } from '../../src/matrix/discovery.js';
+import { type DirectoryOptions, HomeserverDirectory } from '../../src/matrix/discovery.js';
 import { OpenIdVerifier } from '../../src/matrix/openid.js';
 import { isPublicAddress, OutboundGuard } from '../../src/matrix/outbound-guard.js';
 import { OutboundHttp } from '../../src/matrix/outbound-http.js';
+import { waitFor } from '../e2e/support/proc.js';
 import { type FakeHomeserver, startFakeHomeserver } from '../fakes/fake-homeserver.js';
 
 describe('isPublicAddress', () => {
   it.each([
     '127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0',
-    '224.0.0.1', '255.255.255.255', '::1', '::', 'fe80::1', 'fd00::1', 'ff02::1', '::ffff:127.0.0.1',
-    '::ffff:10.0.0.1', '::ffff:7f00:1', '2001:db8::1', '::ffff:0:0', 'not-an-ip',
+    '224.0.0.1', '255.255.255.255', '::1', '::', 'fe80::1', 'fe80::1%eth0', 'fd00::1', 'ff02::1',
+    '2001:db8::1', 'not-an-ip',
+    // IPv4-mapped, in every spelling
+    '::ffff:127.0.0.1', '::FFFF:7F00:1', '::ffff:10.0.0.1', '::ffff:7f00:1', '::ffff:0:0', '0:0:0:0:0:ffff:7f00:1',
+    // SIIT (IPv4-translated) and IPv4-compatible
+    '::ffff:0:7f00:1', '::ffff:0:127.0.0.1', '::7f00:1', '::127.0.0.1', '::a9fe:a9fe',
+    // NAT64 well-known prefix embedding a private address; local-use and unassigned NAT64 space
+    '64:ff9b::a9fe:a9fe', '64:ff9b::169.254.169.254', '64:ff9b::a00:1', '64:ff9b::7f00:1',
+    '64:ff9b:1::808:808', '64:ff9b:0:1::808:808',
+    // 6to4 and Teredo are refused whatever they embed
+    '2002:7f00:1::1', '2002:a9fe:a9fe::', '2002:808:808::1', '2001:0:4136:e378:8000:63bf:3fff:fdd2', '2001::1',
   ])('%s is not public', (ip) => expect(isPublicAddress(ip)).toBe(false));
 
-  it.each(['1.1.1.1', '93.184.216.34', '2606:4700:4700::1111', '::ffff:8.8.8.8'])('%s is public', (ip) =>
-    expect(isPublicAddress(ip)).toBe(true),
-  );
+  it.each([
+    '1.1.1.1', '93.184.216.34', '2606:4700:4700::1111', '::ffff:8.8.8.8', '64:ff9b::808:808', '64:ff9b::1.1.1.1',
+  ])('%s is public', (ip) => expect(isPublicAddress(ip)).toBe(true));
 });
 
 /** Resolves every name to loopback, as a hostile DNS answer would. */
@@ -44,15 +54,26 @@ afterEach(async () => {
   await Promise.all(clients.splice(0).map((c) => c.close()));
 });
 
-function setup(overrides: Record<string, string>, opts: { insecure?: boolean; named?: string[] } = {}) {
+function setup(
+  overrides: Record<string, string>,
+  opts: { insecure?: boolean; named?: string[]; idleMs?: number; directory?: Partial<DirectoryOptions> } = {},
+) {
   const guard = OutboundGuard.fromConfig(
     { full_access_homeservers: opts.named ?? [], cs_api_url_overrides: overrides },
     toLoopback,
   );
-  const http = new OutboundHttp({ guard, timeoutMs: 2000, maxConnectionsPerOrigin: 4, insecureTls: opts.insecure ?? false, log: silentLogger() });
+  const http = new OutboundHttp({
+    guard,
+    timeoutMs: 2000,
+    maxConnectionsPerOrigin: 4,
+    insecureTls: opts.insecure ?? false,
+    log: silentLogger(),
+    ...(opts.idleMs !== undefined ? { idleMs: opts.idleMs } : {}),
+  });
   clients.push(http);
-  const directory = new HomeserverDirectory({ http, overrides, cacheTtlMs: 60_000 });
+  const directory = new HomeserverDirectory({ http, overrides, cacheTtlMs: 60_000, ...opts.directory });
   return {
+    http,
     directory,
     openid: new OpenIdVerifier({ http, directory, log: silentLogger() }),
     actions: new DelayedEventsClient({ http, directory }),
@@ -60,6 +81,28 @@ function setup(overrides: Record<string, string>, opts: { insecure?: boolean; na
 }
 
 describe('outbound guard', () => {
+  const answering = (address: string, family: number) =>
+    ((_host: string, _opts: unknown, cb: (e: null, a: Array<{ address: string; family: number }>) => void) =>
+      cb(null, [{ address, family }])) as unknown as typeof dnsLookup;
+  const lookupVia = (guard: OutboundGuard, host: string) =>
+    new Promise<unknown>((resolve) => guard.lookup(host, {}, (err) => resolve(err)));
+
+  it.each(['64:ff9b::a9fe:a9fe', '::ffff:0:a00:1', '::7f00:1', '2002:a9fe:a9fe::1'])(
+    'refuses a DNS answer of %s and the literal itself',
+    async (address) => {
+      const guard = new OutboundGuard([], answering(address, 6));
+      expect(await lookupVia(guard, 'evil.test')).toMatchObject({ code: 'ERR_LASTWILL_OUTBOUND_REFUSED' });
+      expect(() => guard.checkLiteral(`[${address}]`)).toThrow(/not a public address/);
+    },
+  );
+
+  it('lets a NAT64 answer for a public address through', async () => {
+    const guard = new OutboundGuard([], answering('64:ff9b::808:808', 6));
+    expect(await lookupVia(guard, 'dns64.test')).toBeNull();
+    expect(() => guard.checkLiteral('[64:ff9b::808:808]')).not.toThrow();
+  });
+
+
   it('refuses a server name that resolves to loopback unless it is named', async () => {
     const { openid } = setup({});
     hs.addOpenIdToken('tok-guard', '@a:evil.test');
@@ -93,6 +136,17 @@ describe('OpenID', () => {
     await expect(openid.verify('hs.test', 'tok-2')).rejects.toMatchObject({ status: 401 });
   });
 
+  it.each(['hs.test/x', 'hs.test:1:2', 'user@hs.test', '', 'hs test', '[not-v6]:80'])(
+    'rejects the malformed server name %j with 401 without any request',
+    async (name) => {
+      const { openid } = setup({ 'hs.test': hs.url, [name]: hs.url });
+      hs.addOpenIdToken('tok-bad-name', `@a:${name}`);
+      const before = hs.requests.length;
+      await expect(openid.verify(name, 'tok-bad-name')).rejects.toMatchObject({ status: 401, errcode: 'M_UNAUTHORIZED' });
+      expect(hs.requests.length).toBe(before);
+    },
+  );
+
   it('refuses a self-signed certificate unless verification is skipped', async () => {
     tlsHs.addOpenIdToken('tok-3', '@bob:tls.test');
     await expect(setup({ 'tls.test': tlsHs.url }).openid.verify('tls.test', 'tok-3')).rejects.toMatchObject({ status: 401 });
@@ -114,6 +168,52 @@ describe('discovery', () => {
     const count = tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length;
     await tls.clientBaseUrl(name);
     expect(tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length).toBe(count);
+  });
+
+  const wellKnownCount = () => tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length;
+  /** A directory over https to the TLS fake, for any of `names` (all resolve to loopback). */
+  const tlsDirectory = (names: string[], options: Partial<DirectoryOptions> = {}) =>
+    setup({}, { named: names, insecure: true, directory: options }).directory;
+
+  it('shares one in-flight .well-known lookup among concurrent callers', async () => {
+    const directory = tlsDirectory(['shared.test']);
+    const before = wellKnownCount();
+    const bases = await Promise.all(Array.from({ length: 20 }, () => directory.clientBaseUrl(`shared.test:${tlsHs.port}`)));
+    expect(new Set(bases)).toEqual(new Set([tlsHs.url]));
+    expect(wellKnownCount()).toBe(before + 1);
+  });
+
+  it('remembers a failed lookup briefly, then asks again', async () => {
+    let now = 1_000_000;
+    const directory = tlsDirectory(['broken.test'], { now: () => now, failureTtlMs: 60_000 });
+    const name = `broken.test:${tlsHs.port}`;
+    tlsHs.setClientWellKnown({ 'm.homeserver': {} });
+    try {
+      const before = wellKnownCount();
+      await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
+      now += 59_000;
+      await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
+      expect(wellKnownCount()).toBe(before + 1);
+      tlsHs.setClientWellKnown(undefined);
+      now += 2_000;
+      expect(await directory.clientBaseUrl(name)).toBe(tlsHs.url);
+      expect(wellKnownCount()).toBe(before + 2);
+    } finally {
+      tlsHs.setClientWellKnown(undefined);
+    }
+  });
+
+  it('keeps a bounded cache, dropping the least recently used server', async () => {
+    const names = ['a.test', 'b.test', 'c.test'];
+    const directory = tlsDirectory(names, { maxEntries: 2 });
+    const [a, b, c] = names.map((n) => `${n}:${tlsHs.port}`) as [string, string, string];
+    for (const name of [a, b, a, c]) await directory.clientBaseUrl(name);
+    const before = wellKnownCount();
+    await directory.clientBaseUrl(a);
+    await directory.clientBaseUrl(c);
+    expect(wellKnownCount()).toBe(before);
+    await directory.clientBaseUrl(b);
+    expect(wellKnownCount()).toBe(before + 1);
   });
 
   it('uses an explicit port or IP literal as the federation origin', async () => {
@@ -179,8 +279,39 @@ describe('restart/send classification', () => {
     expect(JSON.parse(reqs[1]!.body)).toEqual({ action: 'restart' });
   });
 
+  it('drops an expired scoped token and goes on with the unauthenticated path form', async () => {
+    const { actions } = setup({ 'hs.test': hs.url });
+    hs.expireToken('syt_expired');
+    expect(await actions.perform('send', target('expired', 'syt_expired'))).toEqual({ kind: 'ok' });
+    const reqs = hs.actionRequests('expired', 'send');
+    expect(reqs.map((r) => [r.form, r.authorization, r.status])).toEqual([
+      ['path', 'Bearer syt_expired', 401],
+      ['path', undefined, 200],
+    ]);
+  });
+
+  it('does not retry a 401 without a scoped token, nor one that is not about the token', async () => {
+    const { actions } = setup({ 'hs.test': hs.url });
+    hs.script('plain401', 'send', [{ status: 401, body: { errcode: 'M_UNKNOWN_TOKEN', error: 'x' } }]);
+    expect(await actions.perform('send', target('plain401'))).toEqual({ kind: 'transient', detail: 'HTTP 401' });
+    hs.script('forbidden', 'send', [{ status: 403, body: { errcode: 'M_FORBIDDEN', error: 'x' } }]);
+    expect(await actions.perform('send', target('forbidden', 'syt_ok'))).toEqual({ kind: 'transient', detail: 'HTTP 403' });
+    expect(hs.actionRequests('plain401')).toHaveLength(1);
+    expect(hs.actionRequests('forbidden')).toHaveLength(1);
+  });
+
   it('reports transport errors as transient', async () => {
     const { actions } = setup({ 'dead.test': 'http://127.0.0.1:1' });
     expect((await actions.perform('send', { serverName: 'dead.test', delayId: 'x' })).kind).toBe('transient');
+  });
+});
+
+describe('outbound connections', () => {
+  it('drops an origin once its connections have been idle', async () => {
+    const { http } = setup({}, { named: ['127.0.0.1'], idleMs: 200 });
+    const res = await http.request(new URL('/.well-known/matrix/server', hs.url), { method: 'GET' });
+    expect(res.status).toBe(404);
+    expect(http.openOrigins()).toEqual([hs.url]);
+    await waitFor('the idle origin to be dropped', () => http.openOrigins().length === 0, { timeoutMs: 10_000, intervalMs: 50 });
   });
 });

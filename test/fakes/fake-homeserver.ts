@@ -9,7 +9,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { closeServer, listenLoopback, readBody, sendJson, waitUntil } from './http-util.js';
+import { waitFor } from '../e2e/support/proc.js';
+import { closeServer, listenLoopback, readBody, sendJson } from './http-util.js';
 
 export type DelayedAction = 'restart' | 'send';
 
@@ -46,6 +47,11 @@ export interface FakeHomeserver {
   addOpenIdToken(accessToken: string, userId: string): void;
   /** Answers for the next requests of (delayId, action), in order; after that, `fallback`. */
   script(delayId: string, action: DelayedAction, answers: ScriptedAnswer[], fallback?: ScriptedAnswer): void;
+  /**
+   * From now on a delayed-event request bearing this token gets 401 M_UNKNOWN_TOKEN, as an expired
+   * scoped token does; the same request without a token is still served.
+   */
+  expireToken(token: string): void;
   /** While down, every delayed-event request gets 503 (an outage behind a proxy). */
   setDown(down: boolean): void;
   /** What `.well-known/matrix/client` announces (default: this server's own URL). */
@@ -76,6 +82,7 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
   const tokens = new Map<string, string>();
   const scripts = new Map<string, { answers: ScriptedAnswer[]; fallback: ScriptedAnswer }>();
   const requests: RecordedRequest[] = [];
+  const expiredTokens = new Set<string>();
   const hanging = new Set<ServerResponse>();
   let down = false;
   let clientWellKnown: unknown | undefined;
@@ -134,6 +141,9 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
       rec.delayId = delayId;
       if (action !== undefined) rec.action = action;
       if (down) return reply(503, { errcode: 'M_UNKNOWN', error: 'Service unavailable' });
+      if (expiredTokens.has(req.headers.authorization?.replace(/^Bearer /, '') ?? '')) {
+        return reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: false });
+      }
       if (action !== 'restart' && action !== 'send') {
         return reply(400, { errcode: 'M_INVALID_PARAM', error: 'bad action' });
       }
@@ -166,17 +176,18 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
     addOpenIdToken: (t, u) => void tokens.set(t, u),
     script: (delayId, action, answers, fallback = { status: 200, body: {} }) =>
       void scripts.set(`${action}\0${delayId}`, { answers: [...answers], fallback }),
+    expireToken: (token) => void expiredTokens.add(token),
     setDown: (d) => void (down = d),
     setClientWellKnown: (doc) => void (clientWellKnown = doc),
     actionRequests,
     waitForRequests: (delayId, action, count, timeoutMs = 30_000) =>
-      waitUntil(
+      waitFor(
+        `${count} ${action} request(s)`,
         () => {
           const found = actionRequests(delayId, action);
-          return found.length >= count ? found : undefined;
+          return found.length >= count && found;
         },
-        `${count} ${action} request(s)`,
-        timeoutMs,
+        { timeoutMs, intervalMs: 25 },
       ),
     async close() {
       for (const res of hanging) res.destroy();

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { CORE_TABLES } from '../../src/homeserver/store.js';
 import type { Clock } from '../../src/lib/timer-heap.js';
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from './harness.js';
 
 const SEED = 0x5eed_4140;
 const TOTAL_REQUESTS = 3500;
@@ -43,14 +43,13 @@ let eventId: string;
 const delayIds: string[] = [];
 
 beforeAll(async () => {
-  t = await startTestHomeserver(
-    { rate_limits: { schedule: { per_second: 0, burst: 0 }, management: { per_second: 0, burst: 0 } } },
-    { clock: frozenClock },
-  );
-  alice = await t.register('alice');
-  bob = await t.register('bob');
-  roomId = await t.createRoom(alice.accessToken, { preset: 'public_chat', name: 'fuzz' });
-  await t.request('POST', `/_matrix/client/v3/join/${enc(roomId)}`, { token: bob.accessToken });
+  ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+    users: ['alice', 'bob'],
+    room: { preset: 'public_chat', name: 'fuzz' },
+    members: ['bob'],
+    overrides: { rate_limits: { schedule: { per_second: 0, burst: 0 }, management: { per_second: 0, burst: 0 } } },
+    clock: frozenClock,
+  }));
   const sent = await t.request('POST', `/_matrix/client/v3/rooms/${enc(roomId)}/send/m.room.message`, {
     token: alice.accessToken,
     body: { msgtype: 'm.text', body: 'seed' },

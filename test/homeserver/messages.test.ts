@@ -1,15 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from './harness.js';
 
 let t: TestHomeserver;
 let alice: Session;
 let roomId: string;
 
 beforeAll(async () => {
-  t = await startTestHomeserver();
-  alice = await t.register('alice');
-  roomId = await t.createRoom(alice.accessToken);
+  ({ t, roomId, users: { alice } } = await startWithRoom({ users: ['alice'] }));
   for (let i = 1; i <= 25; i++) {
     await t.request('PUT', `/_matrix/client/v3/rooms/${enc(roomId)}/send/com.example.count/t${i}`, {
       token: alice.accessToken,

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
+import { enc, type Session, startWithUsers, type TestHomeserver } from './harness.js';
 
 let t: TestHomeserver;
 let alice: Session;
@@ -8,10 +8,7 @@ let bob: Session;
 let carol: Session;
 
 beforeAll(async () => {
-  t = await startTestHomeserver();
-  alice = await t.register('alice');
-  bob = await t.register('bob');
-  carol = await t.register('carol');
+  ({ t, users: { alice, bob, carol } } = await startWithUsers({ users: ['alice', 'bob', 'carol'] }));
 });
 afterAll(async () => {
   await t?.close();

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
+import { enc, type Session, startTestHomeserver, startWithRoom, type TestHomeserver } from './harness.js';
 
 let t: TestHomeserver;
 let alice: Session;
@@ -8,11 +8,11 @@ let bob: Session;
 let roomId: string;
 
 beforeAll(async () => {
-  t = await startTestHomeserver();
-  alice = await t.register('alice');
-  bob = await t.register('bob');
-  roomId = await t.createRoom(alice.accessToken, { preset: 'public_chat' });
-  await t.request('POST', `/_matrix/client/v3/join/${enc(roomId)}`, { token: bob.accessToken });
+  ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+    users: ['alice', 'bob'],
+    room: { preset: 'public_chat' },
+    members: ['bob'],
+  }));
 });
 afterAll(async () => {
   await t?.close();

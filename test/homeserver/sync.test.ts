@@ -1,15 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
+import { enc, type Session, startTestHomeserver, startWithUsers, type TestHomeserver } from './harness.js';
 
 let t: TestHomeserver;
 let alice: Session;
 let bob: Session;
 
 beforeAll(async () => {
-  t = await startTestHomeserver();
-  alice = await t.register('alice');
-  bob = await t.register('bob');
+  ({ t, users: { alice, bob } } = await startWithUsers({ users: ['alice', 'bob'] }));
 });
 afterAll(async () => {
   await t?.close();

@@ -42,4 +42,18 @@ export class FakeClock implements Clock {
     }
     this.current = target;
   }
+
+  /**
+   * Fires the earliest timer due at or before `limit` and moves time to it; false when there is
+   * none. Lets a test interleave async work between timers (advance() fires them all at once).
+   */
+  fireNext(limit: number): boolean {
+    let next: [number, { at: number; fn: () => void }] | undefined;
+    for (const entry of this.timers) if (entry[1].at <= limit && (!next || entry[1].at < next[1].at)) next = entry;
+    if (!next) return false;
+    this.timers.delete(next[0]);
+    this.current = Math.max(this.current, next[1].at);
+    next[1].fn();
+    return true;
+  }
 }

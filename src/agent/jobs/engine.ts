@@ -245,7 +245,7 @@ export class Engine implements JobEngine {
       if (isLive(old.state)) this.signal(old, 'replace');
     }
     this.register(job);
-    this.log.info(
+    this.log.debug(
       { room: room.name, identity: job.identity, source: d.source, replaced: old !== undefined },
       'delegation accepted',
     );

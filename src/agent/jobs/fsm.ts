@@ -30,8 +30,10 @@ export const TERMINAL_STATES = [
   'expired',
 ] as const satisfies readonly JobState[];
 
+const LIVE: ReadonlySet<JobState> = new Set(LIVE_STATES);
+
 export function isLive(state: JobState): boolean {
-  return state !== 'sent' && state !== 'aborted' && state !== 'replaced' && state !== 'expired';
+  return LIVE.has(state);
 }
 
 /** States that keep the delayed event alive: moving between them keeps the restart schedule. */

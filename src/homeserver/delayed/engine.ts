@@ -32,7 +32,6 @@ export interface ScheduledEvent {
   stateKey: string | undefined;
   content: Record<string, unknown>;
   delayMs: number;
-  runningSince: number;
   due: number;
   /** False until the insert has committed; uncommitted rows are invisible to everything else. */
   committed: boolean;
@@ -40,13 +39,18 @@ export interface ScheduledEvent {
 
 export type DelayedAction = 'send' | 'cancel' | 'restart';
 
+/** A due event waiting in the send queue; `catchUp` marks the backlog sent at start-up. */
+interface DueItem {
+  delayId: string;
+  due: number;
+  catchUp: boolean;
+}
+
 export type ScheduleRequest = Parameters<DelayedEvents['schedule']>[0];
 
-/** Transaction ids of the dedicated PUT are remembered this long (Synapse keeps ~30 min). */
-const TXN_KEEP_MS = 24 * 3600 * 1000;
 /** Sends per event-loop turn before yielding, so HTTP stays responsive when many fall due. */
-const SENDS_PER_TURN = 32;
-/** How often expired finalised rows, transaction ids and scoped tokens are deleted. */
+export const SENDS_PER_TURN = 32;
+/** How often expired finalised rows and scoped tokens are deleted. */
 const SWEEP_EVERY_MS = 10 * 60 * 1000;
 const SCOPED_TOKEN_PREFIX = 'lwst_';
 const SCOPED_TOKEN_DEFAULT_TTL_MS = 24 * 3600 * 1000;
@@ -54,10 +58,7 @@ const SCOPED_TOKEN_DEFAULT_TTL_MS = 24 * 3600 * 1000;
 export const SCOPED_TOKEN_MAX_IDS = 100;
 
 /** The error recorded for the seed's state-cancellation rule (MSC text b8e317f0c). */
-const CANCELLED_BY_STATE = {
-  status: 409,
-  body: { errcode: 'M_CANCELLED_BY_STATE_UPDATE', error: 'Cancelled by a state update of another user' },
-};
+const CANCELLED_BY_STATE = fail.cancelledByStateUpdate('Cancelled by a state update of another user');
 
 /** Thrown inside the send transaction when the row was finalised meanwhile: rolls the event back. */
 class NoLongerScheduled extends Error {}
@@ -80,8 +81,6 @@ export class DelayedEngine {
   private readonly byUser = new Map<string, Set<string>>();
   /** (room, type, state_key) → delayed state events for the seed's state-cancellation rule. */
   private readonly bySlot = new Map<string, Set<string>>();
-  /** Dedicated-PUT transactions whose insert has not committed yet. */
-  private readonly pendingTxns = new Map<string, Promise<string>>();
   private readonly heap: TimerHeap<string>;
   private readonly writer: BatchWriter;
   private readonly scheduleLimiter: RateLimiter;
@@ -90,10 +89,12 @@ export class DelayedEngine {
   private stopped = false;
   private finSeq: number;
   /** Due events waiting for their turn to be sent (FIFO = due order). */
-  private dueQueue: Array<{ delayId: string; due: number; catchUp: boolean }> = [];
+  private dueQueue: DueItem[] = [];
   private dueHead = 0;
-  private sentThisTurn = 0;
-  private drainScheduled = false;
+  /** The pending `setImmediate` of the next drain turn, if one is scheduled. */
+  private drainHandle: NodeJS.Immediate | undefined;
+  /** Resolved whenever the queue runs empty (or the engine stops), for `start()`. */
+  private idleWaiters: Array<() => void> = [];
   private catchingUp = false;
 
   constructor(deps: EngineDeps) {
@@ -111,8 +112,11 @@ export class DelayedEngine {
     this.rooms.onStateEvent((ev) => this.onStateEvent(ev));
   }
 
-  /** Loads the schedule, sends everything overdue in due order, then leaves the timer armed. */
-  start(): void {
+  /**
+   * Loads the schedule, sends everything overdue in due order (resolving once that backlog is
+   * sent, so a server listens only after catching up), and leaves the timer armed.
+   */
+  async start(): Promise<void> {
     this.prune();
     for (const row of this.store.loadScheduled()) {
       const ev = fromRow(row);
@@ -127,14 +131,16 @@ export class DelayedEngine {
       this.catchingUp = false;
     }
     this.armSweep();
+    await this.idle();
   }
 
   stop(): void {
     this.stopped = true;
     this.heap.stop();
     // Queued sends stay scheduled on disk and go out at the next start.
-    this.dueQueue = [];
-    this.dueHead = 0;
+    if (this.drainHandle !== undefined) clearImmediate(this.drainHandle);
+    this.drainHandle = undefined;
+    this.resetQueue();
     if (this.sweepHandle !== undefined) this.clock.clearTimeout(this.sweepHandle);
     this.sweepHandle = undefined;
     this.writer.close();
@@ -142,16 +148,11 @@ export class DelayedEngine {
 
   // ---- scheduling -------------------------------------------------------------------------
 
-  /** The delay id of an earlier dedicated PUT with the same transaction key, if any. */
-  existingTxn(txnKey: string): Promise<string> | string | undefined {
-    return this.pendingTxns.get(txnKey) ?? this.store.txn(txnKey);
-  }
-
   /**
    * Checks limits (in Synapse's order: rate, feature, delay, room, count), commits the row and
    * only then arms it, so the timer can never fire for a row that is not durable.
    */
-  async schedule(req: ScheduleRequest, txnKey?: string): Promise<string> {
+  async schedule(req: ScheduleRequest): Promise<string> {
     this.ensureRunning();
     const { requester, delayMs, form } = req;
     const userId = requester.userId;
@@ -195,31 +196,26 @@ export class DelayedEngine {
       stateKey: req.stateKey,
       content: req.content,
       delayMs,
-      runningSince: now,
       due: now + delayMs,
       committed: false,
     };
     this.remember(ev);
     const write = this.writer.write(() => {
-      this.store.insert(
-        {
-          delay_id: ev.delayId,
-          user_id: userId,
-          device_id: ev.deviceId ?? null,
-          room_id: ev.roomId,
-          type: ev.type,
-          state_key: ev.stateKey ?? null,
-          content: contentText,
-          delay_ms: delayMs,
-          running_since: now,
-          due_at: ev.due,
-        },
-        txnKey,
-        now,
-      );
+      this.store.insert({
+        delay_id: ev.delayId,
+        user_id: userId,
+        device_id: ev.deviceId ?? null,
+        room_id: ev.roomId,
+        type: ev.type,
+        state_key: ev.stateKey ?? null,
+        content: contentText,
+        delay_ms: delayMs,
+        running_since: now,
+        due_at: ev.due,
+      });
       req.inCommit?.(ev.delayId);
     });
-    const done = write.then(
+    return write.then(
       () => {
         ev.committed = true;
         if (!this.stopped) this.heap.schedule(ev.delayId, ev.due);
@@ -230,11 +226,6 @@ export class DelayedEngine {
         throw err;
       },
     );
-    if (txnKey !== undefined) {
-      this.pendingTxns.set(txnKey, done);
-      void done.finally(() => this.pendingTxns.delete(txnKey)).catch(() => undefined);
-    }
-    return done;
   }
 
   // ---- management -------------------------------------------------------------------------
@@ -283,7 +274,6 @@ export class DelayedEngine {
 
   private async restart(ev: ScheduledEvent): Promise<void> {
     const now = this.clock.now();
-    ev.runningSince = now;
     ev.due = now + ev.delayMs;
     this.heap.schedule(ev.delayId, ev.due);
     const { delayId, due } = ev;
@@ -302,51 +292,72 @@ export class DelayedEngine {
 
   // ---- sending ----------------------------------------------------------------------------
 
-  /** Called by the heap in due order; queues so a mass expiry cannot block the event loop. */
+  /**
+   * Called by the heap in due order. Only queues: the heap fires every due entry in one
+   * synchronous run, so sending here would let a mass expiry block HTTP for the whole backlog.
+   */
   private fire(delayId: string, due: number): void {
     this.dueQueue.push({ delayId, due, catchUp: this.catchingUp });
-    this.drain();
+    this.scheduleDrain();
   }
 
-  /** Sends queued due events in order, at most SENDS_PER_TURN per event-loop turn. */
-  private drain(): void {
-    while (this.dueHead < this.dueQueue.length && !this.stopped) {
-      if (this.sentThisTurn >= SENDS_PER_TURN) {
-        if (!this.drainScheduled) {
-          this.drainScheduled = true;
-          setImmediate(() => {
-            this.drainScheduled = false;
-            this.sentThisTurn = 0;
-            this.drain();
-          });
-        }
-        return;
-      }
-      const item = this.dueQueue[this.dueHead++]!;
-      this.sentThisTurn++;
-      this.sendDue(item.delayId, item.due, item.catchUp);
+  private scheduleDrain(): void {
+    if (this.drainHandle !== undefined || this.stopped) return;
+    this.drainHandle = setImmediate(() => {
+      this.drainHandle = undefined;
+      this.drainTurn();
+    });
+  }
+
+  /** Sends up to SENDS_PER_TURN queued events in due order, then yields to the event loop. */
+  private drainTurn(): void {
+    let sent = 0;
+    while (sent < SENDS_PER_TURN && this.dueHead < this.dueQueue.length && !this.stopped) {
+      if (this.sendDue(this.dueQueue[this.dueHead++]!)) sent++;
     }
-    this.dueQueue = [];
-    this.dueHead = 0;
-    this.sentThisTurn = 0;
-  }
-
-  private sendDue(delayId: string, due: number, catchUp: boolean): void {
-    const ev = this.scheduled.get(delayId);
-    // Gone (sent, cancelled) or restarted (back in the heap) while it waited in the queue.
-    if (!ev || this.heap.has(delayId)) return;
-    // Catch-up after downtime is the server's debt, not the user's burst: no send limit.
-    const limited = catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
-    if (!limited.ok) {
-      // Latest MSC text: a timed send refused by the rate limit is not retried but finalised.
-      this.finaliseFailure(ev, 'delay', rateLimited(limited.retryAfterMs, 'Delayed event send rate limited'));
+    if (this.dueHead < this.dueQueue.length && !this.stopped) {
+      this.scheduleDrain();
       return;
     }
+    this.resetQueue();
+  }
+
+  private resetQueue(): void {
+    this.dueQueue = [];
+    this.dueHead = 0;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  /** Resolves once every queued due event has been handled (at once when none is queued). */
+  private idle(): Promise<void> {
+    if (this.dueHead >= this.dueQueue.length) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * One timed send; false when the event was skipped (gone, or restarted while it waited). Never
+   * throws: this runs from a timer turn, where an escaping error would crash the process.
+   */
+  private sendDue(item: DueItem): boolean {
+    const ev = this.scheduled.get(item.delayId);
+    if (!ev || this.heap.has(item.delayId)) return false;
     try {
-      this.sendNow(ev, 'delay', due);
-    } catch {
-      // Already recorded as failed by sendNow; nobody is waiting for the answer.
+      // Catch-up after downtime is the server's debt, not the user's burst: no send limit.
+      const limited = item.catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
+      if (limited.ok) {
+        this.sendNow(ev, 'delay', item.due);
+      } else {
+        // Latest MSC text: a timed send refused by the rate limit is not retried but finalised.
+        this.finaliseFailure(ev, 'delay', rateLimited(limited.retryAfterMs, 'Delayed event send rate limited'));
+      }
+    } catch (err) {
+      // A refusal was recorded as failed by sendNow and nobody waits for it. Anything else (the
+      // database failing) leaves the row scheduled on disk: it is retried at the next start.
+      if (!isMatrixError(err)) this.log.error({ err, room_id: ev.roomId }, 'a timed delayed send failed');
     }
+    return true;
   }
 
   /**
@@ -399,8 +410,7 @@ export class DelayedEngine {
   }
 
   private finaliseFailure(ev: ScheduledEvent, cause: FinaliseCause, err: MatrixError): void {
-    const error = { status: err.status, body: err.body() };
-    transaction(this.store.db, () => this.record(ev, { status: 'failed', cause, error }));
+    transaction(this.store.db, () => this.record(ev, { status: 'failed', cause, error: errorRecord(err) }));
     this.forget(ev);
   }
 
@@ -415,7 +425,7 @@ export class DelayedEngine {
     for (const id of [...ids]) {
       const d = this.scheduled.get(id);
       if (!d || !d.committed || d.userId === ev.sender) continue;
-      this.record(d, { status: 'cancelled', cause: 'state', error: CANCELLED_BY_STATE });
+      this.record(d, { status: 'cancelled', cause: 'state', error: errorRecord(CANCELLED_BY_STATE) });
       this.forget(d);
       cancelled.push(d);
     }
@@ -501,7 +511,7 @@ export class DelayedEngine {
 
   private prune(): void {
     const now = this.clock.now();
-    this.store.prune(now - this.config.delayed_events.terminated_keep_ms, now - TXN_KEEP_MS, now);
+    this.store.prune(now - this.config.delayed_events.terminated_keep_ms, now);
   }
 
   private armSweep(): void {
@@ -527,7 +537,7 @@ function newDelayId(): string {
   return randomBytes(24).toString('base64url');
 }
 
-export function hashToken(token: string): string {
+function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
 }
 
@@ -558,16 +568,25 @@ function fromRow(row: DelayedRow): ScheduledEvent {
     stateKey: row.state_key ?? undefined,
     content: JSON.parse(row.content) as Record<string, unknown>,
     delayMs: row.delay_ms,
-    runningSince: row.running_since,
     due: row.due_at,
     committed: true,
   };
 }
 
-/** Rebuilds the error a failed send answered with, so every retry of `send` gets the same one. */
+function errorRecord(err: MatrixError): NonNullable<FinaliseFields['error']> {
+  return { status: err.status, body: err.body() };
+}
+
+/**
+ * Rebuilds the error a failed send answered with, so every retry of `send` gets the same status,
+ * errcode, message and extra fields. One exception: a send refused by the rate limit is final, so
+ * its stored `retry_after_ms` is dropped; a stale hint (without the `Retry-After` header that
+ * `rateLimited()` pairs it with) would only invite a retry that can never succeed.
+ */
 function replayError(row: DelayedRow): MatrixError {
   const body = JSON.parse(row.error ?? '{}') as Record<string, unknown>;
   const { errcode, error, ...extra } = body;
+  if (errcode === ERROR_KINDS.limitExceeded.errcode) delete extra.retry_after_ms;
   const kinds = Object.entries(ERROR_KINDS) as Array<[ErrorKind, { status: number; errcode: string }]>;
   const kind =
     kinds.find(([, k]) => k.status === row.error_status && k.errcode === errcode)?.[0] ??

@@ -4,6 +4,7 @@
  * `lookupOwned`. Behaviour per generation is tabulated in the README (The homeserver module).
  */
 import type { Auth, DelayedEvents, HomeserverDeps, RoomEngine } from '../contracts.js';
+import type { TxnCache } from '../txns.js';
 import { DelayedEngine, type ScheduledEvent } from './engine.js';
 import { registerDelayedRoutes } from './routes.js';
 import { DelayedStore } from './store.js';
@@ -27,18 +28,22 @@ export interface DelayedEventsModule extends DelayedEvents {
   lookupOwned(userId: string, delayId: string): ScheduledEvent | undefined;
 }
 
+/**
+ * Builds the module over the core's database. `txns` is the core's transaction cache: the
+ * dedicated PUT's transaction ids are remembered there, exactly like those of `/send`.
+ */
 export function createDelayedEvents(
-  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth },
+  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth; txns: TxnCache },
 ): DelayedEventsModule {
-  const { config, clock, rooms, auth } = deps;
+  const { config, clock, rooms, auth, txns } = deps;
   const log = deps.log.child({ component: 'delayed-events' });
   const store = new DelayedStore(deps.db);
   const engine = new DelayedEngine({ config, store, rooms, clock, log });
   return {
     schedule: (req) => engine.schedule(req).then((delayId) => ({ delayId })),
     resolveScopedToken: (token) => engine.resolveScopedToken(token),
-    registerRoutes: (router) => registerDelayedRoutes(router, { engine, auth, config, clock }),
-    start: async () => engine.start(),
+    registerRoutes: (router) => registerDelayedRoutes(router, { engine, auth, txns, config, clock }),
+    start: () => engine.start(),
     stop: async () => engine.stop(),
     mintScopedToken: (userId, delayIds, ttlMs) => engine.mintScopedToken(userId, delayIds, ttlMs),
     lookupOwned: (userId, delayId) => engine.lookupOwned(userId, delayId),

@@ -3,8 +3,6 @@
  * token, scoped delegation tokens), the listings of every generation, the single lookup, the
  * dedicated scheduling PUT and the scoped-token endpoint. Every input goes through zod.
  */
-import { createHash } from 'node:crypto';
-
 import { z } from 'zod';
 
 import type { HomeserverConfig } from '../../config/homeserver.js';
@@ -13,7 +11,8 @@ import { type Handler, jsonObject, type Method, parseWith, type RequestContext, 
 import { RateLimiter } from '../../lib/rate-limit.js';
 import type { Clock } from '../../lib/timer-heap.js';
 import type { Auth, Requester } from '../contracts.js';
-import { bucketOf, type DelayedAction, type DelayedEngine, hashToken, SCOPED_TOKEN_MAX_IDS } from './engine.js';
+import type { TxnCache } from '../txns.js';
+import { bucketOf, type DelayedAction, type DelayedEngine, SCOPED_TOKEN_MAX_IDS } from './engine.js';
 import type { DelayedRow } from './store.js';
 import {
   decodePageToken,
@@ -31,6 +30,8 @@ import {
 const MANAGEMENT_PREFIXES = ['/_matrix/client/v1', '/_matrix/client/unstable/org.matrix.msc4140'];
 /** The dedicated PUT is a v3 endpoint in generation C. */
 const SCHEDULING_PREFIXES = ['/_matrix/client/v3', '/_matrix/client/unstable/org.matrix.msc4140'];
+/** Transaction ids of the dedicated PUT are remembered this long (longer than /send's 30 min). */
+const DEDICATED_TXN_KEEP_MS = 24 * 3600 * 1000;
 export const SCOPED_TOKEN_PATH = '/_matrix/client/unstable/io.lastwill.delegation/scoped_token';
 
 const actionBody = z.object({ action: z.enum(['send', 'cancel', 'restart']) });
@@ -57,12 +58,13 @@ const scopedTokenBody = z.object({
 export interface RouteDeps {
   engine: DelayedEngine;
   auth: Auth;
+  txns: TxnCache;
   config: HomeserverConfig;
   clock: Clock;
 }
 
 export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
-  const { engine, auth, config } = deps;
+  const { engine, auth, txns, config } = deps;
   const limits = config.rate_limits;
   const management = new RateLimiter(bucketOf(limits.management), deps.clock);
   const trusted = new RateLimiter(bucketOf(limits.trusted), deps.clock);
@@ -193,28 +195,29 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
   add('PUT', SCHEDULING_PREFIXES, '/rooms/:roomId/delayed_event/:eventType/:txnId', async (ctx) => {
     const requester = auth.requester(ctx);
     const { roomId, eventType, txnId } = ctx.params as { roomId: string; eventType: string; txnId: string };
-    // Same requester = same user and device (or the same token when there is no device).
-    const who = [requester.userId, requester.deviceId ?? hashToken(requester.token)];
-    const txnKey = createHash('sha256')
-      .update(JSON.stringify([...who, roomId, eventType, txnId]))
-      .digest('base64url');
-    // Before the body is read: a repeat may come without one and still gets the original id.
-    const existing = engine.existingTxn(txnKey);
-    if (existing !== undefined) return { body: { delay_id: await existing } };
-    const body = parseWith(dedicatedBody, await jsonObject(ctx), 'invalidParam');
-    const delayId = await engine.schedule(
-      {
-        requester,
-        roomId,
-        type: eventType,
-        ...(body.state_key !== undefined ? { stateKey: body.state_key } : {}),
-        content: body.content,
-        delayMs: body.delay_ms,
-        form: 'dedicated',
+    // The same transaction under either prefix; not a path, so it cannot collide with /send's keys.
+    const key = txns.key(requester, `delayed_event ${JSON.stringify([roomId, eventType, txnId])}`);
+    // Looked up before the body is read: a repeat may come without one and still gets the
+    // original id. The mapping commits with the row (inCommit), so a crash cannot split them.
+    const response = await txns.once(
+      key,
+      async (remember) => {
+        const body = parseWith(dedicatedBody, await jsonObject(ctx), 'invalidParam');
+        const delayId = await engine.schedule({
+          requester,
+          roomId,
+          type: eventType,
+          ...(body.state_key !== undefined ? { stateKey: body.state_key } : {}),
+          content: body.content,
+          delayMs: body.delay_ms,
+          form: 'dedicated',
+          inCommit: (id) => remember({ delay_id: id }),
+        });
+        return { delay_id: delayId };
       },
-      txnKey,
+      DEDICATED_TXN_KEEP_MS,
     );
-    return { body: { delay_id: delayId } };
+    return { body: response };
   });
 
   router.add('POST', SCOPED_TOKEN_PATH, async (ctx) => {

@@ -1,6 +1,6 @@
 /**
- * SQLite persistence of delayed events: the schedule, the finalised record, transaction ids of the
- * dedicated PUT and scoped delegation tokens. Tables live in the core's database (prefix
+ * SQLite persistence of delayed events: the schedule, the finalised record and scoped delegation
+ * tokens (transaction ids of the dedicated PUT live in the core's `txns` table). Tables live in the core's database (prefix
  * `delayed_`) so a timed send can insert the room event and finalise its row in one commit.
  * Every statement is prepared once here.
  */
@@ -65,12 +65,6 @@ CREATE INDEX IF NOT EXISTS delayed_events_finalised
   ON delayed_events (user_id, finalised_ts, fin_seq) WHERE status <> 'scheduled';
 CREATE INDEX IF NOT EXISTS delayed_events_finalised_age
   ON delayed_events (finalised_ts) WHERE status <> 'scheduled';
-CREATE TABLE IF NOT EXISTS delayed_txns (
-  txn_key TEXT PRIMARY KEY,
-  delay_id TEXT NOT NULL,
-  created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS delayed_txns_age ON delayed_txns (created_at);
 CREATE TABLE IF NOT EXISTS delayed_scoped_tokens (
   token_hash TEXT PRIMARY KEY,
   user_id TEXT NOT NULL,
@@ -89,18 +83,20 @@ interface PageParams {
   limit: number;
 }
 
-export interface NewRow {
-  delay_id: string;
-  user_id: string;
-  device_id: string | null;
-  room_id: string;
-  type: string;
-  state_key: string | null;
-  content: string;
-  delay_ms: number;
-  running_since: number;
-  due_at: number;
-}
+/** What scheduling writes; the rest of the row is filled in by SQLite or at finalisation. */
+export type NewRow = Pick<
+  DelayedRow,
+  | 'delay_id'
+  | 'user_id'
+  | 'device_id'
+  | 'room_id'
+  | 'type'
+  | 'state_key'
+  | 'content'
+  | 'delay_ms'
+  | 'running_since'
+  | 'due_at'
+>;
 
 /** The outcome written when a row leaves the schedule. */
 export interface FinaliseFields {
@@ -123,9 +119,6 @@ export class DelayedStore {
   private readonly pruneAgeStmt: StatementSync;
   private readonly scheduledPageStmt: StatementSync;
   private readonly finalisedPageStmt: StatementSync;
-  private readonly insertTxnStmt: StatementSync;
-  private readonly getTxnStmt: StatementSync;
-  private readonly pruneTxnsStmt: StatementSync;
   private readonly insertTokenStmt: StatementSync;
   private readonly getTokenStmt: StatementSync;
   private readonly pruneTokensStmt: StatementSync;
@@ -176,11 +169,6 @@ export class DelayedStore {
          AND (finalised_ts < $a OR (finalised_ts = $a AND fin_seq < $b))
        ORDER BY finalised_ts DESC, fin_seq DESC LIMIT $limit`,
     );
-    this.insertTxnStmt = db.prepare(
-      'INSERT INTO delayed_txns (txn_key, delay_id, created_at) VALUES (?, ?, ?)',
-    );
-    this.getTxnStmt = db.prepare('SELECT delay_id FROM delayed_txns WHERE txn_key = ?');
-    this.pruneTxnsStmt = db.prepare('DELETE FROM delayed_txns WHERE created_at < ?');
     this.insertTokenStmt = db.prepare(
       'INSERT INTO delayed_scoped_tokens (token_hash, user_id, delay_ids, expires_at) VALUES (?, ?, ?, ?)',
     );
@@ -191,9 +179,8 @@ export class DelayedStore {
     this.maxFinSeqStmt = db.prepare('SELECT COALESCE(MAX(fin_seq), 0) AS n FROM delayed_events');
   }
 
-  insert(row: NewRow, txnKey: string | undefined, now: number): void {
+  insert(row: NewRow): void {
     this.insertStmt.run({ ...row });
-    if (txnKey !== undefined) this.insertTxnStmt.run(txnKey, row.delay_id, now);
   }
 
   get(delayId: string): DelayedRow | undefined {
@@ -234,10 +221,9 @@ export class DelayedStore {
     this.trimUserStmt.run({ user: userId, keep });
   }
 
-  /** Drops finalised rows, transaction ids and tokens that are past their retention. */
-  prune(finalisedBefore: number, txnsBefore: number, now: number): void {
+  /** Drops finalised rows and tokens that are past their retention. */
+  prune(finalisedBefore: number, now: number): void {
     this.pruneAgeStmt.run(finalisedBefore);
-    this.pruneTxnsStmt.run(txnsBefore);
     this.pruneTokensStmt.run(now);
   }
 
@@ -247,10 +233,6 @@ export class DelayedStore {
 
   finalisedPage(p: PageParams & { oldest: number }): DelayedRow[] {
     return this.finalisedPageStmt.all({ ...p }) as unknown as DelayedRow[];
-  }
-
-  txn(txnKey: string): string | undefined {
-    return (this.getTxnStmt.get(txnKey) as { delay_id: string } | undefined)?.delay_id;
   }
 
   insertToken(hash: string, userId: string, delayIds: string[], expiresAt: number): void {

@@ -1,5 +1,5 @@
 /**
- * Shared setup for the job engine tests: a clock that jumps from timer to timer, scripted
+ * Shared setup for the job engine tests: a fake clock stepped from timer to timer, scripted
  * homeserver actions and LiveKit presence, real SQLite files in a temp dir.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -13,48 +13,18 @@ import type {
   DelayedAction,
   DelayedEventActions,
   Delegation,
+  JobState,
   ParticipantSession,
   ParticipantSignal,
   PresenceLookup,
 } from '../../../src/agent/contracts.js';
 import { Engine } from '../../../src/agent/jobs/engine.js';
-import type { JobState } from '../../../src/agent/contracts.js';
 import { DEFAULT_ENGINE_SETTINGS, type EngineSettings } from '../../../src/agent/jobs/index.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import type { Clock } from '../../../src/lib/timer-heap.js';
+import { FakeClock } from '../../support/fake-clock.js';
 
 export const T0 = 1_700_000_000_000;
-
-/** A manual clock that can say when its next timer is due, so tests jump between events. */
-export class SteppingClock implements Clock {
-  private nextId = 1;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-  constructor(public current = T0) {}
-  now(): number {
-    return this.current;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = this.nextId++;
-    this.timers.set(id, { at: this.current + Math.max(0, ms), fn });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  get pending(): number {
-    return this.timers.size;
-  }
-  /** Fires the earliest timer due at or before `limit`; false when there is none. */
-  fireNext(limit: number): boolean {
-    let next: [number, { at: number; fn: () => void }] | undefined;
-    for (const e of this.timers) if (e[1].at <= limit && (!next || e[1].at < next[1].at)) next = e;
-    if (!next) return false;
-    this.timers.delete(next[0]);
-    this.current = Math.max(this.current, next[1].at);
-    next[1].fn();
-    return true;
-  }
-}
 
 /** Lets promise callbacks and setImmediate work (lookup batches, group commits) run. */
 export async function settle(rounds = 6): Promise<void> {
@@ -153,7 +123,7 @@ export function testSettings(overrides: Partial<EngineSettings> = {}): EngineSet
 
 export interface Rig {
   engine: Engine;
-  clock: SteppingClock;
+  clock: FakeClock;
   actions: ScriptedActions;
   presence: ScriptedPresence;
   transitions: Array<{ from: JobState; to: JobState; signal: string }>;
@@ -213,13 +183,13 @@ export async function makeRig(
   opts: {
     settings?: Partial<EngineSettings>;
     dbPath?: string;
-    clock?: SteppingClock;
+    clock?: FakeClock;
     log?: Logger;
     random?: () => number;
     start?: boolean;
   } = {},
 ): Promise<Rig> {
-  const clock = opts.clock ?? new SteppingClock();
+  const clock = opts.clock ?? new FakeClock(T0);
   const actions = new ScriptedActions(clock);
   const presence = new ScriptedPresence(clock);
   const transitions: Rig['transitions'] = [];
@@ -257,12 +227,13 @@ export async function makeRig(
     lookups,
     dbPath,
     async advance(ms) {
-      const target = clock.current + ms;
+      const target = clock.now() + ms;
       for (;;) {
         await settle();
         if (!clock.fireNext(target)) break;
       }
-      clock.current = target;
+      // Nothing is due by `target` any more, so this only moves time.
+      clock.advance(target - clock.now());
       await settle();
     },
     async delegate(d = {}) {

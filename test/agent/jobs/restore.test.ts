@@ -2,7 +2,8 @@ import { DatabaseSync } from 'node:sqlite';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { GRACE_MS, makeRig, type Rig, ROOM, SteppingClock, T0, TempDirs } from './harness.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { GRACE_MS, makeRig, type Rig, ROOM, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
@@ -16,7 +17,7 @@ async function join(rig: Rig, identity: string, sid: string): Promise<void> {
 
 /** Opens a second engine on the same file while the first still runs: what kill -9 leaves. */
 async function afterCrash(first: Rig, atMs: number, presence: Record<string, string>): Promise<Rig> {
-  const next = await makeRig(dirs, { dbPath: first.dbPath, clock: new SteppingClock(atMs), start: false });
+  const next = await makeRig(dirs, { dbPath: first.dbPath, clock: new FakeClock(atMs), start: false });
   next.presence.set(
     ROOM,
     Object.entries(presence).map(([identity, sid]) => ({ identity, sid })),
@@ -107,7 +108,7 @@ describe('restore after a crash', () => {
     await a.delegate({ delayTimeoutMs: 60_000 });
     await join(a, 'identity-hash-BBBB', 'S1');
     await a.advance(0);
-    const b = await makeRig(dirs, { dbPath: a.dbPath, clock: new SteppingClock(T0 + 10_000), start: false });
+    const b = await makeRig(dirs, { dbPath: a.dbPath, clock: new FakeClock(T0 + 10_000), start: false });
     b.presence.failing = true;
     await b.engine.start();
     await b.advance(180_000);
@@ -165,7 +166,7 @@ describe('purging finished jobs', () => {
     expect(a.state(ROOM, 'x')).toBe('sent');
     const b = await makeRig(dirs, {
       dbPath: a.dbPath,
-      clock: new SteppingClock(T0 + 120_000),
+      clock: new FakeClock(T0 + 120_000),
       settings: { terminalRetentionMs: 60_000 },
     });
     await b.advance(0);

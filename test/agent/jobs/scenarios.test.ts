@@ -4,7 +4,8 @@ import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { createLogger } from '../../../src/lib/logger.js';
-import { GRACE_MS, IDENTITY, makeRig, type Rig, ROOM, SteppingClock, T0, TempDirs } from './harness.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { GRACE_MS, IDENTITY, makeRig, type Rig, ROOM, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
@@ -651,7 +652,7 @@ describe('durability and hygiene', () => {
   });
 
   it('stop() sends nothing and keeps the jobs in the store', async () => {
-    const clock = new SteppingClock();
+    const clock = new FakeClock(T0);
     const rig = await makeRig(dirs, { clock });
     await connected(rig);
     await rig.delegate({ identity: 'never', delayId: 'w', delayTimeoutMs: 1_000 });
@@ -661,7 +662,7 @@ describe('durability and hygiene', () => {
     rig.engine.onParticipant({ kind: 'left', livekitRoom: ROOM, session: { identity: IDENTITY, sid: 'S1' } });
     await rig.advance(10_000_000);
     expect(rig.actions.calls.length).toBe(calls);
-    const clockAfter = new SteppingClock(T0 + 5_000);
+    const clockAfter = new FakeClock(T0 + 5_000);
     const next = await makeRig(dirs, { dbPath: rig.dbPath, clock: clockAfter, start: false });
     next.presence.set(ROOM, [{ identity: IDENTITY, sid: 'S1' }]);
     await next.engine.start();

@@ -1,53 +1,16 @@
-// Black-box harness: builds dist/ once per test run, starts `lastwill agent` as a child process
-// with lk-jwt-service-style environment variables against the loopback fakes, and speaks to it
-// only over HTTP. On a failed test the child's log is printed.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+// Black-box harness: starts `lastwill agent` (dist/, built once by vitest's globalSetup) as a
+// child process with lk-jwt-service-style environment variables against the loopback fakes, and
+// speaks to it only over HTTP. On a failed test the child's log is printed.
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { type ManagedProcess, REPO_ROOT, spawnManaged } from '../../e2e/support/proc.js';
+import { type ManagedProcess, REPO_ROOT, spawnManaged, waitFor } from '../../e2e/support/proc.js';
 import { type FakeHomeserver, startFakeHomeserver } from '../../fakes/fake-homeserver.js';
 import { type FakeSfu, startFakeSfu } from '../../fakes/fake-sfu.js';
-import { waitUntil } from '../../fakes/http-util.js';
 
 export const SERVER_NAME = 'hs.test';
 export const CREDS = { key: 'lastwill-test-key', secret: 'lastwill-test-secret-0123456789abcdef' };
-
-/**
- * Runs `npm run build` once per vitest run (workers share a stamp keyed by the parent pid and a
- * lock directory, so two files never rebuild dist/ under a running child).
- */
-export function ensureBuilt(): void {
-  const stamp = join(tmpdir(), `lastwill-agent-build-${process.ppid}`);
-  const lock = join(tmpdir(), 'lastwill-agent-build.lock');
-  const deadline = Date.now() + 180_000;
-  for (;;) {
-    try {
-      mkdirSync(lock);
-      break;
-    } catch {
-      if (Date.now() > deadline) throw new Error('build lock held too long');
-      try {
-        if (Date.now() - statSync(lock).mtimeMs > 180_000) rmdirSync(lock);
-      } catch {
-        /* raced with its owner */
-      }
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
-    }
-  }
-  try {
-    if (existsSync(stamp)) return;
-    const r = spawnSync('npm', ['run', 'build', '--silent'], { cwd: REPO_ROOT, encoding: 'utf8' });
-    // Other components' type errors must not stop these tests, as long as our output exists.
-    if (!existsSync(join(REPO_ROOT, 'dist/cli.js')) || !existsSync(join(REPO_ROOT, 'dist/agent/main.js'))) {
-      throw new Error(`build failed:\n${r.stdout}\n${r.stderr}`);
-    }
-    writeFileSync(stamp, String(Date.now()));
-  } finally {
-    rmdirSync(lock);
-  }
-}
 
 export interface HttpResult {
   status: number;
@@ -92,8 +55,10 @@ export async function spawnAgent(env: Record<string, string>): Promise<AgentChil
     },
   });
   try {
-    await waitUntil(() => url ?? (proc.hasExited() ? null : undefined), 'the agent to listen', 20_000).then((u) => {
-      if (u === null) throw new Error('agent exited during startup');
+    await waitFor('the agent to listen', () => url, {
+      timeoutMs: 20_000,
+      intervalMs: 25,
+      abort: () => (proc.hasExited() ? 'the agent exited during startup' : undefined),
     });
   } catch (err) {
     await proc.kill();
@@ -136,7 +101,6 @@ export interface World {
 }
 
 export async function startWorld(extraEnv: Record<string, string> = {}): Promise<World> {
-  ensureBuilt();
   const hs = await startFakeHomeserver();
   const sfu = await startFakeSfu(CREDS);
   const dataDir = mkdtempSync(join(tmpdir(), 'lastwill-agent-bb-'));

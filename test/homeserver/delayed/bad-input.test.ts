@@ -6,10 +6,12 @@ import { createHash } from 'node:crypto';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
-import { delayIdOf, ManualClock, openRoom, scheduleMessage, U, V1 } from './support.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from '../harness.js';
+import { delayIdOf, OPEN_ROOM, scheduleMessage, U, V1 } from './support.js';
 
-const TABLES = ['delayed_events', 'delayed_txns', 'delayed_scoped_tokens'];
+/** The module's tables and the core's transaction ids (which the dedicated PUT writes). */
+const TABLES = ['delayed_events', 'delayed_scoped_tokens', 'txns'];
 
 describe('bad input to the delayed-events routes', () => {
   let t: TestHomeserver;
@@ -18,9 +20,12 @@ describe('bad input to the delayed-events routes', () => {
   let id: string;
 
   beforeAll(async () => {
-    t = await startTestHomeserver({ rate_limits: { management: { per_second: 0, burst: 0 } } }, { clock: new ManualClock() });
-    alice = await t.register('alice');
-    roomId = await openRoom(t, alice);
+    ({ t, roomId, users: { alice } } = await startWithRoom({
+      users: ['alice'],
+      room: OPEN_ROOM,
+      overrides: { rate_limits: { management: { per_second: 0, burst: 0 } } },
+      clock: new FakeClock(),
+    }));
     id = await delayIdOf(scheduleMessage(t, alice, roomId, 60_000));
   });
   afterAll(async () => {

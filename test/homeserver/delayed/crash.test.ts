@@ -3,74 +3,37 @@
  * restarted later. Every event must arrive exactly once, in due order, overdue ones at once after
  * the restart and the rest on time.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { sleep, U } from './support.js';
+import { freeTcpPort, type ManagedProcess, REPO_ROOT, sleep, spawnManaged, waitFor } from '../../e2e/support/proc.js';
+import { U } from './support.js';
 
-const ROOT = join(import.meta.dirname, '../../..');
-const CLI = join(ROOT, 'dist/cli.js');
-
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs);
-  }
-  return newest;
-}
-
-/** Rebuilds dist/ when any source file is newer than it (type errors elsewhere still emit). */
-function ensureBuilt(): void {
-  if (existsSync(CLI) && statSync(CLI).mtimeMs >= newestMtime(join(ROOT, 'src'))) return;
-  spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-    cwd: ROOT,
-    stdio: 'ignore',
-  });
-  if (!existsSync(join(ROOT, 'dist/homeserver/delayed/index.js'))) throw new Error('npm run build did not emit dist/');
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-interface Child {
-  proc: ChildProcess;
-  output: string[];
-}
+/** dist/ is built once by the vitest globalSetup (test/support/build.ts). */
+const CLI = join(REPO_ROOT, 'dist/cli.js');
 
 describe('kill -9 and restart', () => {
   let dataDir: string;
   let port: number;
   let base: string;
-  const children: Child[] = [];
+  const children: ManagedProcess[] = [];
 
   beforeAll(async () => {
-    ensureBuilt();
     dataDir = mkdtempSync(join(tmpdir(), 'lastwill-crash-'));
-    port = await freePort();
+    port = await freeTcpPort();
     base = `http://127.0.0.1:${port}`;
   });
-  afterAll(() => {
-    for (const c of children) c.proc.kill('SIGKILL');
+  afterAll(async () => {
+    await Promise.all(children.map((c) => c.kill()));
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  async function startChild(): Promise<Child> {
-    const proc = spawn(process.execPath, [CLI, 'homeserver'], {
-      cwd: ROOT,
+  async function startChild(): Promise<ManagedProcess> {
+    const child = spawnManaged(process.execPath, [CLI, 'homeserver'], {
+      cwd: REPO_ROOT,
       env: {
         PATH: process.env.PATH,
         LASTWILL_HS_BIND: `127.0.0.1:${port}`,
@@ -85,29 +48,14 @@ describe('kill -9 and restart', () => {
         LASTWILL_HS_RATE_LIMITS_MANAGEMENT_PER_SECOND: '0',
         LASTWILL_HS_RATE_LIMITS_MANAGEMENT_BURST: '0',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const child: Child = { proc, output: [] };
-    proc.stdout!.on('data', (d: Buffer) => child.output.push(d.toString()));
-    proc.stderr!.on('data', (d: Buffer) => child.output.push(d.toString()));
     children.push(child);
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      if (proc.exitCode !== null) throw new Error(`homeserver exited: ${child.output.join('')}`);
-      try {
-        if ((await fetch(`${base}/_matrix/client/versions`)).ok) return child;
-      } catch {
-        // Not listening yet.
-      }
-      if (Date.now() > deadline) throw new Error(`homeserver did not start: ${child.output.join('')}`);
-      await sleep(50);
-    }
-  }
-
-  async function kill(child: Child): Promise<void> {
-    const exited = new Promise((r) => child.proc.once('exit', r));
-    child.proc.kill('SIGKILL');
-    await exited;
+    await waitFor('the homeserver to listen', async () => (await fetch(`${base}/_matrix/client/versions`)).ok, {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+      abort: () => (child.hasExited() ? `homeserver exited: ${child.logs()}` : undefined),
+    });
+    return child;
   }
 
   async function call(method: string, path: string, token?: string, body?: unknown): Promise<any> {
@@ -130,11 +78,8 @@ describe('kill -9 and restart', () => {
   }
 
   async function waitUntilNoneScheduled(token: string): Promise<void> {
-    const deadline = Date.now() + 30_000;
-    while ((await call('GET', `${U}/delayed_events`, token)).delayed_events.length > 0) {
-      if (Date.now() > deadline) throw new Error('delayed events still scheduled');
-      await sleep(50);
-    }
+    const noneLeft = async () => (await call('GET', `${U}/delayed_events`, token)).delayed_events.length === 0;
+    await waitFor('no delayed events left scheduled', noneLeft, { intervalMs: 50 });
   }
 
   it('sends every event exactly once and in due order across kill -9 and restart', async () => {
@@ -160,7 +105,7 @@ describe('kill -9 and restart', () => {
     await schedule(2, 1_100);
     await schedule(3, 10_000);
     await schedule(4, 11_000);
-    await kill(child);
+    await child.kill();
     await sleep(1_500);
     child = await startChild();
     // Overdue 1 and 2 are sent at start-up; 3 and 4 are not yet due.
@@ -182,7 +127,7 @@ describe('kill -9 and restart', () => {
     const origin = Date.now() + 2_500;
     for (const [i, label] of labels.entries()) await schedule(label, Math.max(1, origin + i * 20 - Date.now()));
     await sleep(Math.max(0, origin + 1_500 - Date.now()));
-    await kill(child);
+    await child.kill();
     child = await startChild();
     await waitUntilNoneScheduled(token);
     const serverDue = new Map<number, number>();
@@ -195,6 +140,6 @@ describe('kill -9 and restart', () => {
     const expected = [...labels].sort((a, b) => serverDue.get(a)! - serverDue.get(b)! || a - b);
     const all = (await messages(token, roomId)).map((e) => e.content.label);
     expect(all).toEqual([1, 2, 3, 4, ...expected]);
-    await kill(child);
+    await child.kill();
   });
 });

@@ -6,8 +6,9 @@ import { ClientEvent, createClient, type MatrixClient, RoomStateEvent, UpdateDel
 import type { Logger } from 'matrix-js-sdk/lib/logger.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
-import { openRoom, roomPath, timeline, waitFor } from './support.js';
+import { waitFor } from '../../e2e/support/proc.js';
+import { type Session, startWithRoom, type TestHomeserver } from '../harness.js';
+import { ALICE_AND_BOB, MANY_MANAGEMENT_CALLS, roomPath, timeline } from './support.js';
 
 const CALL_MEMBER = 'org.matrix.msc3401.call.member';
 
@@ -26,10 +27,10 @@ describe('matrix-js-sdk', () => {
     createClient({ baseUrl: t.url, accessToken: s.accessToken, userId: s.userId, deviceId: s.deviceId, logger: quietLogger });
 
   beforeAll(async () => {
-    t = await startTestHomeserver({ rate_limits: { management: { per_second: 1000, burst: 1000 } } });
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: MANY_MANAGEMENT_CALLS,
+    }));
     // Call membership state is open to everyone in this room, as MatrixRTC rooms configure it.
     const pl = await t.request('GET', roomPath(roomId, '/state/m.room.power_levels/'), { token: alice.accessToken });
     pl.body.events[CALL_MEMBER] = 0;
@@ -93,8 +94,8 @@ describe('matrix-js-sdk', () => {
       const key = `_${alice.userId}_leave`;
       await client.sendStateEvent(roomId, CALL_MEMBER as any, { joined: true } as any, key);
       await waitFor(
-        async () => (watcher.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER, key)?.getContent().joined ? true : undefined),
         'join state at the watcher',
+        () => watcher.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER, key)?.getContent().joined === true,
       );
       const changed = new Promise<Record<string, unknown>>((resolve) => {
         watcher.on(RoomStateEvent.Events, (event) => {

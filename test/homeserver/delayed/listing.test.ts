@@ -4,22 +4,24 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
-import { act, delayIdOf, ManualClock, openRoom, scheduleMessage, scheduleState, U, V1 } from './support.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from '../harness.js';
+import { act, ALICE_AND_BOB, delayIdOf, openRoom, scheduleMessage, scheduleState, U, V1 } from './support.js';
 
 const DAY = 24 * 3600 * 1000;
 
 describe('listing', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let alice: Session;
   let bob: Session;
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver(
-      {
+    clock = new FakeClock();
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: {
         max_delay_ms: 30 * DAY,
         delayed_events: { max_scheduled_per_user: 2000 },
         rate_limits: {
@@ -28,11 +30,8 @@ describe('listing', () => {
           send: { per_second: 0, burst: 0 },
         },
       },
-      { clock },
-    );
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+      clock,
+    }));
   });
   afterAll(async () => {
     await t?.close();

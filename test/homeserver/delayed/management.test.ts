@@ -4,11 +4,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
+import { waitFor } from '../../e2e/support/proc.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
   act,
+  ALICE_AND_BOB,
   delayIdOf,
-  ManualClock,
+  MANY_MANAGEMENT_CALLS,
+  OPEN_ROOM,
   openRoom,
   roomPath,
   scheduleDedicated,
@@ -17,7 +21,6 @@ import {
   timeline,
   U,
   V1,
-  waitFor,
 } from './support.js';
 
 /** Raises the level needed for `type` so that ordinary members can no longer send it. */
@@ -39,10 +42,10 @@ describe('management', () => {
 
   beforeAll(async () => {
     // Many calls from one address and user: the management limit itself is tested further down.
-    t = await startTestHomeserver({ rate_limits: { management: { per_second: 1000, burst: 1000 } } });
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: MANY_MANAGEMENT_CALLS,
+    }));
   });
   afterAll(async () => {
     await t?.close();
@@ -164,7 +167,7 @@ describe('management', () => {
 
     it('send on an event the timer already sent answers 200', async () => {
       const id = await delayIdOf(scheduleMessage(t, alice, roomId, 50, { marker: 'timed-then-send' }));
-      await waitFor(async () => ((await lookup(t, alice, id)).body.event_id ? true : undefined), 'timed send');
+      await waitFor('timed send', async () => (await lookup(t, alice, id)).body.event_id !== undefined);
       expect(await act(t, id, 'send')).toMatchObject({ status: 200, body: {} });
     });
 
@@ -214,10 +217,10 @@ describe('management', () => {
       const room3 = await openRoom(t, alice, [bob]);
       const id = await delayIdOf(scheduleMessage(t, bob, room3, 300, { marker: 'timed-forbidden' }, 'com.example.other'));
       await restrict(t, alice, room3, 'com.example.other');
-      const one = await waitFor(async () => {
+      const one = await waitFor('timed failure', async () => {
         const r = await lookup(t, bob, id);
         return r.body.finalised_ts ? r.body : undefined;
-      }, 'timed failure');
+      });
       expect(one.error.errcode).toBe('M_FORBIDDEN');
       const res = await act(t, id, 'send');
       expect(res.status).toBe(403);
@@ -250,15 +253,13 @@ describe('management', () => {
 
 describe('restart timing (manual clock)', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let alice: Session;
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver({}, { clock });
-    alice = await t.register('alice');
-    roomId = await openRoom(t, alice);
+    clock = new FakeClock();
+    ({ t, roomId, users: { alice } } = await startWithRoom({ users: ['alice'], room: OPEN_ROOM, clock }));
   });
   afterAll(async () => {
     await t?.close();
@@ -297,13 +298,15 @@ describe('management rate limits', () => {
   const limits = { management: { per_second: 1, burst: 2 }, trusted: { per_second: 1, burst: 50 } };
 
   async function setup(trusted: string[]) {
-    const clock = new ManualClock();
-    const t = await startTestHomeserver({ rate_limits: { ...limits, trusted_addresses: trusted } }, { clock });
-    const alice = await t.register('alice');
-    const bob = await t.register('bob');
-    const roomId = await openRoom(t, alice);
-    const id = await delayIdOf(scheduleMessage(t, alice, roomId, 600_000));
-    return { t, clock, alice, bob, id };
+    const clock = new FakeClock();
+    const { t, roomId, users } = await startWithRoom({
+      users: ['alice', 'bob'],
+      room: OPEN_ROOM,
+      overrides: { rate_limits: { ...limits, trusted_addresses: trusted } },
+      clock,
+    });
+    const id = await delayIdOf(scheduleMessage(t, users.alice, roomId, 600_000));
+    return { t, clock, ...users, id };
   }
 
   it('is per user with a token and per client address without one', async () => {
@@ -344,10 +347,13 @@ describe('management rate limits', () => {
   });
 
   it('manual sends over the send limit are 429 and leave the event scheduled', async () => {
-    const t = await startTestHomeserver({ rate_limits: { send: { per_second: 1, burst: 1 } } }, { clock: new ManualClock() });
+    const { t, roomId, users: { alice } } = await startWithRoom({
+      users: ['alice'],
+      room: OPEN_ROOM,
+      overrides: { rate_limits: { send: { per_second: 1, burst: 1 } } },
+      clock: new FakeClock(),
+    });
     try {
-      const alice = await t.register('alice');
-      const roomId = await openRoom(t, alice);
       const a = await delayIdOf(scheduleMessage(t, alice, roomId, 600_000));
       const b = await delayIdOf(scheduleMessage(t, alice, roomId, 600_000));
       expect((await act(t, a, 'send')).status).toBe(200);
@@ -361,12 +367,15 @@ describe('management rate limits', () => {
     }
   });
 
-  it('a timed send over the send limit is finalised with M_LIMIT_EXCEEDED', async () => {
-    const clock = new ManualClock();
-    const t = await startTestHomeserver({ rate_limits: { send: { per_second: 0.001, burst: 1 } } }, { clock });
+  it('a timed send over the send limit is finalised with M_LIMIT_EXCEEDED; send replays it without a retry hint', async () => {
+    const clock = new FakeClock();
+    const { t, roomId, users: { alice } } = await startWithRoom({
+      users: ['alice'],
+      room: OPEN_ROOM,
+      overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
+      clock,
+    });
     try {
-      const alice = await t.register('alice');
-      const roomId = await openRoom(t, alice);
       const a = await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 1 }));
       const b = await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 2 }));
       clock.advance(1_000);
@@ -376,6 +385,12 @@ describe('management rate limits', () => {
       expect(failed.error.errcode).toBe('M_LIMIT_EXCEEDED');
       expect(failed.event_id).toBeUndefined();
       expect((await timeline(t, alice, roomId, 'com.example.test')).map((e) => e.content.n)).toEqual([1]);
+      // The refusal is final: the same 429 again, but no stale invitation to retry.
+      const replayed = await act(t, b, 'send');
+      expect(replayed.status).toBe(429);
+      expect(replayed.body.errcode).toBe('M_LIMIT_EXCEEDED');
+      expect(replayed.body.retry_after_ms).toBeUndefined();
+      expect(replayed.headers['retry-after']).toBeUndefined();
     } finally {
       await t.close();
     }

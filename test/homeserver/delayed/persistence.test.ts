@@ -1,27 +1,34 @@
 /**
  * In-process restarts over the same SQLite file: the schedule, transaction ids and scoped tokens
  * survive; overdue events go out in due order at start-up (not throttled by the send limit); a
- * mass expiry is sent completely and in order.
+ * mass expiry is sent completely, in order and in slices; a failing database during timed sends
+ * is logged and leaves the scheduler running.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
+import { SENDS_PER_TURN } from '../../../src/homeserver/delayed/engine.js';
+import { createLogger } from '../../../src/lib/logger.js';
+import { waitFor } from '../../e2e/support/proc.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { type Session, startTestHomeserver, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
   act,
   delayIdOf,
-  ManualClock,
   newTxn,
+  OPEN_ROOM,
   openRoom,
   scheduleDedicated,
   scheduleMessage,
   timeline,
   U,
-  waitFor,
 } from './support.js';
+
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('restart of the homeserver', () => {
   let dataDir: string;
@@ -35,7 +42,7 @@ describe('restart of the homeserver', () => {
   });
 
   it('keeps the schedule, txn ids and tokens, and catches up in due order without throttling', async () => {
-    let t: TestHomeserver | undefined = await startTestHomeserver(overrides, { clock: new ManualClock(), dataDir });
+    let t: TestHomeserver | undefined = await startTestHomeserver(overrides, { clock: new FakeClock(), dataDir });
     let alice: Session;
     let roomId: string;
     const txn = newTxn();
@@ -60,7 +67,7 @@ describe('restart of the homeserver', () => {
       t = undefined;
 
       // The clock of the restarted server is 60 s later: four events are overdue.
-      const clock = new ManualClock();
+      const clock = new FakeClock();
       clock.advance(60_000);
       t = await startTestHomeserver(overrides, { clock, dataDir });
       const events = await timeline(t, alice, roomId, 'com.example.test');
@@ -79,30 +86,87 @@ describe('restart of the homeserver', () => {
 
 describe('mass expiry', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let users: Session[];
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver({ rate_limits: { schedule: { per_second: 0, burst: 0 } } }, { clock });
-    users = [await t.register('u1'), await t.register('u2'), await t.register('u3')];
-    roomId = await openRoom(t, users[0]!, users.slice(1));
+    clock = new FakeClock();
+    const started = await startWithRoom({
+      users: ['u1', 'u2', 'u3'],
+      room: OPEN_ROOM,
+      members: ['u2', 'u3'],
+      overrides: { rate_limits: { schedule: { per_second: 0, burst: 0 } } },
+      clock,
+    });
+    ({ t, roomId } = started);
+    users = Object.values(started.users);
   });
   afterAll(async () => {
     await t?.close();
   });
 
-  it('sends 120 events falling due at once, all of them, in due order', async () => {
+  const sentCount = (): number =>
+    (t.hs.db.prepare("SELECT COUNT(*) AS n FROM delayed_events WHERE status = 'sent'").get() as { n: number }).n;
+
+  it('sends 120 events falling due at once, all of them, in due order, a slice per event-loop turn', async () => {
     for (let i = 0; i < 120; i++) {
       await delayIdOf(scheduleMessage(t, users[i % 3]!, roomId, 1_000 + i, { i }));
     }
-    // One advance: the heap hands all 120 over at once; they go out 32 per event-loop turn.
+    // One advance: the heap hands all 120 over in one synchronous run; none may be sent in it.
     clock.advance(10_000);
-    const events = await waitFor(async () => {
+    expect(sentCount()).toBeLessThanOrEqual(SENDS_PER_TURN);
+    await nextTurn();
+    expect(sentCount()).toBeLessThanOrEqual(SENDS_PER_TURN);
+    const events = await waitFor('all 120 events', async () => {
       const got = await timeline(t, users[0]!, roomId, 'com.example.test');
       return got.length === 120 ? got : undefined;
-    }, 'all 120 events');
+    });
     expect(events.map((e) => e.content.i)).toEqual(Array.from({ length: 120 }, (_, i) => i));
+  });
+});
+
+describe('a failing database during timed sends', () => {
+  it('is logged at error, sends nothing, and leaves the timer armed', async () => {
+    const lines: Array<{ level: number; msg: string }> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    const clock = new FakeClock();
+    const { t, roomId, users: { alice } } = await startWithRoom({
+      users: ['alice'],
+      room: OPEN_ROOM,
+      // One send per ~17 min: the second due event takes the rate-limited (finalise-as-failed) path.
+      overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
+      clock,
+      log: createLogger({ level: 'error' }, sink),
+    });
+    try {
+      await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 1 }));
+      await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 2 }));
+      // Every finalisation now fails inside SQLite, on both the send and the rate-limited path.
+      t.hs.db.exec(
+        "CREATE TEMP TRIGGER fail_finalise BEFORE UPDATE OF status ON delayed_events BEGIN SELECT RAISE(ABORT, 'injected'); END",
+      );
+      clock.advance(1_000);
+      const failures = () => lines.filter((l) => l.level === 50 && l.msg === 'a timed delayed send failed');
+      await waitFor('both failures logged', () => failures().length === 2);
+      expect(await timeline(t, alice, roomId, 'com.example.test')).toEqual([]);
+      t.hs.db.exec('DROP TRIGGER fail_finalise');
+      // The scheduler still runs: a new event is sent when it falls due.
+      clock.advance(20 * 60_000);
+      await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 3 }));
+      clock.advance(1_000);
+      const sent = await waitFor('the next timed send', async () => {
+        const got = await timeline(t, alice, roomId, 'com.example.test');
+        return got.length > 0 ? got : undefined;
+      });
+      expect(sent.map((e) => e.content.n)).toEqual([3]);
+    } finally {
+      await t.close();
+    }
   });
 });

@@ -4,13 +4,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
+import { sleep } from '../../e2e/support/proc.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startTestHomeserver, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
   act,
   DELAY_PARAM,
   delayIdOf,
-  ManualClock,
   newTxn,
+  OPEN_ROOM,
   openRoom,
   roomPath,
   scheduleDedicated,
@@ -33,10 +35,11 @@ describe('scheduling', () => {
   let roomId: string;
 
   beforeAll(async () => {
-    t = await startTestHomeserver({ max_delay_ms: 3_600_000 });
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice);
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      users: ['alice', 'bob'],
+      room: OPEN_ROOM,
+      overrides: { max_delay_ms: 3_600_000 },
+    }));
   });
   afterAll(async () => {
     await t?.close();
@@ -134,6 +137,21 @@ describe('scheduling', () => {
       expect((await scheduledIds(t, fay)).length).toBe(1);
     });
 
+    it('a repeat arriving while the first is still reading its body gets the same delay id', async () => {
+      const fay = await t.register('fay2');
+      const path = `/_matrix/client/v3/rooms/${enc(roomId)}/delayed_event/com.example.test/${newTxn()}`;
+      const firstBody = { delay_ms: 40_000, content: { first: true } };
+      // The first request's handler is left waiting for its body while the repeat arrives whole.
+      const first = t.openRequest('PUT', path, { token: fay.accessToken, contentLength: JSON.stringify(firstBody).length });
+      await sleep(100);
+      const repeat = t.request('PUT', path, { token: fay.accessToken, body: { delay_ms: 40_000, content: {} } });
+      await sleep(100);
+      const [a, b] = await Promise.all([first.finish(firstBody), repeat]);
+      expect([a.status, b.status]).toEqual([200, 200]);
+      expect(b.body.delay_id).toBe(a.body.delay_id);
+      expect(await scheduledIds(t, fay)).toEqual([a.body.delay_id]);
+    });
+
     it('the same txn id from another user or another room is a new event', async () => {
       const txn = newTxn();
       const a = await scheduleDedicated(t, alice, roomId, { delay_ms: 40_000, content: {} }, { txn });
@@ -190,18 +208,18 @@ describe('scheduling', () => {
 
 describe('limits', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let alice: Session;
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver(
-      { max_delay_ms: 10_000, delayed_events: { max_scheduled_per_user: 2 } },
-      { clock },
-    );
-    alice = await t.register('alice');
-    roomId = await openRoom(t, alice);
+    clock = new FakeClock();
+    ({ t, roomId, users: { alice } } = await startWithRoom({
+      users: ['alice'],
+      room: OPEN_ROOM,
+      overrides: { max_delay_ms: 10_000, delayed_events: { max_scheduled_per_user: 2 } },
+      clock,
+    }));
   });
   afterAll(async () => {
     await t?.close();
@@ -274,7 +292,7 @@ describe('feature disabled and scheduling rate limit', () => {
   });
 
   it('scheduling is rate limited per user, in both forms', async () => {
-    const clock = new ManualClock();
+    const clock = new FakeClock();
     const t = await startTestHomeserver({ rate_limits: { schedule: { per_second: 1, burst: 2 } } }, { clock });
     try {
       const alice = await t.register('alice');

@@ -7,30 +7,29 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { DelayedEventsModule } from '../../../src/homeserver/delayed/index.js';
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
-import { act, delayIdOf, ManualClock, openRoom, roomPath, scheduleMessage, U, V1 } from './support.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from '../harness.js';
+import { act, ALICE_AND_BOB, delayIdOf, roomPath, scheduleMessage, U, V1 } from './support.js';
 
 const MINT = '/_matrix/client/unstable/io.lastwill.delegation/scoped_token';
 
 describe('scoped delegation tokens', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let alice: Session;
   let bob: Session;
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver(
-      {
+    clock = new FakeClock();
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: {
         delayed_events: { scoped_token_max_ms: 3_600_000 },
         rate_limits: { management: { per_second: 1000, burst: 1000 } },
       },
-      { clock },
-    );
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+      clock,
+    }));
   });
   afterAll(async () => {
     await t?.close();

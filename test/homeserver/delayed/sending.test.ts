@@ -4,21 +4,22 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { enc, type Session, startTestHomeserver, type TestHomeserver } from '../harness.js';
+import { sleep, waitFor } from '../../e2e/support/proc.js';
+import { FakeClock } from '../../support/fake-clock.js';
+import { enc, type Session, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
   act,
+  ALICE_AND_BOB,
   DELAY_PARAM,
   delayIdOf,
-  ManualClock,
+  MANY_MANAGEMENT_CALLS,
   newTxn,
-  openRoom,
   roomPath,
   scheduleMessage,
   scheduleState,
   timeline,
   U,
   V1,
-  waitFor,
 } from './support.js';
 
 const scheduledCount = async (t: TestHomeserver, s: Session): Promise<number> => {
@@ -33,10 +34,10 @@ describe('timed sends on the real clock', () => {
   let roomId: string;
 
   beforeAll(async () => {
-    t = await startTestHomeserver({ rate_limits: { management: { per_second: 1000, burst: 1000 } } });
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: MANY_MANAGEMENT_CALLS,
+    }));
   });
   afterAll(async () => {
     await t?.close();
@@ -55,7 +56,7 @@ describe('timed sends on the real clock', () => {
     }
     expect(await scheduledCount(t, alice)).toBe(3);
     expect(await scheduledCount(t, bob)).toBe(0);
-    await waitFor(async () => ((await scheduledCount(t, alice)) === 0 ? true : undefined), 'all three sent');
+    await waitFor('all three sent', async () => (await scheduledCount(t, alice)) === 0);
     const events = await timeline(t, alice, roomId, 'com.example.test');
     expect(events.map((e) => e.content)).toEqual([{ count: 1 }, { count: 2 }, { count: 3 }]);
     expect(events.map((e) => e.unsigned?.['org.matrix.msc4140.delay_id'])).toEqual(ids);
@@ -68,10 +69,10 @@ describe('timed sends on the real clock', () => {
     await delayIdOf(scheduleState(t, alice, roomId, 900, { setter: alice.userId }, 'com.example.state', 'timeout'));
     const statePath = roomPath(roomId, '/state/com.example.state/timeout');
     expect((await t.request('GET', statePath, { token: alice.accessToken })).status).toBe(404);
-    const state = await waitFor(async () => {
+    const state = await waitFor('state event', async () => {
       const r = await t.request('GET', statePath, { token: alice.accessToken });
       return r.status === 200 ? r.body : undefined;
-    }, 'state event');
+    });
     expect(state).toEqual({ setter: alice.userId });
   });
 
@@ -79,32 +80,33 @@ describe('timed sends on the real clock', () => {
     const cancelled = await delayIdOf(scheduleState(t, alice, roomId, 800, { v: 'c' }, 'com.example.state', 'cancelled'));
     expect((await act(t, cancelled, 'cancel')).status).toBe(200);
     const restarted = await delayIdOf(scheduleState(t, alice, roomId, 2000, { v: 'r' }, 'com.example.state', 'restarted'));
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     expect((await act(t, restarted, 'restart')).status).toBe(200);
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     // 2 s after scheduling with a 2 s delay: the restart at ~1 s moved it to ~3 s.
     expect((await t.request('GET', roomPath(roomId, '/state/com.example.state/restarted'), { token: alice.accessToken })).status).toBe(404);
-    await waitFor(async () => {
+    await waitFor('restarted event', async () => {
       const r = await t.request('GET', roomPath(roomId, '/state/com.example.state/restarted'), { token: alice.accessToken });
-      return r.status === 200 ? true : undefined;
-    }, 'restarted event');
+      return r.status === 200;
+    });
     expect((await t.request('GET', roomPath(roomId, '/state/com.example.state/cancelled'), { token: alice.accessToken })).status).toBe(404);
   });
 });
 
 describe('due order and send-time checks (manual clock)', () => {
   let t: TestHomeserver;
-  let clock: ManualClock;
+  let clock: FakeClock;
   let alice: Session;
   let bob: Session;
   let roomId: string;
 
   beforeAll(async () => {
-    clock = new ManualClock();
-    t = await startTestHomeserver({ rate_limits: { management: { per_second: 1000, burst: 1000 } } }, { clock });
-    alice = await t.register('alice');
-    bob = await t.register('bob');
-    roomId = await openRoom(t, alice, [bob]);
+    clock = new FakeClock();
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      overrides: MANY_MANAGEMENT_CALLS,
+      clock,
+    }));
   });
   afterAll(async () => {
     await t?.close();

@@ -1,5 +1,4 @@
-/** Shared helpers of the delayed-events tests: paths, scheduling calls, polling, a manual clock. */
-import type { Clock } from '../../../src/lib/timer-heap.js';
+/** Shared helpers of the delayed-events tests: paths, scheduling calls, rooms, the timeline. */
 import { enc, type Session, type TestHomeserver, type TestResponse } from '../harness.js';
 
 export const U = '/_matrix/client/unstable/org.matrix.msc4140';
@@ -97,75 +96,23 @@ export async function timeline(t: TestHomeserver, s: Session, roomId: string, ty
   return type === undefined ? chunk : chunk.filter((e) => e.type === type);
 }
 
-/** Polls `probe` until it returns a value, or fails after `timeoutMs` (generous by default). */
-export async function waitFor<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+/** createRoom body of a room where everyone may send `com.example.*` events and state. */
+export const OPEN_ROOM = {
+  preset: 'public_chat',
+  power_level_content_override: {
+    events: { 'com.example.test': 0, 'com.example.state': 0, 'com.example.other': 0 },
+  },
+};
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** startWithRoom options: alice and bob, both members of an OPEN_ROOM that alice created. */
+export const ALICE_AND_BOB = { users: ['alice', 'bob'], room: OPEN_ROOM, members: ['bob'] } as const;
 
-/** A room where everyone may send `com.example.*` events and state (power level 0). */
+/** Limits for tests making many management calls from one user (the limit is tested apart). */
+export const MANY_MANAGEMENT_CALLS = { rate_limits: { management: { per_second: 1000, burst: 1000 } } };
+
+/** Another OPEN_ROOM, created by `owner` and joined by `members`. */
 export async function openRoom(t: TestHomeserver, owner: Session, members: Session[] = []): Promise<string> {
-  const roomId = await t.createRoom(owner.accessToken, {
-    preset: 'public_chat',
-    power_level_content_override: {
-      events: { 'com.example.test': 0, 'com.example.state': 0, 'com.example.other': 0 },
-    },
-  });
-  for (const m of members) {
-    const res = await t.request('POST', `/_matrix/client/v3/join/${enc(roomId)}`, { token: m.accessToken, body: {} });
-    if (res.status !== 200) throw new Error(`join failed: ${res.status} ${JSON.stringify(res.body)}`);
-  }
+  const roomId = await t.createRoom(owner.accessToken, OPEN_ROOM);
+  for (const m of members) await t.join(m.accessToken, roomId);
   return roomId;
-}
-
-/**
- * A clock the test advances by hand: timers fire in due order as time passes them. Used where a
- * rule is about time (restart, retention, Retry-After) so the test never races the wall clock.
- */
-export class ManualClock implements Clock {
-  private t = 1_750_000_000_000;
-  private nextId = 0;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
-
-  now(): number {
-    return this.t;
-  }
-
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.nextId;
-    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
-    return id;
-  }
-
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-
-  /** Moves time forward, running every timer that falls due on the way, in due order. */
-  advance(ms: number): void {
-    const target = this.t + ms;
-    for (;;) {
-      let nextId: number | undefined;
-      let nextAt = Infinity;
-      for (const [id, timer] of this.timers) {
-        if (timer.at <= target && timer.at < nextAt) {
-          nextAt = timer.at;
-          nextId = id;
-        }
-      }
-      if (nextId === undefined) break;
-      const timer = this.timers.get(nextId)!;
-      this.timers.delete(nextId);
-      this.t = Math.max(this.t, timer.at);
-      timer.fn();
-    }
-    this.t = target;
-  }
 }
