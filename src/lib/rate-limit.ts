@@ -10,6 +10,11 @@ export interface BucketSpec {
   burst: number;
 }
 
+/** A bucket as the config files spell it. */
+export function bucketOf(spec: { per_second: number; burst: number }): BucketSpec {
+  return { perSecond: spec.per_second, burst: spec.burst };
+}
+
 export type Verdict = { ok: true } | { ok: false; retryAfterMs: number };
 
 interface Bucket {

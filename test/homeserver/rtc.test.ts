@@ -185,6 +185,31 @@ describe('MSC4195 delegate_delayed_leave', () => {
   });
 });
 
+describe('MSC4195 with the agent unreachable', () => {
+  it('answers 503 and leaves no scoped token behind', async () => {
+    const closedPort = await freePort();
+    const lonely = await startTestHomeserver({
+      rtc: { agent_url: `http://127.0.0.1:${closedPort}`, agent_secret: SECRET },
+    });
+    try {
+      const carol = await lonely.register('carol');
+      const room = await lonely.createRoom(carol.accessToken, { preset: 'public_chat' });
+      const path = `/_matrix/client/v3/rooms/${encodeURIComponent(room)}/state/${CALL_MEMBER}/k`;
+      const leave = await lonely.request('PUT', `${path}?org.matrix.msc4140.delay=60000`, { token: carol.accessToken, body: {} });
+      const tokens = () => (lonely.hs.db.prepare('SELECT COUNT(*) AS n FROM delayed_scoped_tokens').get() as { n: number }).n;
+      const res = await lonely.request('POST', DELEGATE, {
+        token: carol.accessToken,
+        body: { room_id: room, slot_id: LEGACY_SLOT, member_id: 'm', delay_id: leave.body.delay_id },
+      });
+      expect(res.status).toBe(503);
+      expect(res.body.errcode).toBe('M_UNKNOWN');
+      expect(tokens()).toBe(0);
+    } finally {
+      await lonely.close();
+    }
+  });
+});
+
 describe('MSC4195 without an agent', () => {
   it('is not served, so clients fall back to the LiveKit service', async () => {
     const plain = await startTestHomeserver();

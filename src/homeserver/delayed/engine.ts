@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 
 import type { HomeserverConfig } from '../../config/homeserver.js';
 import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimited } from '../../lib/errors.js';
-import { RateLimiter } from '../../lib/rate-limit.js';
+import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import { BatchWriter, transaction } from '../../lib/sqlite.js';
 import { type Clock, TimerHeap } from '../../lib/timer-heap.js';
 import type { DelayedEvents, Requester, RoomEngine } from '../contracts.js';
@@ -467,6 +467,11 @@ export class DelayedEngine {
     return { token, expiresAt };
   }
 
+  /** Withdraws a token that was never handed out (its delegation failed); durable when resolved. */
+  async revokeScopedToken(token: string): Promise<void> {
+    await this.writer.write(() => this.store.deleteToken(hashToken(token)));
+  }
+
   resolveScopedToken(token: string): Requester | undefined {
     if (!token.startsWith(SCOPED_TOKEN_PREFIX)) return undefined;
     const found = this.store.token(hashToken(token));
@@ -527,10 +532,6 @@ export class DelayedEngine {
   }
 }
 
-/** Config bucket (snake_case) to RateLimiter spec. */
-export function bucketOf(spec: { per_second: number; burst: number }): { perSecond: number; burst: number } {
-  return { perSecond: spec.per_second, burst: spec.burst };
-}
 
 /** 192 random bits: the delay id is a bearer capability in generation B, so it must be unguessable. */
 function newDelayId(): string {

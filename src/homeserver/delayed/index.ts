@@ -24,6 +24,8 @@ export interface DelayedEventsModule extends DelayedEvents {
     delayIds: readonly string[],
     ttlMs?: number,
   ): Promise<{ token: string; expiresAt: number }>;
+  /** Withdraws a scoped token that was never handed out. */
+  revokeScopedToken(token: string): Promise<void>;
   /** The user's own still-scheduled delayed event, or undefined (unknown, finalised, or not theirs). */
   lookupOwned(userId: string, delayId: string): ScheduledEvent | undefined;
 }
@@ -47,5 +49,6 @@ export function createDelayedEvents(
     stop: async () => engine.stop(),
     mintScopedToken: (userId, delayIds, ttlMs) => engine.mintScopedToken(userId, delayIds, ttlMs),
     lookupOwned: (userId, delayId) => engine.lookupOwned(userId, delayId),
+    revokeScopedToken: (token) => engine.revokeScopedToken(token),
   };
 }

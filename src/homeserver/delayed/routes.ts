@@ -8,11 +8,11 @@ import { z } from 'zod';
 import type { HomeserverConfig } from '../../config/homeserver.js';
 import { fail, rateLimited } from '../../lib/errors.js';
 import { type Handler, jsonObject, type Method, parseWith, type RequestContext, type Router } from '../../lib/http.js';
-import { RateLimiter } from '../../lib/rate-limit.js';
+import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import type { Clock } from '../../lib/timer-heap.js';
 import type { Auth, Requester } from '../contracts.js';
 import type { TxnCache } from '../txns.js';
-import { bucketOf, type DelayedAction, type DelayedEngine, SCOPED_TOKEN_MAX_IDS } from './engine.js';
+import { type DelayedAction, type DelayedEngine, SCOPED_TOKEN_MAX_IDS } from './engine.js';
 import type { DelayedRow } from './store.js';
 import {
   decodePageToken,

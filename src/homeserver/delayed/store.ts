@@ -122,6 +122,7 @@ export class DelayedStore {
   private readonly insertTokenStmt: StatementSync;
   private readonly getTokenStmt: StatementSync;
   private readonly pruneTokensStmt: StatementSync;
+  private readonly deleteTokenStmt: StatementSync;
   private readonly maxFinSeqStmt: StatementSync;
 
   constructor(readonly db: DatabaseSync) {
@@ -176,6 +177,7 @@ export class DelayedStore {
       'SELECT user_id, delay_ids, expires_at FROM delayed_scoped_tokens WHERE token_hash = ?',
     );
     this.pruneTokensStmt = db.prepare('DELETE FROM delayed_scoped_tokens WHERE expires_at < ?');
+    this.deleteTokenStmt = db.prepare('DELETE FROM delayed_scoped_tokens WHERE token_hash = ?');
     this.maxFinSeqStmt = db.prepare('SELECT COALESCE(MAX(fin_seq), 0) AS n FROM delayed_events');
   }
 
@@ -237,6 +239,10 @@ export class DelayedStore {
 
   insertToken(hash: string, userId: string, delayIds: string[], expiresAt: number): void {
     this.insertTokenStmt.run(hash, userId, JSON.stringify(delayIds), expiresAt);
+  }
+
+  deleteToken(hash: string): void {
+    this.deleteTokenStmt.run(hash);
   }
 
   token(hash: string): { userId: string; delayIds: string[]; expiresAt: number } | undefined {

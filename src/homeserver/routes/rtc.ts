@@ -7,8 +7,7 @@
 import { z } from 'zod';
 
 import { fail, rateLimited } from '../../lib/errors.js';
-import { RateLimiter } from '../../lib/rate-limit.js';
-import { bucketOf } from '../delayed/engine.js';
+import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import type { Router } from '../../lib/http.js';
 import { participantIdentity, roomAlias } from '../../livekit/identity.js';
 import type { AgentForwarder } from '../agent-forwarder.js';
@@ -91,15 +90,23 @@ export function registerRtcRoutes(
         [req.delay_id],
         s.config.delayed_events.scoped_token_max_ms,
       );
-      await forwarder.forward({
-        livekit_room: roomAlias(req.room_id, req.slot_id),
-        identity: participantIdentity(requester.userId, deviceId, memberId),
-        delay_id: req.delay_id,
-        delay_timeout: scheduled.delayMs,
-        server_name: s.config.server_name,
-        user_id: requester.userId,
-        scoped_token: token,
-      });
+      try {
+        await forwarder.forward({
+          livekit_room: roomAlias(req.room_id, req.slot_id),
+          identity: participantIdentity(requester.userId, deviceId, memberId),
+          delay_id: req.delay_id,
+          delay_timeout: scheduled.delayMs,
+          server_name: s.config.server_name,
+          user_id: requester.userId,
+          scoped_token: token,
+        });
+      } catch (err) {
+        // The agent did not confirm the delegation: withdraw the capability rather than leave it
+        // behind. (Should the agent have stored it after all, its calls fall back to the
+        // unauthenticated form when the token is refused.)
+        await s.delayed.revokeScopedToken(token);
+        throw err;
+      }
       return { body: {} };
     });
   }
