@@ -29,6 +29,11 @@ bin="$bindir/server"       # the name `go install .../cmd/server` gives it
 
 die() { echo "provision-livekit: $*" >&2; exit 1; }
 
+# Test files provision in parallel: one run at a time per cache, the others wait and then find it done.
+mkdir -p "$cache"
+exec 9>"$cache/.provision-livekit.lock"
+flock 9
+
 if ! command -v go >/dev/null 2>&1; then
   die "Go is not installed (need Go >= ${MIN_GO_MAJOR}.${MIN_GO_MINOR} to build livekit-server ${LIVEKIT_VERSION}). Install Go, or skip the e2e tests."
 fi

@@ -24,6 +24,11 @@ py="$venv/bin/python"
 
 die() { echo "provision-synapse: $*" >&2; exit 1; }
 
+# Test files provision in parallel: one run at a time per cache, the others wait and then find it done.
+mkdir -p "$cache"
+exec 9>"$cache/.provision-synapse.lock"
+flock 9
+
 installed_version() {
   "$py" -c 'import importlib.metadata as m; print(m.version("matrix-synapse"))' 2>/dev/null || true
 }
