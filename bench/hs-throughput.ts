@@ -1,0 +1,67 @@
+/**
+ * Benchmark 5, throughput: schedule, restart and send operations per second with 8 concurrent
+ * keep-alive clients (8 users, one room each), each phase for a fixed time. Restarts and sends use
+ * the unauthenticated path form the agent uses (our server: from a trusted address with its
+ * limit raised). Every send creates a room event.
+ */
+import { nowMs } from './lib/child.js';
+import { runFor } from './lib/http.js';
+import { startTarget } from './lib/hs-world.js';
+import { distribution } from './lib/stats.js';
+
+export interface ThroughputParams {
+  target: 'lastwill' | 'synapse';
+  phaseSeconds?: number;
+  clients?: number;
+  log?: (msg: string) => void;
+}
+
+export async function hsThroughput(p: ThroughputParams): Promise<Record<string, number>> {
+  const clients = p.clients ?? 8;
+  const phaseMs = (p.phaseSeconds ?? 10) * 1000;
+  const hs = await startTarget(p.target, { users: clients, connections: clients });
+  const ids: string[][] = Array.from({ length: clients }, () => []);
+  const out: Record<string, number> = {};
+  const phase = async (name: string, op: (worker: number, n: number) => Promise<boolean>) => {
+    const lat: number[] = [];
+    let errors = 0;
+    const cpu0 = hs.child?.cpuSeconds();
+    const t0 = nowMs();
+    const count = await runFor(phaseMs, clients, async (w, n) => {
+      const s = nowMs();
+      const ok = await op(w, n);
+      lat.push(nowMs() - s);
+      if (!ok) errors++;
+    });
+    const wall = (nowMs() - t0) / 1000;
+    const d = distribution(lat);
+    out[`${name}_per_s`] = count / wall;
+    out[`${name}_p50_ms`] = d.p50;
+    out[`${name}_p99_ms`] = d.p99;
+    out[`${name}_errors`] = errors;
+    if (cpu0 !== undefined) out[`${name}_cpu_pct`] = (100 * (hs.child!.cpuSeconds() - cpu0)) / wall;
+    p.log?.(`  ${p.target} ${name}: ${(count / wall).toFixed(0)}/s (p99 ${d.p99.toFixed(1)} ms, errors ${errors})`);
+  };
+  try {
+    await phase('schedule', async (w, n) => {
+      const u = hs.users[w]!;
+      ids[w]!.push(await hs.schedule(u, `_${u.userId}_D${n % 100}`, { n, 'm.call.intent': 'video' }, 3_600_000));
+      return true;
+    });
+    await phase('restart', async (w, n) => {
+      const mine = ids[w]!;
+      return (await hs.manage(mine[n % mine.length]!, 'restart')) === 200;
+    });
+    const sent = new Array<number>(clients).fill(0);
+    await phase('send', async (w) => {
+      const mine = ids[w]!;
+      const i = sent[w]!++;
+      if (i >= mine.length) return true;
+      return (await hs.manage(mine[i]!, 'send')) === 200;
+    });
+    out.scheduled_total = ids.reduce((a, l) => a + l.length, 0);
+    return out;
+  } finally {
+    await hs.close();
+  }
+}
