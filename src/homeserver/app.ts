@@ -3,6 +3,7 @@
  * delayed-events module and one router. It never listens; `main.ts` and the tests choose where.
  */
 import { join } from 'node:path';
+import type { DatabaseSync } from 'node:sqlite';
 
 import type { Logger } from 'pino';
 
@@ -66,6 +67,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   const { config, log } = deps;
   const clock = deps.clock ?? systemClock;
   const db = openDatabase(join(deps.dataDir ?? config.data_dir, 'homeserver.db'), config.sqlite_synchronous);
+  tuneForBatches(db);
   const store = new CoreStore(db);
   const notifier = new StreamNotifier(store.maxStream(), clock);
   // Auth resolves scoped tokens through the delayed-events module, which itself needs auth.
@@ -126,4 +128,16 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
       if (config.public_base_url === undefined) baseUrl = url;
     },
   };
+}
+
+/**
+ * A batch of timed sends touches pages all over the random-id indexes (event ids, delay ids).
+ * SQLite's default 2 MiB page cache re-reads them for every batch, and its default checkpoint
+ * every 1000 WAL pages copies the same hot pages back again and again; a 32 MiB cache and a
+ * checkpoint per 32 MiB of WAL do that work once per many batches. Durability is unchanged: every
+ * commit is still fsynced as `sqlite_synchronous` says.
+ */
+function tuneForBatches(db: DatabaseSync): void {
+  db.exec('PRAGMA cache_size = -32768');
+  db.exec('PRAGMA wal_autocheckpoint = 8192');
 }

@@ -60,9 +60,17 @@ export interface RoomEngine {
    *
    * `inTransaction` runs inside the same SQLite transaction after the event row is written, so a
    * caller can record the outcome atomically with the event (the delayed-events module uses this
-   * to make "event created" and "delayed event finalised" one commit).
+   * to make "event created" and "delayed event finalised" one commit). Inside `batch` it runs in
+   * a savepoint instead, and the batch wakes /sync once it has committed.
    */
   sendEvent(ev: EventToSend, inTransaction?: (eventId: string) => void): { eventId: string };
+  /**
+   * Runs `fn` inside one SQLite transaction (one commit, one fsync). Every `sendEvent` in it runs
+   * in a savepoint of its own, so a refused event (with whatever its `inTransaction` wrote) is
+   * rolled back alone while the others commit; a throw from `fn` itself rolls back everything.
+   * /sync is woken once, after the commit, so no uncommitted event is ever announced.
+   */
+  batch<T>(fn: () => T): T;
   /** Whether the room exists (unknown room → 404 when scheduling). */
   roomExists(roomId: string): boolean;
   /**

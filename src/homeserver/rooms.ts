@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 
 import { fail } from '../lib/errors.js';
-import { transaction } from '../lib/sqlite.js';
+import { atomically, transaction } from '../lib/sqlite.js';
 import type { Clock } from '../lib/timer-heap.js';
 import type { EventToSend, RoomEngine } from './contracts.js';
 import { checkTypeAndKey, serialiseContent } from './events.js';
@@ -44,6 +44,12 @@ export interface CreateRoomOptions {
 
 export class Rooms implements RoomEngine {
   private readonly stateListeners: StateListener[] = [];
+  /**
+   * Effective power levels per room: parsing and validating them again for every event was a
+   * large share of a send. Dropped when a power_levels (or create) event is stored, and wholly
+   * when a write fails, since a rolled-back change may have been read inside its transaction.
+   */
+  private readonly levelsCache = new Map<string, PowerLevels>();
 
   constructor(
     private readonly store: CoreStore,
@@ -64,14 +70,24 @@ export class Rooms implements RoomEngine {
   sendEvent(ev: EventToSend, inTransaction?: (eventId: string) => void): { eventId: string } {
     checkTypeAndKey(ev.type, ev.stateKey);
     const content = serialiseContent(ev.content);
-    const eventId = transaction(this.store.db, () => {
-      this.authorise(ev);
-      const id = this.persist(ev, content);
-      inTransaction?.(id);
-      return id;
-    });
-    this.notifier.notify();
+    // Inside `batch` this is a savepoint, and /sync is woken by the batch once it has committed.
+    const nested = this.store.db.isTransaction;
+    const eventId = this.rollingBack(() =>
+      atomically(this.store.db, () => {
+        this.authorise(ev);
+        const id = this.persist(ev, content);
+        inTransaction?.(id);
+        return id;
+      }),
+    );
+    if (!nested) this.notifier.notify();
     return { eventId };
+  }
+
+  batch<T>(fn: () => T): T {
+    const result = this.rollingBack(() => transaction(this.store.db, fn));
+    this.notifier.notify();
+    return result;
   }
 
   /** Creates a room with the preset's state, initial state and invites, all in one commit. */
@@ -118,7 +134,7 @@ export class Rooms implements RoomEngine {
       checkTypeAndKey(e.type, e.stateKey);
       return { ev: { ...e, roomId, sender: creator }, text: serialiseContent(e.content) };
     });
-    transaction(this.store.db, () => {
+    this.rollingBack(() => transaction(this.store.db, () => {
       this.store.insertRoom(roomId, creator, version, this.clock.now());
       for (const { ev, text } of serialised) {
         // The founding events are the creator's by definition; power levels are validated only.
@@ -138,7 +154,7 @@ export class Rooms implements RoomEngine {
         this.authorise(ev);
         this.persist(ev, serialiseContent(ev.content));
       }
-    });
+    }));
     this.notifier.notify();
     this.log.debug({ room_version: version, preset }, 'room created');
     return roomId;
@@ -181,10 +197,28 @@ export class Rooms implements RoomEngine {
     return this.store.stateEvent(roomId, type, stateKey);
   }
 
-  powerLevels(roomId: string): PowerLevels {
+  /** The levels in force (shared and cached: callers must not modify them). */
+  powerLevels(roomId: string): Readonly<PowerLevels> {
+    const cached = this.levelsCache.get(roomId);
+    if (cached) return cached;
     const pl = this.store.stateEvent(roomId, 'm.room.power_levels', '');
     const create = this.store.stateEvent(roomId, 'm.room.create', '');
-    return effectiveLevels(pl ? (JSON.parse(pl.content) as Record<string, unknown>) : undefined, create?.sender ?? '');
+    const levels = effectiveLevels(
+      pl ? (JSON.parse(pl.content) as Record<string, unknown>) : undefined,
+      create?.sender ?? '',
+    );
+    this.levelsCache.set(roomId, levels);
+    return levels;
+  }
+
+  /** Runs a write; when it throws (and so rolled back), forgets every cached level. */
+  private rollingBack<T>(write: () => T): T {
+    try {
+      return write();
+    } catch (err) {
+      this.levelsCache.clear();
+      throw err;
+    }
   }
 
   private profileOf(userId: string): Record<string, unknown> {
@@ -287,6 +321,7 @@ export class Rooms implements RoomEngine {
       delay_id: ev.delayId ?? null,
     });
     if (ev.stateKey !== undefined) {
+      if (ev.type === 'm.room.power_levels' || ev.type === 'm.room.create') this.levelsCache.delete(ev.roomId);
       const membership = ev.type === 'm.room.member' ? String(ev.content.membership) : null;
       this.store.upsertState(ev.roomId, ev.type, ev.stateKey, eventId, stream, membership);
       const info = { roomId: ev.roomId, type: ev.type, stateKey: ev.stateKey, sender: ev.sender };

@@ -3,9 +3,12 @@
  * decision, updated synchronously so concurrent requests never see a half-applied change), one
  * TimerHeap over their due times, and the SQLite store behind it.
  *
- * At-most-once sending: a send inserts the room event and finalises the row inside one SQLite
- * transaction (`RoomEngine.sendEvent`'s `inTransaction`), and finalising only matches rows that
- * are still `scheduled`. A crash before that commit leaves the row scheduled and no event; a crash
+ * At-most-once sending: a send inserts the room event and finalises the row atomically
+ * (`RoomEngine.sendEvent`'s `inTransaction`), and finalising only matches rows that are still
+ * `scheduled`. Timed sends go out in batches: every event due in one turn (up to SENDS_PER_TURN,
+ * or BATCH_BUDGET_MS of work) shares one transaction and one fsync (`RoomEngine.batch`), each in a
+ * savepoint of its own so a refused event is finalised as failed without touching the others. A
+ * crash before the batch's commit leaves all of its rows scheduled and none of its events; a crash
  * after it leaves both. On start the still-scheduled overdue rows are sent in due order.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -15,10 +18,11 @@ import type { Logger } from 'pino';
 import type { HomeserverConfig } from '../../config/homeserver.js';
 import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimited } from '../../lib/errors.js';
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
-import { BatchWriter, transaction } from '../../lib/sqlite.js';
+import { atomically, BatchWriter, transaction } from '../../lib/sqlite.js';
 import { type Clock, TimerHeap } from '../../lib/timer-heap.js';
 import type { DelayedEvents, Requester, RoomEngine } from '../contracts.js';
 import { checkTypeAndKey, serialiseContent } from '../events.js';
+import { randomToken } from '../ids.js';
 import type { DelayedRow, DelayedStore, FinaliseCause, FinaliseFields } from './store.js';
 
 /** A delayed event that is still waiting to be sent. */
@@ -39,6 +43,15 @@ export interface ScheduledEvent {
 
 export type DelayedAction = 'send' | 'cancel' | 'restart';
 
+/**
+ * The delayed state events at one (room, type, state_key). `owner` is their one owner, or undefined
+ * once several users had events there (kept until the slot empties: only a shortcut).
+ */
+interface SlotEntry {
+  owner: string | undefined;
+  ids: Set<string>;
+}
+
 /** A due event waiting in the send queue; `catchUp` marks the backlog sent at start-up. */
 interface DueItem {
   delayId: string;
@@ -48,8 +61,14 @@ interface DueItem {
 
 export type ScheduleRequest = Parameters<DelayedEvents['schedule']>[0];
 
-/** Sends per event-loop turn before yielding, so HTTP stays responsive when many fall due. */
-export const SENDS_PER_TURN = 32;
+/**
+ * Most timed sends in one batch (one transaction) before yielding to the event loop, so HTTP stays
+ * responsive when many fall due; BATCH_BUDGET_MS ends a batch early when its sends are slow. The
+ * catch-up at start-up runs before the server listens, so it fills its batches regardless of time:
+ * fewer, fuller commits.
+ */
+export const SENDS_PER_TURN = 256;
+const BATCH_BUDGET_MS = 10;
 /** How often expired finalised rows and scoped tokens are deleted. */
 const SWEEP_EVERY_MS = 10 * 60 * 1000;
 const SCOPED_TOKEN_PREFIX = 'lwst_';
@@ -80,7 +99,7 @@ export class DelayedEngine {
   private readonly scheduled = new Map<string, ScheduledEvent>();
   private readonly byUser = new Map<string, Set<string>>();
   /** (room, type, state_key) → delayed state events for the seed's state-cancellation rule. */
-  private readonly bySlot = new Map<string, Set<string>>();
+  private readonly bySlot = new Map<string, SlotEntry>();
   private readonly heap: TimerHeap<string>;
   private readonly writer: BatchWriter;
   private readonly scheduleLimiter: RateLimiter;
@@ -96,6 +115,8 @@ export class DelayedEngine {
   /** Resolved whenever the queue runs empty (or the engine stops), for `start()`. */
   private idleWaiters: Array<() => void> = [];
   private catchingUp = false;
+  /** Users whose finalised history needs trimming, while a batch is open (once per batch). */
+  private pendingTrims: Set<string> | undefined;
 
   constructor(deps: EngineDeps) {
     this.config = deps.config;
@@ -309,11 +330,34 @@ export class DelayedEngine {
     });
   }
 
-  /** Sends up to SENDS_PER_TURN queued events in due order, then yields to the event loop. */
+  /**
+   * Sends one batch of queued events in due order inside one transaction, then yields to the event
+   * loop. /sync wakes only after the commit (`RoomEngine.batch`).
+   */
   private drainTurn(): void {
-    let sent = 0;
-    while (sent < SENDS_PER_TURN && this.dueHead < this.dueQueue.length && !this.stopped) {
-      if (this.sendDue(this.dueQueue[this.dueHead++]!)) sent++;
+    const deadline = this.dueQueue[this.dueHead]?.catchUp ? Infinity : performance.now() + BATCH_BUDGET_MS;
+    const attempted: ScheduledEvent[] = [];
+    const trims = new Set<string>();
+    this.pendingTrims = trims;
+    try {
+      this.rooms.batch(() => {
+        while (attempted.length < SENDS_PER_TURN && this.dueHead < this.dueQueue.length && !this.stopped) {
+          const ev = this.sendDue(this.dueQueue[this.dueHead++]!);
+          if (!ev) continue;
+          attempted.push(ev);
+          if (performance.now() >= deadline) break;
+        }
+        // Once per user and batch rather than per send: the cap still holds at every commit.
+        const keep = this.config.delayed_events.terminated_keep_per_user;
+        for (const userId of trims) this.store.trimUser(userId, keep);
+      });
+    } catch (err) {
+      // The commit failed, so nothing of the batch happened: its rows are still scheduled on disk
+      // and go out at the next start, like a single send the database refused.
+      this.log.error({ err, events: attempted.length }, 'committing a batch of timed delayed sends failed');
+      this.restoreScheduled(attempted);
+    } finally {
+      this.pendingTrims = undefined;
     }
     if (this.dueHead < this.dueQueue.length && !this.stopped) {
       this.scheduleDrain();
@@ -337,12 +381,12 @@ export class DelayedEngine {
   }
 
   /**
-   * One timed send; false when the event was skipped (gone, or restarted while it waited). Never
-   * throws: this runs from a timer turn, where an escaping error would crash the process.
+   * One timed send inside the open batch; undefined when the event was skipped (gone, or restarted
+   * while it waited). Never throws: an escaping error would roll back the whole batch.
    */
-  private sendDue(item: DueItem): boolean {
+  private sendDue(item: DueItem): ScheduledEvent | undefined {
     const ev = this.scheduled.get(item.delayId);
-    if (!ev || this.heap.has(item.delayId)) return false;
+    if (!ev || this.heap.has(item.delayId)) return undefined;
     try {
       // Catch-up after downtime is the server's debt, not the user's burst: no send limit.
       const limited = item.catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
@@ -357,7 +401,15 @@ export class DelayedEngine {
       // database failing) leaves the row scheduled on disk: it is retried at the next start.
       if (!isMatrixError(err)) this.log.error({ err, room_id: ev.roomId }, 'a timed delayed send failed');
     }
-    return true;
+    return ev;
+  }
+
+  /** Brings back into the schedule the events of a batch whose commit failed (not re-armed). */
+  private restoreScheduled(events: readonly ScheduledEvent[]): void {
+    for (const ev of events) {
+      if (this.scheduled.has(ev.delayId) || this.store.get(ev.delayId)?.status !== 'scheduled') continue;
+      this.remember(ev);
+    }
   }
 
   /**
@@ -401,16 +453,19 @@ export class DelayedEngine {
 
   /**
    * Finalises a still-scheduled row (inside the caller's transaction) and trims the owner's
-   * finalised history to the configured cap; false when the row was no longer scheduled.
+   * finalised history to the configured cap (inside a batch: once per user as the batch ends);
+   * false when the row was no longer scheduled.
    */
   private record(ev: ScheduledEvent, fields: Omit<FinaliseFields, 'now' | 'finSeq'>): boolean {
     const ok = this.store.finalise(ev.delayId, { ...fields, now: this.clock.now(), finSeq: ++this.finSeq });
-    if (ok) this.store.trimUser(ev.userId, this.config.delayed_events.terminated_keep_per_user);
+    if (!ok) return false;
+    if (this.pendingTrims) this.pendingTrims.add(ev.userId);
+    else this.store.trimUser(ev.userId, this.config.delayed_events.terminated_keep_per_user);
     return ok;
   }
 
   private finaliseFailure(ev: ScheduledEvent, cause: FinaliseCause, err: MatrixError): void {
-    transaction(this.store.db, () => this.record(ev, { status: 'failed', cause, error: errorRecord(err) }));
+    atomically(this.store.db, () => this.record(ev, { status: 'failed', cause, error: errorRecord(err) }));
     this.forget(ev);
   }
 
@@ -419,15 +474,19 @@ export class DelayedEngine {
    * scheduled delayed state events there. Runs inside the core's transaction that stores it.
    */
   private onStateEvent(ev: { roomId: string; type: string; stateKey: string; sender: string }): void {
-    const ids = this.bySlot.get(slotKey(ev.roomId, ev.type, ev.stateKey));
-    if (!ids) return;
+    const entry = this.bySlot.get(slotKey(ev.roomId, ev.type, ev.stateKey));
+    // The common case, a user's own event at a slot where only they have events scheduled, is
+    // answered without visiting them (a timed send of each one would otherwise be quadratic).
+    if (!entry || entry.owner === ev.sender) return;
     const cancelled: ScheduledEvent[] = [];
-    for (const id of [...ids]) {
+    for (const id of entry.ids) {
       const d = this.scheduled.get(id);
-      if (!d || !d.committed || d.userId === ev.sender) continue;
+      if (d && d.committed && d.userId !== ev.sender) cancelled.push(d);
+    }
+    // Recorded after the walk: forgetting edits the sets being walked.
+    for (const d of cancelled) {
       this.record(d, { status: 'cancelled', cause: 'state', error: errorRecord(CANCELLED_BY_STATE) });
       this.forget(d);
-      cancelled.push(d);
     }
     if (cancelled.length === 0) return;
     // The listener runs before the core's COMMIT; if that transaction rolled back, the rows are
@@ -495,7 +554,15 @@ export class DelayedEngine {
   private remember(ev: ScheduledEvent): void {
     this.scheduled.set(ev.delayId, ev);
     addTo(this.byUser, ev.userId, ev.delayId);
-    if (ev.stateKey !== undefined) addTo(this.bySlot, slotKey(ev.roomId, ev.type, ev.stateKey), ev.delayId);
+    if (ev.stateKey === undefined) return;
+    const slot = slotKey(ev.roomId, ev.type, ev.stateKey);
+    const entry = this.bySlot.get(slot);
+    if (!entry) {
+      this.bySlot.set(slot, { owner: ev.userId, ids: new Set([ev.delayId]) });
+      return;
+    }
+    if (entry.owner !== ev.userId) entry.owner = undefined;
+    entry.ids.add(ev.delayId);
   }
 
   private forget(ev: ScheduledEvent): void {
@@ -503,9 +570,12 @@ export class DelayedEngine {
     this.scheduled.delete(ev.delayId);
     this.heap.cancel(ev.delayId);
     removeFrom(this.byUser, ev.userId, ev.delayId);
-    if (ev.stateKey !== undefined) {
-      removeFrom(this.bySlot, slotKey(ev.roomId, ev.type, ev.stateKey), ev.delayId);
-    }
+    if (ev.stateKey === undefined) return;
+    const slot = slotKey(ev.roomId, ev.type, ev.stateKey);
+    const entry = this.bySlot.get(slot);
+    if (!entry) return;
+    entry.ids.delete(ev.delayId);
+    if (entry.ids.size === 0) this.bySlot.delete(slot);
   }
 
   private nextDueOf(ids: ReadonlySet<string>): number {
@@ -535,7 +605,7 @@ export class DelayedEngine {
 
 /** 192 random bits: the delay id is a bearer capability in generation B, so it must be unguessable. */
 function newDelayId(): string {
-  return randomBytes(24).toString('base64url');
+  return randomToken(24);
 }
 
 function hashToken(token: string): string {
