@@ -379,6 +379,7 @@ export function buildAgent(deps: AgentDeps): Agent {
       await jobs.stop();
       started = false;
       await outbound.close();
+      await rooms.close();
     },
   };
 }

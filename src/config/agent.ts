@@ -184,11 +184,13 @@ export const agentSettings = group(
         ),
         pacing: group(
           {
-            per_second: setting(z.number().positive().default(20), {
-              doc: 'Sustained restart requests per second, per homeserver.',
+            per_second: setting(z.number().positive().default(100), {
+              doc:
+                'Sustained restart requests per second, per homeserver. With 1 h delays a homeserver with N ' +
+                'connected participants needs N / 2880 restarts/s; restarts near their deadline bypass this.',
               env: 'number',
             }),
-            burst: setting(z.number().int().positive().default(50), {
+            burst: setting(z.number().int().positive().default(200), {
               doc: 'Requests allowed at once per homeserver before pacing applies.',
               env: 'number',
             }),

@@ -243,8 +243,10 @@ describe('participant lifecycle', () => {
 describe('restarts of the agent', () => {
   it('after SIGKILL, sends for a participant who left meanwhile and keeps the one who stayed', async () => {
     w = await startWorld();
-    const gone = await delegate(w, 60_000);
-    const stays = await delegate(w, 60_000);
+    // A restored job restarts at its normal time (80 % of the delay after its last restart), so a
+    // short delay brings that restart within the wait below.
+    const gone = await delegate(w, 20_000);
+    const stays = await delegate(w, 20_000);
     await connect(w, gone, 'PA_g');
     await connect(w, stays, 'PA_s');
     await w.agent.proc.kill();
@@ -258,7 +260,8 @@ describe('restarts of the agent', () => {
 
   it('SIGTERM sends nothing and keeps the jobs', async () => {
     w = await startWorld();
-    const m = await delegate(w, 60_000);
+    // Short, so the restored job's next scheduled restart falls within the wait below.
+    const m = await delegate(w, 20_000);
     await connect(w, m);
     w.agent.proc.signal('SIGTERM');
     const exit = await w.agent.proc.exited;

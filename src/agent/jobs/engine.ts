@@ -44,14 +44,22 @@ import {
 import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot } from './index.js';
 import { type JobRow, JobStore } from './store.js';
 
-/** Heap keys: job slot × TIMERS + timer for per-job timers; negative numbers for engine-wide ones. */
+/**
+ * Heap keys: job slot × TIMERS + timer for per-job timers; negative numbers for the others: the
+ * purge, one pacer wake-up per homeserver (PACER_KEY_BASE − index) and one sanity poll per room
+ * (ROOM_POLL_KEY_BASE − room slot, far below any homeserver index).
+ */
 const TIMERS = 4;
 const TIMER_DEADLINE = 0;
+/**
+ * The restart/send timer. While a restart waits in the homeserver's paced queue it holds the
+ * moment the restart becomes urgent and bypasses the pacing.
+ */
 const TIMER_ACTION = 1;
 const TIMER_LOOKUP = 2;
-const SANITY_KEY = -1;
 const PURGE_KEY = -2;
 const PACER_KEY_BASE = -16;
+const ROOM_POLL_KEY_BASE = -(2 ** 40);
 
 /** Job flags (one small integer instead of several booleans per job). */
 const RESTART_QUEUED = 1;
@@ -59,14 +67,27 @@ const IN_FLIGHT = 2;
 const LOOKUP_QUEUED = 4;
 const FROM_CONNECTED = 8;
 const PERSIST_QUEUED = 16;
+/** The deadline was set by a successful restart (persisted as `restarted`). */
+const RESTARTED = 32;
 
 /** Room lookups allowed in flight at once, so a restore of many rooms does not flood LiveKit. */
 const MAX_LOOKUPS_IN_FLIGHT = 32;
 /** Restarts come due up to this fraction early, so jobs created together drift apart. */
 const RESTART_JITTER = 0.05;
+/**
+ * A queued restart whose deadline is closer than max(this fraction of the delay, URGENT_MIN_MS)
+ * skips the pacing: pacing protects the homeserver from bursts, but a restart it holds back past
+ * the deadline hangs up a participant who is still in the call. Only a real 429 (with its
+ * Retry-After) still holds it back. With the default restartFraction (0.8) a periodic restart has
+ * 20 % of the delay left when it comes due, so it queues for at most half of that before it goes.
+ */
+const URGENT_FRACTION = 0.1;
+const URGENT_MIN_MS = 30_000;
 
 class Room {
   readonly jobs = new Map<string, Job>();
+  /** Index in the engine's room slots; the room's sanity-poll heap key derives from it. */
+  slot = -1;
   /** Jobs waiting for this room's next listParticipants. */
   batch: Job[] = [];
   /** In the ready queue. */
@@ -190,6 +211,11 @@ export class Engine implements JobEngine {
   >;
   private readonly fsmVariant: FsmVariant;
   private readonly readyRooms = new Fifo<Room>();
+  /** Rooms by slot (free slots reused), so a room's poll timer finds its room without a Map. */
+  private readonly roomSlots: Array<Room | undefined> = [];
+  private readonly freeRoomSlots: number[] = [];
+  /** Jobs whose progress changed this turn; written together in one commit (see persist). */
+  private dirty: Job[] = [];
   private lookupsInFlight = 0;
   private lookupPumpScheduled = false;
   private started = false;
@@ -277,9 +303,6 @@ export class Engine implements JobEngine {
       restored++;
     }
     this.purge();
-    if (this.settings.sanityCheckIntervalMs > 0) {
-      this.heap.schedule(SANITY_KEY, now + this.settings.sanityCheckIntervalMs);
-    }
     this.log.info({ restored, ...this.counts() }, 'job engine started');
   }
 
@@ -421,6 +444,7 @@ export class Engine implements JobEngine {
       job.flags &= ~RESTART_QUEUED;
       this.heap.cancel(this.key(job, TIMER_ACTION));
     }
+    if (to === 'connected') this.armRoomPoll(job.room);
     if (to === 'sending') {
       if (isRestarting(from)) job.flags |= FROM_CONNECTED;
       // A job that never connected has no known event deadline: keep trying for one delay
@@ -466,6 +490,8 @@ export class Engine implements JobEngine {
         this.heap.schedule(this.key(job, TIMER_LOOKUP), now + this.settings.disconnectGraceMs);
         return false;
       case 'armDeadline':
+        // Our estimate only: the client scheduled the event before it joined.
+        job.flags &= ~RESTARTED;
         this.setDeadline(job, now + job.delayMs);
         return true;
       case 'restart':
@@ -474,10 +500,9 @@ export class Engine implements JobEngine {
       case 'scheduleRestart': {
         job.tries = 0;
         job.server.pauseTries = 0;
+        job.flags |= RESTARTED;
         this.setDeadline(job, now + job.delayMs);
-        const period = this.settings.restartFraction * job.delayMs;
-        const next = now + Math.round(period * (1 - RESTART_JITTER * this.random()));
-        this.heap.schedule(this.key(job, TIMER_ACTION), next);
+        this.heap.schedule(this.key(job, TIMER_ACTION), this.nextRestartAfter(job, now));
         return true;
       }
       case 'backoffRestart':
@@ -501,11 +526,46 @@ export class Engine implements JobEngine {
 
   // ---------------------------------------------------------------- restarts and sends
 
+  /** When the next periodic restart is due after one that succeeded at `restartedAt`. */
+  private nextRestartAfter(job: Job, restartedAt: number): number {
+    const period = this.settings.restartFraction * job.delayMs;
+    return restartedAt + Math.round(period * (1 - RESTART_JITTER * this.random()));
+  }
+
+  /** From when a restart may no longer wait for the pacing (see URGENT_FRACTION). */
+  private urgentAt(job: Job, now: number): number {
+    const window = Math.max(URGENT_FRACTION * job.delayMs, URGENT_MIN_MS);
+    return (this.deadlineOf(job) ?? now) - window;
+  }
+
+  /**
+   * Queues a restart behind the homeserver's pacing, or starts it at once when its deadline is
+   * near. A queued restart keeps a timer for the moment it becomes urgent, so however long the
+   * queue (restart demand above `pacing`), no restart waits in it past that point.
+   */
   private queueRestart(job: Job): void {
-    if (job.flags & (RESTART_QUEUED | IN_FLIGHT)) return;
-    job.flags |= RESTART_QUEUED;
-    job.server.queue.push(job);
-    this.drainRestarts(job.server);
+    if (job.flags & IN_FLIGHT) return;
+    const now = this.clock.now();
+    const hs = job.server;
+    const urgentAt = this.urgentAt(job, now);
+    if (urgentAt <= now) {
+      if (hs.pausedUntil > now) {
+        // The homeserver asked us to back off (429): honour it, then go ahead of the queue.
+        this.heap.schedule(this.key(job, TIMER_ACTION), hs.pausedUntil);
+        return;
+      }
+      // Its place in the queue, if any, is skipped by the drain once the flag is gone.
+      job.flags &= ~RESTART_QUEUED;
+      this.heap.cancel(this.key(job, TIMER_ACTION));
+      this.perform(job, 'restart');
+      return;
+    }
+    if (!(job.flags & RESTART_QUEUED)) {
+      job.flags |= RESTART_QUEUED;
+      hs.queue.push(job);
+    }
+    this.heap.schedule(this.key(job, TIMER_ACTION), urgentAt);
+    this.drainRestarts(hs);
   }
 
   /** Starts the homeserver's queued restarts as fast as its pacing (and any 429 pause) allows. */
@@ -529,6 +589,8 @@ export class Engine implements JobEngine {
       }
       hs.queue.shift();
       job.flags &= ~RESTART_QUEUED;
+      // Its urgency timer is moot; the restart's outcome sets the next one.
+      this.heap.cancel(this.key(job, TIMER_ACTION));
       this.perform(job, 'restart');
     }
   }
@@ -693,12 +755,32 @@ export class Engine implements JobEngine {
     return best;
   }
 
-  /** The periodic reconciliation: every connected job is checked, one request per room. */
-  private sanityCheck(): void {
-    for (const room of this.rooms.values()) {
-      for (const job of room.jobs.values()) if (job.state === 'connected') this.queueLookup(job);
+  private roomPollKey(room: Room): number {
+    return ROOM_POLL_KEY_BASE - room.slot;
+  }
+
+  /**
+   * The periodic reconciliation runs per room, each room at its own random phase within the
+   * interval, so the ListParticipants calls spread evenly over it instead of arriving as one
+   * burst every interval. A room is polled while it has a connected job; the first connected job
+   * arms the timer.
+   */
+  private armRoomPoll(room: Room): void {
+    const interval = this.settings.sanityCheckIntervalMs;
+    const key = this.roomPollKey(room);
+    if (interval <= 0 || this.heap.has(key)) return;
+    this.heap.schedule(key, this.clock.now() + Math.max(1, Math.round(interval * (1 - this.random()))));
+  }
+
+  /** One room's poll: every connected job is checked with one request; then the next poll. */
+  private pollRoom(room: Room): void {
+    let polled = false;
+    for (const job of room.jobs.values()) {
+      if (job.state !== 'connected') continue;
+      this.queueLookup(job);
+      polled = true;
     }
-    this.heap.schedule(SANITY_KEY, this.clock.now() + this.settings.sanityCheckIntervalMs);
+    if (polled) this.heap.schedule(this.roomPollKey(room), this.clock.now() + this.settings.sanityCheckIntervalMs);
   }
 
   // ---------------------------------------------------------------- timers, store, restore
@@ -718,8 +800,12 @@ export class Engine implements JobEngine {
 
   private onDue(key: number): void {
     if (this.stopped) return;
-    if (key === SANITY_KEY) return this.sanityCheck();
     if (key === PURGE_KEY) return this.purge();
+    if (key <= ROOM_POLL_KEY_BASE) {
+      const room = this.roomSlots[ROOM_POLL_KEY_BASE - key];
+      if (room) this.pollRoom(room);
+      return;
+    }
     if (key <= PACER_KEY_BASE) {
       const hs = this.serversByIndex[PACER_KEY_BASE - key];
       if (hs) this.drainRestarts(hs);
@@ -743,27 +829,47 @@ export class Engine implements JobEngine {
     return Math.min(job.delayMs, this.settings.maxWaitingMs);
   }
 
-  /** Writes the job's progress in the next group commit (coalescing repeated changes). */
+  /**
+   * Marks the job's progress for the next commit. What is committed when:
+   * - a delegation: before delegate() resolves, so before the client's reply (see delegate);
+   * - progress (state, session, deadline): all jobs changed during one event-loop turn are
+   *   written in one statement batch, one savepoint and one commit at the end of that turn, each
+   *   job once with its latest state, however often it changed.
+   * No effect waits for a progress commit, because every effect is safe to repeat after a crash
+   * loses the last turn's progress: a lost `sending` restores as connected/leaving, is reconciled
+   * with LiveKit and sends again (a repeated send answers 404, which counts as done); a lost
+   * restart success restores with the older deadline and only restarts earlier than needed; a lost
+   * `sent` or `expired` sends once more and gets 404. So a send may go out in the same turn its
+   * state is queued, and sends stay at most once at the homeserver.
+   */
   private persist(job: Job): void {
     if (this.stopped || job.flags & PERSIST_QUEUED) return;
     job.flags |= PERSIST_QUEUED;
-    this.writer
-      .write(() => {
-        job.flags &= ~PERSIST_QUEUED;
-        this.store.update(job.id, {
-          state: job.state,
-          sid: job.sid,
-          sinceMs: job.sinceMs,
-          endedSid: job.endedSid,
-          // Absent once finished: the stored one stays.
-          deadlineMs: this.deadlineOf(job),
-          changedMs: job.stateSince,
-        });
-      })
-      .catch((err: unknown) => {
-        job.flags &= ~PERSIST_QUEUED;
-        this.log.error({ err, room: job.room.name, identity: job.identity }, 'job store write failed');
+    this.dirty.push(job);
+    if (this.dirty.length > 1) return;
+    this.writer.write(() => this.writeDirty()).catch((err: unknown) => {
+      this.log.error({ err }, 'job store write failed');
+    });
+  }
+
+  /** Runs inside the group commit: the latest progress of every job marked since the last one. */
+  private writeDirty(): void {
+    const jobs = this.dirty;
+    this.dirty = [];
+    // Cleared first: if the batch fails it is logged and dropped, and the next change re-marks.
+    for (const job of jobs) job.flags &= ~PERSIST_QUEUED;
+    for (const job of jobs) {
+      this.store.update(job.id, {
+        state: job.state,
+        sid: job.sid,
+        sinceMs: job.sinceMs,
+        endedSid: job.endedSid,
+        // Absent once finished: the stored one stays.
+        deadlineMs: this.deadlineOf(job),
+        restarted: (job.flags & RESTARTED) !== 0,
+        changedMs: job.stateSince,
       });
+    }
   }
 
   private schedulePurge(): void {
@@ -819,6 +925,7 @@ export class Engine implements JobEngine {
     job.sinceMs = row.since_ms ?? undefined;
     job.endedSid = row.ended_sid ?? undefined;
     job.stateSince = row.changed_ms;
+    if (row.restarted) job.flags |= RESTARTED;
     return job;
   }
 
@@ -826,6 +933,13 @@ export class Engine implements JobEngine {
    * Puts a stored job back to work with the time it has left. A deadline that passed while the
    * agent was down ends a connected job as expired (the homeserver has sent the leave itself);
    * a wait that ran out, and an interrupted send, send promptly.
+   *
+   * A connected job keeps its stored deadline and restarts at its normal time (restartFraction of
+   * the delay after the last successful restart, jittered), not at once: a restore of 100 k jobs
+   * on one homeserver would otherwise queue 100 k restarts behind that homeserver's pacing, longer
+   * than the delays themselves. Only restarts already due, and jobs whose deadline is merely our
+   * estimate (no restart had succeeded yet), restart promptly. Reconciliation with LiveKit is
+   * immediate (one lookup per room for all its jobs).
    */
   private restore(job: Job, deadline: number, now: number): void {
     this.register(job);
@@ -845,9 +959,9 @@ export class Engine implements JobEngine {
       case 'leaving':
         if (deadline <= now) return this.signal(job, 'deadline');
         this.setDeadline(job, deadline);
-        // Restart first (the event kept counting down while we were away), then check with
-        // LiveKit whether the participant is still there.
-        this.runAction(job, 'restart', {});
+        if (job.state === 'connected') this.armRoomPoll(job.room);
+        this.resumeRestarts(job, deadline, now);
+        // Meanwhile ask LiveKit whether the participant is still there.
         this.runAction(job, 'lookup', {});
         return;
       case 'sending':
@@ -858,10 +972,19 @@ export class Engine implements JobEngine {
     }
   }
 
+  /** A restored job's next restart: at its normal time if the stored deadline is confirmed. */
+  private resumeRestarts(job: Job, deadline: number, now: number): void {
+    const due = job.flags & RESTARTED ? this.nextRestartAfter(job, deadline - job.delayMs) : now;
+    if (due > now) this.heap.schedule(this.key(job, TIMER_ACTION), due);
+    else this.runAction(job, 'restart', {});
+  }
+
   private roomOf(name: string): Room {
     let room = this.rooms.get(name);
     if (!room) {
       room = new Room(name);
+      room.slot = this.freeRoomSlots.pop() ?? this.roomSlots.length;
+      this.roomSlots[room.slot] = room;
       this.rooms.set(name, room);
     }
     return room;
@@ -869,7 +992,11 @@ export class Engine implements JobEngine {
 
   private forgetRoomIfIdle(room: Room): void {
     if (room.jobs.size === 0 && room.batch.length === 0 && !room.busy && !room.ready) {
+      if (this.rooms.get(room.name) !== room) return;
       this.rooms.delete(room.name);
+      this.heap.cancel(this.roomPollKey(room));
+      this.roomSlots[room.slot] = undefined;
+      this.freeRoomSlots.push(room.slot);
     }
   }
 

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   ended_sid TEXT,
   deadline_ms INTEGER NOT NULL,
   created_ms INTEGER NOT NULL,
-  changed_ms INTEGER NOT NULL
+  changed_ms INTEGER NOT NULL,
+  restarted INTEGER NOT NULL DEFAULT 0
 );
 -- The first index's predicate predates the leaving state; replace it so leaving rows count too.
 DROP INDEX IF EXISTS jobs_live_key;
@@ -52,6 +53,8 @@ export interface JobRow {
   deadline_ms: number;
   created_ms: number;
   changed_ms: number;
+  /** 1 when deadline_ms was set by a successful restart (the homeserver's own timer), else 0. */
+  restarted: number;
 }
 
 /** The mutable part of a job that survives a restart. */
@@ -62,6 +65,12 @@ export interface JobProgress {
   endedSid: string | undefined;
   /** Undefined keeps the stored deadline (a finished job has none in memory). */
   deadlineMs: number | undefined;
+  /**
+   * The deadline was set by a successful restart, so the last restart happened at deadline −
+   * delay and the next one is due at its normal time after a restore. False while the deadline
+   * is only our estimate (armed on connect, before the first restart answered).
+   */
+  restarted: boolean;
   changedMs: number;
 }
 
@@ -79,6 +88,12 @@ export class JobStore {
 
   constructor(private readonly db: DatabaseSync) {
     db.exec(SCHEMA);
+    // Stores created before the column existed: their deadlines count as unconfirmed, so their
+    // connected jobs restart at once after a restore (the behaviour those stores were written for).
+    const columns = db.prepare('PRAGMA table_info(jobs)').all() as Array<{ name: string }>;
+    if (!columns.some((c) => c.name === 'restarted')) {
+      db.exec('ALTER TABLE jobs ADD COLUMN restarted INTEGER NOT NULL DEFAULT 0');
+    }
     this.replaceLiveStmt = db.prepare(
       `UPDATE jobs SET state = 'replaced', changed_ms = ?
        WHERE room = ? AND identity = ? AND state IN ${LIVE}`,
@@ -91,7 +106,7 @@ export class JobStore {
     // A row that is already final (e.g. replaced by a newer delegation) is never brought back.
     this.updateStmt = db.prepare(
       `UPDATE jobs SET state = ?, sid = ?, since_ms = ?, ended_sid = ?,
-         deadline_ms = coalesce(?, deadline_ms), changed_ms = ?
+         deadline_ms = coalesce(?, deadline_ms), restarted = ?, changed_ms = ?
        WHERE id = ? AND state IN ${LIVE}`,
     );
     this.deleteStmt = db.prepare('DELETE FROM jobs WHERE id = ?');
@@ -128,6 +143,7 @@ export class JobStore {
       p.sinceMs ?? null,
       p.endedSid ?? null,
       p.deadlineMs ?? null,
+      p.restarted ? 1 : 0,
       p.changedMs,
       id,
     );

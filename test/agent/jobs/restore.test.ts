@@ -52,7 +52,8 @@ describe('restore after a crash', () => {
     const b = await afterCrash(a, T0 + 30_000, { 'still-there': 'S1', rejoined: 'S6b' });
 
     expect(b.state(ROOM, 'still-there')).toBe('connected');
-    expect([of(b, 'restart', 'delay-still-there'), of(b, 'send', 'delay-still-there')]).toEqual([1, 0]);
+    // Its last restart succeeded at T0, so the next one is not due yet: none at restore.
+    expect([of(b, 'restart', 'delay-still-there'), of(b, 'send', 'delay-still-there')]).toEqual([0, 0]);
     // The homeserver already sent this one itself: no restart, no send.
     expect(b.state(ROOM, 'deadline-passed')).toBe('expired');
     expect(b.actions.calls.filter((c) => c.delayId === 'delay-deadline-passed')).toEqual([]);
@@ -74,6 +75,8 @@ describe('restore after a crash', () => {
     expect(of(b, 'send', 'delay-wait-left')).toBe(0);
     await b.advance(1);
     expect(of(b, 'send', 'delay-wait-left')).toBe(1);
+    // The kept schedule: 80 % of the delay after the restart at T0, less the jitter (random 0.5).
+    expect(b.actions.of('restart', 'delay-still-there')[0]?.at).toBe(T0 + 78_000);
   });
 
   it('reconciles a job that was in its disconnect grace like a connected one', async () => {
@@ -98,7 +101,7 @@ describe('restore after a crash', () => {
     // The old sessions are still listed (LiveKit lags); they are known to have ended.
     const b = await afterCrash(a, T0 + 5_000, { rejoined: 'S1b' });
     expect(b.engine.get(ROOM, 'rejoined')).toMatchObject({ state: 'connected', sid: 'S1b' });
-    expect([of(b, 'restart', 'delay-rejoined'), of(b, 'send', 'delay-rejoined')]).toEqual([1, 0]);
+    expect([of(b, 'restart', 'delay-rejoined'), of(b, 'send', 'delay-rejoined')]).toEqual([0, 0]);
     expect(b.state(ROOM, 'gone')).toBe('sent');
     expect(of(b, 'send', 'delay-gone')).toBe(1);
   });
