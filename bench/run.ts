@@ -146,7 +146,7 @@ async function main(): Promise<void> {
     await measure('sustain', '10000 jobs, 10 s delays (pacing raised)', { jobs: 10_000, delayMs: 10_000 }, 2, () =>
       agentRestartSustain({ jobs: 10_000, delayMs: 10_000, log }),
     );
-    await measure('sustain', '2000 jobs, 20 s delays, default pacing (20/s, 1 homeserver)', { jobs: 2000, delayMs: 20_000, homeservers: 1, pacing: 20 }, 1, () =>
+    await measure('sustain', '2000 jobs, 20 s delays, pacing 20/s (the old default), 1 homeserver', { jobs: 2000, delayMs: 20_000, homeservers: 1, pacing: 20 }, 1, () =>
       agentRestartSustain({ jobs: 2000, delayMs: 20_000, homeservers: 1, pacingPerSecond: 20, pacingBurst: 50, windowSeconds: 10, log }),
     );
   }
