@@ -220,26 +220,19 @@ are from after them (the homeserver and agent parts ran separately, see the run 
    deadline, and a queued restart whose deadline is near bypasses the pacing (a real 429 still pauses it);
    the default pacing is 100/s per homeserver. Recovery of ${fmt(med(rec, 'jobs'))} jobs: ready in
    ${fmt(med(rec, 'ready_s'), 2)} s, reconciled in ${fmt(med(rec, 'reconciled_s'), 2)} s (before: 23.9 s).
-6. **Agent: the sanity poll is most of the idle CPU** (improved). Each room is polled at its own phase within
-   the interval and RoomService tokens are cached per room, but the cost is still linear in rooms: idle CPU
-   ${fmt(med(scale, 'idle_cpu_pct'), 2)} % at ${fmt(med(scale, 'jobs'))} jobs (rooms of 10). Scaling the interval
-   with the number of rooms (webhooks are the primary signal) is the next step.
-7. **Memory** (open). Agent: ${fmt(med(scale, 'bytes_per_job_rss'), 0)} B/job RSS at ${fmt(med(scale, 'jobs'))} jobs
-   (${fmt(med(scale, 'heap_used_mib'))} MiB live heap), peak ${fmt(med(scale, 'peak_rss_mib'))} MiB while accepting —
-   mostly garbage not yet collected; the 1 M run (\`--size full\`) was not made, so the 1 GiB goal is unproven.
-   Homeserver: ${fmt(med(cap, 'rss_mib'))} MiB with 100 k scheduled, including a fixed 32 MiB SQLite page cache.
+6. **Agent: the sanity poll is most of the idle CPU** (improved, not enough). Each room is polled at its own
+   phase within the interval and RoomService tokens are cached per room, but the cost is linear in rooms:
+   idle CPU ${fmt(med(scale, 'idle_cpu_pct'), 2)} % of a core at ${fmt(med(scale, 'jobs'))} jobs (rooms of 10,
+   ${fmt(med(scale, 'idle_list_participants'))} ListParticipants in the 31 s window) — at 1 M jobs the poll no
+   longer fits its 30 s interval. Next step: scale the interval with the number of rooms (webhooks are the
+   primary signal) or poll only rooms whose webhooks went quiet.
+7. **Memory** (open). Agent at ${fmt(med(scale, 'jobs'))} jobs: ${fmt(med(scale, 'rss_mib'))} MiB resident
+   (${fmt(med(scale, 'bytes_per_job_rss'), 0)} B/job), ${fmt(med(scale, 'heap_used_mib'))} MiB live heap, but a
+   peak of ${fmt(med(scale, 'peak_rss_mib'))} MiB during the first restarts: the benchmark raises the pacing so
+   every restart is handed to undici at once. Next step: cap restarts in flight per homeserver in the engine,
+   trim the job object further, and size the heap (\`--max-old-space-size\`). Homeserver:
+   ${fmt(med(cap, 'rss_mib'))} MiB with 100 k scheduled, including a fixed 32 MiB SQLite page cache.
 
-Why Synapse is slower here (same machine, same run; Synapse ran ${fmt(med(synTim, 'events'))} events, our server both sizes):
-Synapse keeps **one timer** for the earliest due delayed event; when it fires it reads the due rows from its
-database and sends them **one after another** through the full event-persistence path (event auth, state,
-its \`events\` and state tables), then deletes **the delayed event's own database row** — so a due burst
-queues behind sequential persistence and lateness grows with the number due at once
-(Synapse p99 ${fmt(med(synTim, 'sync_late_ms_p99'))} ms vs ours ${fmt(med(c('synapse', /^lastwill: timers/), 'sync_late_ms_p99'))} ms for 3 000 over 60 s).
-Scheduling and restarting are one database transaction per request on that row
-(${fmt(med(synT, 'schedule_per_s'))} and ${fmt(med(synT, 'restart_per_s'))}/s), and a send runs the whole persistence
-pipeline synchronously for the request (${fmt(med(synT, 'send_per_s'))}/s). Our server keeps the schedule in memory
-(one heap, one armed timer), writes rows with group commit and sends due events in batched
-transactions (finding 1).
 `;
 }
 
