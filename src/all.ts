@@ -10,7 +10,8 @@ import type { Logger } from 'pino';
 
 import { startAgent } from './agent/main.js';
 import type { AgentConfig } from './config/agent.js';
-import { type HomeserverConfig, splitHostPort } from './config/homeserver.js';
+import { splitHostPort } from './config/common.js';
+import type { HomeserverConfig } from './config/homeserver.js';
 import { startHomeserver } from './homeserver/main.js';
 import type { RunningService } from './lib/service.js';
 

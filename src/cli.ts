@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 
 import { type AgentConfig, type HomeserverConfig, agentSettings, allSettings, ConfigError, homeserverSettings, loadConfig } from './config/index.js';
 import { agentEnvHook } from './config/agent-env.js';
+import type { EnvOverride } from './config/load.js';
 import { generatedFiles } from './config/generated.js';
 import { createLogger, type LogLevel } from './lib/logger.js';
 import type { RunningService } from './lib/service.js';
@@ -58,7 +59,7 @@ async function main(argv: string[]): Promise<number> {
       return runUntilSignalled(log, () => startAgent(config, log));
     }
     case 'all': {
-      const config = loadConfig(allSettings, { file, env, envHook: (e) => prefixed(agentEnvHook(e), 'agent') });
+      const config = loadConfig(allSettings, { file, env, envHook: allEnvHook });
       const log = createLogger({ level: config.homeserver.log_level as LogLevel });
       const { startAll } = await import('./all.js');
       return runUntilSignalled(log, () => startAll(config.homeserver as HomeserverConfig, config.agent as AgentConfig, log));
@@ -67,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
       const target = values.for ?? 'homeserver';
       if (target === 'homeserver') loadConfig(homeserverSettings, { file, env });
       else if (target === 'agent') loadConfig(agentSettings, { file, env, envHook: agentEnvHook });
-      else if (target === 'all') loadConfig(allSettings, { file, env, envHook: (e) => prefixed(agentEnvHook(e), 'agent') });
+      else if (target === 'all') loadConfig(allSettings, { file, env, envHook: allEnvHook });
       else throw new ConfigError(`--for must be homeserver, agent or all (got ${target})`);
       process.stdout.write(`configuration for ${target} is valid\n`);
       return 0;
@@ -80,8 +81,9 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-function prefixed<T extends { path: string[] }>(overrides: T[], section: string): T[] {
-  return overrides.map((o) => ({ ...o, path: [section, ...o.path] }));
+/** `lastwill all` reads the agent's lk-jwt-service variables into its `agent:` section. */
+function allEnvHook(env: Readonly<Record<string, string | undefined>>): EnvOverride[] {
+  return agentEnvHook(env).map((o) => ({ ...o, path: ['agent', ...o.path] }));
 }
 
 function writeSamples(write: boolean): number {

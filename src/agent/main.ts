@@ -11,7 +11,7 @@ import {
   DEV_LIVEKIT_SECRET,
   INSECURE_TLS_SENTINEL,
 } from '../config/agent.js';
-import { splitHostPort } from '../config/homeserver.js';
+import { splitHostPort } from '../config/common.js';
 import type { RunningService } from '../lib/service.js';
 import { buildAgent } from './app.js';
 

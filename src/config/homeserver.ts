@@ -4,8 +4,6 @@ import { z } from 'zod';
 import { hostPort, serverName, storageSettings } from './common.js';
 import { group, type Infer, setting } from './define.js';
 
-export { hostPort, splitHostPort } from './common.js';
-
 const ONE_MONTH_MS = 30 * 24 * 3600 * 1000;
 
 const bucket = (perSecond: number, burst: number, what: string) =>

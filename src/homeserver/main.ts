@@ -1,7 +1,8 @@
 /** `lastwill homeserver`: builds the homeserver, starts its scheduler and listens on `bind`. */
 import type { Logger } from 'pino';
 
-import { type HomeserverConfig, splitHostPort } from '../config/homeserver.js';
+import { splitHostPort } from '../config/common.js';
+import type { HomeserverConfig } from '../config/homeserver.js';
 import { ConfigError } from '../config/load.js';
 import type { RunningService } from '../lib/service.js';
 import { buildHomeserver } from './app.js';

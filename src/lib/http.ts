@@ -401,3 +401,8 @@ function normaliseAddress(addr: string | undefined): string {
   if (!addr) return 'unknown';
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
+
+/** A base URL without trailing slashes, so `https://a/` and `https://a` compare and join alike. */
+export function withoutTrailingSlash(url: string): string {
+  return url.replace(/\/+$/, '');
+}

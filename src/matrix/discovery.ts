@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 
+import { withoutTrailingSlash } from '../lib/http.js';
 import { jsonObjectOf, type OutboundHttp } from './outbound-http.js';
 import { FEDERATION_PORT, httpsOrigin, splitServerName } from './server-name.js';
 
@@ -92,7 +93,7 @@ export class HomeserverDirectory {
    */
   async clientBaseUrl(serverName: string): Promise<string> {
     const override = this.override(serverName);
-    if (override !== undefined) return trimSlash(override);
+    if (override !== undefined) return withoutTrailingSlash(override);
     return this.clientCache.get(serverName, async () => {
       const doc = await this.wellKnown(serverName, 'client');
       const homeserver = doc?.['m.homeserver'] as Record<string, unknown> | undefined;
@@ -100,7 +101,7 @@ export class HomeserverDirectory {
       if (typeof base !== 'string') throw new Error('no m.homeserver.base_url in .well-known/matrix/client');
       const url = new URL(base);
       if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error('base_url is not http(s)');
-      return trimSlash(url.href);
+      return withoutTrailingSlash(url.href);
     });
   }
 
@@ -143,6 +144,3 @@ function parse(name: string): { host: string; port?: number } {
   return parsed;
 }
 
-function trimSlash(url: string): string {
-  return url.replace(/\/+$/, '');
-}

@@ -4,7 +4,6 @@
  * shows the participant → signed participant_left webhook → the hangup lands in the room.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -15,6 +14,7 @@ import { type AgentConfig, agentSettings } from '../../src/config/agent.js';
 import { toZod } from '../../src/config/define.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { LEGACY_SLOT, participantIdentity, roomAlias } from '../../src/livekit/identity.js';
+import { freeTcpPort, waitFor } from '../e2e/support/proc.js';
 import { type FakeSfu, startFakeSfu } from '../fakes/fake-sfu.js';
 import { type Session, startTestHomeserver, type TestHomeserver } from './harness.js';
 
@@ -22,24 +22,6 @@ const CREDS = { key: 'rtc-test-key', secret: 'rtc-test-secret-0123456789abcdef' 
 const SECRET = 'homeserver-to-agent-secret-0123456789';
 const CALL_MEMBER = 'org.matrix.msc3401.call.member';
 const DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 let hs: TestHomeserver;
 let agent: Agent;
@@ -52,7 +34,7 @@ let roomId: string;
 
 beforeAll(async () => {
   sfu = await startFakeSfu(CREDS);
-  const agentPort = await freePort();
+  const agentPort = await freeTcpPort();
   agentUrl = `http://127.0.0.1:${agentPort}`;
   hs = await startTestHomeserver({
     rtc: { agent_url: agentUrl, agent_secret: SECRET, livekit_service_url: agentUrl, sfu_urls: [sfu.wsUrl] },
@@ -187,7 +169,7 @@ describe('MSC4195 delegate_delayed_leave', () => {
 
 describe('MSC4195 with the agent unreachable', () => {
   it('answers 503 and leaves no scoped token behind', async () => {
-    const closedPort = await freePort();
+    const closedPort = await freeTcpPort();
     const lonely = await startTestHomeserver({
       rtc: { agent_url: `http://127.0.0.1:${closedPort}`, agent_secret: SECRET },
     });

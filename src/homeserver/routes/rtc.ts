@@ -8,7 +8,7 @@ import { z } from 'zod';
 
 import { fail, rateLimited } from '../../lib/errors.js';
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
-import type { Router } from '../../lib/http.js';
+import { type Router, withoutTrailingSlash } from '../../lib/http.js';
 import { participantIdentity, roomAlias } from '../../livekit/identity.js';
 import type { AgentForwarder } from '../agent-forwarder.js';
 import type { DelayedEventsModule } from '../delayed/index.js';
@@ -43,10 +43,6 @@ const delegateBody = z
     path: ['member_id'],
   });
 
-function sameUrl(a: string, b: string): boolean {
-  return a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
-}
-
 export function registerRtcRoutes(
   router: Router,
   s: Services & { delayed: DelayedEventsModule },
@@ -67,7 +63,7 @@ export function registerRtcRoutes(
   const limiter = new RateLimiter(bucketOf(s.config.rate_limits.management), s.clock);
   // Clients name the SFU itself (matrix-js-sdk documents `url` as the SFU's WebSocket URL) or the
   // service URL they found in /rtc/transports; both identify this deployment.
-  const knownUrls = [...(serviceUrl ? [serviceUrl] : []), ...s.config.rtc.sfu_urls];
+  const knownUrls = [...(serviceUrl ? [serviceUrl] : []), ...s.config.rtc.sfu_urls].map(withoutTrailingSlash);
 
   for (const path of DELEGATE_PATHS) {
     router.add('POST', path, async (ctx) => {
@@ -75,7 +71,7 @@ export function registerRtcRoutes(
       const req = await body(ctx, delegateBody);
       const verdict = limiter.take(requester.userId);
       if (!verdict.ok) throw rateLimited(verdict.retryAfterMs, 'Too many delegations');
-      if (req.url !== undefined && knownUrls.length > 0 && !knownUrls.some((u) => sameUrl(u, req.url!))) {
+      if (req.url !== undefined && knownUrls.length > 0 && !knownUrls.includes(withoutTrailingSlash(req.url))) {
         throw fail.invalidParam('url is not a LiveKit SFU or service of this homeserver');
       }
       const scheduled = s.delayed.lookupOwned(requester.userId, req.delay_id);

@@ -5,15 +5,14 @@
  * a batch whose transaction fails leaves every one of its events scheduled. (kill -9 in the middle
  * of a batch is covered by crash.test.ts.)
  */
-import { Writable } from 'node:stream';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { createLogger } from '../../../src/lib/logger.js';
 import { waitFor } from '../../e2e/support/proc.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { type Session, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
+  capturingLogger,
   act,
   ALICE_AND_BOB,
   delayIdOf,
@@ -117,13 +116,7 @@ describe('batched timed sends', () => {
   });
 
   it('a batch whose transaction fails sends nothing and leaves every event scheduled', async () => {
-    const lines: Array<{ level: number; msg: string }> = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line));
-        done();
-      },
-    });
+    const { log, lines } = capturingLogger();
     const clock = new FakeClock();
     let alice: Session;
     let roomId: string;
@@ -133,7 +126,7 @@ describe('batched timed sends', () => {
       clock,
       // Keeping no finalised rows makes the batch's closing trim delete, which the trigger refuses.
       overrides: { ...MANY_MANAGEMENT_CALLS, delayed_events: { terminated_keep_per_user: 0 } },
-      log: createLogger({ level: 'error' }, sink),
+      log,
     }));
     const ids: string[] = [];
     for (let n = 1; n <= 3; n++) ids.push(await delayIdOf(scheduleMessage(t, alice, roomId, 1_000 + n, { n })));

@@ -7,16 +7,15 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { SENDS_PER_TURN } from '../../../src/homeserver/delayed/engine.js';
-import { createLogger } from '../../../src/lib/logger.js';
 import { waitFor } from '../../e2e/support/proc.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { type Session, startTestHomeserver, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
+  capturingLogger,
   act,
   delayIdOf,
   newTxn,
@@ -132,13 +131,7 @@ describe('mass expiry', () => {
 
 describe('a failing database during timed sends', () => {
   it('is logged at error, sends nothing, and leaves the timer armed', async () => {
-    const lines: Array<{ level: number; msg: string }> = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line));
-        done();
-      },
-    });
+    const { log, lines } = capturingLogger();
     const clock = new FakeClock();
     const { t, roomId, users: { alice } } = await startWithRoom({
       users: ['alice'],
@@ -146,7 +139,7 @@ describe('a failing database during timed sends', () => {
       // One send per ~17 min: the second due event takes the rate-limited (finalise-as-failed) path.
       overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
       clock,
-      log: createLogger({ level: 'error' }, sink),
+      log,
     });
     try {
       await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 1 }));

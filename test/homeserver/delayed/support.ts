@@ -1,4 +1,9 @@
 /** Shared helpers of the delayed-events tests: paths, scheduling calls, rooms, the timeline. */
+import { Writable } from 'node:stream';
+
+import type { Logger } from 'pino';
+
+import { createLogger, type LogLevel } from '../../../src/lib/logger.js';
 import { enc, type Session, type TestHomeserver, type TestResponse } from '../harness.js';
 
 export const U = '/_matrix/client/unstable/org.matrix.msc4140';
@@ -115,4 +120,16 @@ export async function openRoom(t: TestHomeserver, owner: Session, members: Sessi
   const roomId = await t.createRoom(owner.accessToken, OPEN_ROOM);
   for (const m of members) await t.join(m.accessToken, roomId);
   return roomId;
+}
+
+/** A logger whose JSON lines are collected, so a test can assert what was logged (and at which level). */
+export function capturingLogger(level: LogLevel = 'error'): { log: Logger; lines: Array<{ level: number; msg: string }> } {
+  const lines: Array<{ level: number; msg: string }> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { log: createLogger({ level }, sink), lines };
 }
