@@ -13,13 +13,15 @@ export interface ThroughputParams {
   target: 'lastwill' | 'synapse';
   phaseSeconds?: number;
   clients?: number;
+  /** Extra environment for our server (LASTWILL_HS_*), e.g. another sqlite_synchronous. */
+  env?: Record<string, string>;
   log?: (msg: string) => void;
 }
 
 export async function hsThroughput(p: ThroughputParams): Promise<Record<string, number>> {
   const clients = p.clients ?? 8;
   const phaseMs = (p.phaseSeconds ?? 10) * 1000;
-  const hs = await startTarget(p.target, { users: clients, connections: clients });
+  const hs = await startTarget(p.target, { users: clients, connections: clients, ...(p.env ? { env: p.env } : {}) });
   const ids: string[][] = Array.from({ length: clients }, () => []);
   const out: Record<string, number> = {};
   const phase = async (name: string, op: (worker: number, n: number) => Promise<boolean>) => {

@@ -4,7 +4,7 @@
  * child's inspector (loopback, `--inspect=127.0.0.1:0`), which the bench asks for a GC and
  * process.memoryUsage() without changing the program.
  */
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import WebSocket from 'ws';
@@ -59,13 +59,18 @@ export async function spawnCli(
   let inspectorUrl: string | undefined;
   // BENCH_CPU_PROF=<dir> profiles the child (written when it exits gracefully, see stop()).
   const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const args = [...prof, ...(opts.inspect ? ['--inspect=127.0.0.1:0'] : []), CLI, command];
+  // BENCH_NODE_ARGS="--trace-gc ..." adds Node flags; with BENCH_CHILD_LOG=<file> the child's output
+  // is appended there (diagnosis only: neither changes what is measured otherwise).
+  const extra = process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ').filter(Boolean) : [];
+  const childLog = process.env.BENCH_CHILD_LOG;
+  const args = [...prof, ...extra, ...(opts.inspect ? ['--inspect=127.0.0.1:0'] : []), CLI, command];
   const spawnedAt = nowMs();
   const proc = spawnManaged(nodeForChildren(), args, {
     env: { ...cleanEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
     onLine: (line) => {
+      if (childLog) appendFileSync(childLog, `${line}\n`);
       const m = /Debugger listening on (ws:\/\/\S+)/.exec(line);
       if (m) inspectorUrl = m[1];
     },

@@ -2,12 +2,30 @@
  * The stream position shared by events and account data, and the wake-up signal long-polling
  * /sync waits on. Everything runs on one thread, so a position handed out is committed (or rolled
  * back) before any reader can observe it.
+ *
+ * Wake-ups are scoped: writes mark the rooms (and, for membership events, the member) they concern,
+ * and `notify` wakes only the long polls of users in those rooms. Timed delayed sends commit up to
+ * a thousand small batches a second; waking every long poll for each of them made each poll
+ * rebuild an empty response per batch, which took more of the server than the sends themselves.
  */
 import type { Clock } from '../lib/timer-heap.js';
 
+/** Who a waiting long poll is for: a write to one of `rooms`, or about `userId`, wakes it. */
+export interface WaitInterest {
+  userId: string;
+  rooms: ReadonlySet<string>;
+}
+
+interface Waiter {
+  wake: () => void;
+  interest: WaitInterest | undefined;
+}
+
 export class StreamNotifier {
   private position: number;
-  private readonly waiters = new Set<() => void>();
+  private readonly waiters = new Set<Waiter>();
+  private readonly touchedRooms = new Set<string>();
+  private readonly touchedUsers = new Set<string>();
 
   constructor(
     initial: number,
@@ -26,26 +44,55 @@ export class StreamNotifier {
     return ++this.position;
   }
 
-  /** Wakes every waiting long poll; they re-check whether anything concerns them. */
-  notify(): void {
-    const waiting = [...this.waiters];
-    this.waiters.clear();
-    for (const wake of waiting) wake();
+  /** Records that a write since the last `notify` concerns `roomId` (and `userId`, if given). */
+  touch(roomId: string, userId?: string): void {
+    this.touchedRooms.add(roomId);
+    if (userId !== undefined) this.touchedUsers.add(userId);
   }
 
-  /** Resolves on the next `notify`, after `timeoutMs`, or when `signal` aborts, whichever is first. */
-  wait(timeoutMs: number, signal: AbortSignal): Promise<void> {
+  /**
+   * Wakes the long polls the touched rooms and users concern (they re-check whether anything is
+   * new for them); every long poll when nothing was touched (account data, or a caller that does
+   * not say), so an unscoped write never goes unseen.
+   */
+  notify(): void {
+    const everyone = this.touchedRooms.size === 0 && this.touchedUsers.size === 0;
+    const woken: Waiter[] = [];
+    for (const w of this.waiters) if (everyone || this.concerns(w.interest)) woken.push(w);
+    this.touchedRooms.clear();
+    this.touchedUsers.clear();
+    for (const w of woken) w.wake();
+  }
+
+  /**
+   * Resolves on the next `notify` that concerns `interest` (any notify without one), after
+   * `timeoutMs`, or when `signal` aborts, whichever is first.
+   */
+  wait(timeoutMs: number, signal: AbortSignal, interest?: WaitInterest): Promise<void> {
     if (timeoutMs <= 0 || signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
-      const done = () => {
-        this.waiters.delete(done);
-        this.clock.clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
+      const waiter: Waiter = {
+        wake: () => {
+          this.waiters.delete(waiter);
+          this.clock.clearTimeout(timer);
+          signal.removeEventListener('abort', waiter.wake);
+          resolve();
+        },
+        interest,
       };
-      const timer = this.clock.setTimeout(done, timeoutMs);
-      signal.addEventListener('abort', done, { once: true });
-      this.waiters.add(done);
+      const timer = this.clock.setTimeout(waiter.wake, timeoutMs);
+      signal.addEventListener('abort', waiter.wake, { once: true });
+      this.waiters.add(waiter);
     });
+  }
+
+  private concerns(interest: WaitInterest | undefined): boolean {
+    if (interest === undefined || this.touchedUsers.has(interest.userId)) return true;
+    const [small, large] =
+      interest.rooms.size <= this.touchedRooms.size
+        ? [interest.rooms, this.touchedRooms]
+        : [this.touchedRooms, interest.rooms];
+    for (const room of small) if (large.has(room)) return true;
+    return false;
   }
 }

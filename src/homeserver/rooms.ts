@@ -309,6 +309,8 @@ export class Rooms implements RoomEngine {
   private persist(ev: EventToSend, content: string): string {
     const eventId = newEventId();
     const stream = this.notifier.next();
+    // A membership event also concerns its member, who may not be in the room yet.
+    this.notifier.touch(ev.roomId, ev.type === 'm.room.member' ? ev.stateKey : undefined);
     this.store.insertEvent({
       stream,
       event_id: eventId,

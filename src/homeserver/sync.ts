@@ -28,6 +28,8 @@ export interface SyncResult {
   body: Record<string, unknown>;
   /** Nothing for this user since the token: a long poll keeps waiting. */
   empty: boolean;
+  /** Every room the user has a membership in: what a waiting long poll listens to. */
+  rooms: ReadonlySet<string>;
 }
 
 type AccountDataEntry = AccountDataRow;
@@ -53,7 +55,9 @@ export class SyncBuilder {
     const join: Record<string, unknown> = {};
     const invite: Record<string, unknown> = {};
     const leave: Record<string, unknown> = {};
+    const rooms = new Set<string>();
     for (const m of this.store.membershipsOfUser(userId)) {
+      rooms.add(m.room_id);
       const changedSince = since === undefined || m.stream > since;
       const roomData = accountData.filter((a) => a.room_id === m.room_id);
       if (m.membership === 'join') {
@@ -75,6 +79,7 @@ export class SyncBuilder {
       Object.keys(join).length + Object.keys(invite).length + Object.keys(leave).length + globalData.length === 0;
     return {
       empty,
+      rooms,
       body: {
         next_batch: `s${upTo}`,
         rooms: { join, invite, leave, knock: {} },

@@ -1,11 +1,13 @@
 /**
- * node:sqlite with the settings every store here wants (WAL, a busy timeout, foreign keys), and a
- * group-commit writer: writes queued in the same tick share one transaction and one fsync, and
- * each caller's promise resolves only after that commit, so "durable before the reply" stays cheap.
+ * node:sqlite with the settings every store here wants (WAL, a busy timeout, foreign keys), a
+ * group-commit writer (writes queued in the same tick share one transaction and one fsync, and
+ * each caller's promise resolves only after that commit, so "durable before the reply" stays
+ * cheap), and `WalCheckpointer`, which takes checkpoints out of the event loop.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { Worker } from 'node:worker_threads';
 
 export type Synchronous = 'off' | 'normal' | 'full';
 
@@ -130,5 +132,75 @@ export class BatchWriter {
   close(): void {
     this.flush();
     this.closed = true;
+  }
+}
+
+/** Runs in the checkpoint worker (CommonJS, evaluated): its own connection, its own timer. */
+const CHECKPOINT_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { DatabaseSync } = require('node:sqlite');
+const db = new DatabaseSync(workerData.path);
+// No waiting: a RESTART checkpoint holds writers off while it waits for readers, so one that
+// cannot finish at once gives up (SQLITE_BUSY) and the next round tries again.
+db.exec('PRAGMA busy_timeout = 0');
+const passive = db.prepare('PRAGMA wal_checkpoint(PASSIVE)');
+const restart = db.prepare('PRAGMA wal_checkpoint(RESTART)');
+const timer = setInterval(() => {
+  try {
+    if (passive.get().log >= workerData.restartFrames) restart.get();
+  } catch {
+    // Busy or a transient I/O error: the next round tries again (the backstop covers the rest).
+  }
+}, workerData.everyMs);
+parentPort.once('message', () => {
+  clearInterval(timer);
+  db.close();
+  parentPort.close();
+});
+`;
+
+/**
+ * Checkpoints the WAL from a worker thread. A checkpoint copies the WAL's pages into the database
+ * and syncs both; run by the committing connection (SQLite's auto-checkpoint) it stalled the
+ * event loop for 50–110 ms every 32 MiB of WAL, which made due events late.
+ *
+ * The worker's PASSIVE checkpoints never block the writer (they copy only frames every reader is
+ * past). But the WAL only starts over from its beginning when a write finds it wholly copied,
+ * which under steady writes almost never happens, and a WAL that keeps growing makes every fsync
+ * of it slower. So once `restartFrames` are in it, the worker follows a passive round with a
+ * RESTART checkpoint: it holds writers off only while it copies what the passive round left (a
+ * few milliseconds of writes) and syncs, and the next write starts the WAL over.
+ *
+ * The owning connection's auto-checkpoint stays as a backstop at `backstopPages`, should the
+ * worker fall behind or die. Durability is SQLite's own: a checkpoint syncs the WAL before it
+ * copies and the database before the WAL may be reused.
+ */
+export class WalCheckpointer {
+  private readonly worker: Worker;
+  private readonly exited: Promise<void>;
+
+  /**
+   * @param onError - the worker failed (it is gone; the backstop checkpoints from then on).
+   */
+  constructor(
+    db: DatabaseSync,
+    path: string,
+    onError: (err: unknown) => void,
+    opts: { everyMs?: number; restartFrames?: number; backstopPages?: number } = {},
+  ) {
+    db.exec(`PRAGMA wal_autocheckpoint = ${opts.backstopPages ?? 65_536}`);
+    const workerData = { path, everyMs: opts.everyMs ?? 20, restartFrames: opts.restartFrames ?? 4096 };
+    this.worker = new Worker(CHECKPOINT_WORKER, { eval: true, workerData });
+    this.worker.on('error', onError);
+    this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
+    // The worker never holds the process open on its own; the server does.
+    this.worker.unref();
+  }
+
+  /** Closes the worker's connection; await before the owning connection closes. */
+  async close(): Promise<void> {
+    this.worker.ref();
+    this.worker.postMessage('close');
+    await this.exited;
   }
 }

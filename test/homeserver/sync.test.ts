@@ -114,6 +114,24 @@ describe('/sync', () => {
     expect(ev.map((e: { type: string }) => e.type)).toEqual(['com.example.live']);
   });
 
+  it('wakes a long poll for an invite to a room it was not in, not for events of other rooms', async () => {
+    const base = await sync(bob.accessToken);
+    const poll = sync(bob.accessToken, `?since=${base.body.next_batch}&timeout=20000`);
+    let answered = false;
+    void poll.then(() => (answered = true));
+    // Alice's own room does not concern bob: his long poll keeps waiting.
+    const roomId = await t.createRoom(alice.accessToken);
+    await sendMsg(roomId, alice.accessToken, 'not for bob');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(answered).toBe(false);
+    await t.request('POST', `/_matrix/client/v3/rooms/${enc(roomId)}/invite`, {
+      token: alice.accessToken,
+      body: { user_id: bob.userId },
+    });
+    const res = await poll;
+    expect(Object.keys(res.body.rooms.invite)).toEqual([roomId]);
+  });
+
   it('answers an idle long poll after its timeout with nothing', async () => {
     const base = await sync(bob.accessToken);
     const started = Date.now();

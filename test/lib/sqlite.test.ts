@@ -1,10 +1,10 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { BatchWriter, openDatabase } from '../../src/lib/sqlite.js';
+import { BatchWriter, openDatabase, WalCheckpointer } from '../../src/lib/sqlite.js';
 
 let dir: string;
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -30,6 +30,28 @@ describe('BatchWriter', () => {
     writer.close();
     await expect(writer.write(() => 1)).rejects.toThrow(/closed/);
     other.close();
+    db.close();
+  });
+});
+
+describe('WalCheckpointer', () => {
+  it('copies the WAL into the database from its worker and closes', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
+    const path = join(dir, 'db.sqlite');
+    const db = openDatabase(path, 'normal');
+    const errors: unknown[] = [];
+    const checkpointer = new WalCheckpointer(db, path, (err) => errors.push(err), { everyMs: 5, restartFrames: 8 });
+    db.exec('CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)');
+    const before = statSync(path).size;
+    const insert = db.prepare('INSERT INTO t (k, v) VALUES (?, ?)');
+    for (let i = 0; i < 200; i++) insert.run(i, 'x'.repeat(1000));
+    // The owning connection's auto-checkpoint is only a distant backstop, so the database file
+    // grows only by the worker's checkpoints.
+    const deadline = Date.now() + 10_000;
+    while (statSync(path).size <= before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(statSync(path).size).toBeGreaterThan(before);
+    await checkpointer.close();
+    expect(errors).toEqual([]);
     db.close();
   });
 });

@@ -6,7 +6,7 @@
  * At-most-once sending: a send inserts the room event and finalises the row atomically
  * (`RoomEngine.sendEvent`'s `inTransaction`), and finalising only matches rows that are still
  * `scheduled`. Timed sends go out in batches: every event due in one turn (up to SENDS_PER_TURN,
- * or BATCH_BUDGET_MS of work) shares one transaction and one fsync (`RoomEngine.batch`), each in a
+ * or BATCH_BUDGET_MS of work) shares one transaction (`RoomEngine.batch`), each in a
  * savepoint of its own so a refused event is finalised as failed without touching the others. A
  * crash before the batch's commit leaves all of its rows scheduled and none of its events; a crash
  * after it leaves both. On start the still-scheduled overdue rows are sent in due order.
@@ -25,7 +25,11 @@ import { checkTypeAndKey, serialiseContent } from '../events.js';
 import { randomToken } from '../ids.js';
 import type { DelayedRow, DelayedStore, FinaliseCause, FinaliseFields } from './store.js';
 
-/** A delayed event that is still waiting to be sent. */
+/**
+ * A delayed event that is still waiting to be sent. A million of these live in memory at once, so
+ * the content stays in its stored, serialised form until the send, and the strings many events
+ * share (user, device, room, type) are pooled (see `StringPool`).
+ */
 export interface ScheduledEvent {
   delayId: string;
   userId: string;
@@ -34,7 +38,7 @@ export interface ScheduledEvent {
   type: string;
   /** Present (possibly '') for state events. */
   stateKey: string | undefined;
-  content: Record<string, unknown>;
+  contentJson: string;
   delayMs: number;
   due: number;
   /** False until the insert has committed; uncommitted rows are invisible to everything else. */
@@ -63,12 +67,19 @@ export type ScheduleRequest = Parameters<DelayedEvents['schedule']>[0];
 
 /**
  * Most timed sends in one batch (one transaction) before yielding to the event loop, so HTTP stays
- * responsive when many fall due; BATCH_BUDGET_MS ends a batch early when its sends are slow. The
+ * responsive when many fall due; BATCH_BUDGET_MS ends a batch early when its sends are slow. An
+ * event falling due while a batch runs waits for it, so the budget bounds that lateness. The
  * catch-up at start-up runs before the server listens, so it fills its batches regardless of time:
  * fewer, fuller commits.
  */
 export const SENDS_PER_TURN = 256;
-const BATCH_BUDGET_MS = 10;
+/**
+ * The catch-up's batches: nobody is waiting on the event loop yet, and a commit's cost is mostly
+ * the index pages it rewrites (random delay and event ids touch a different page per event), so
+ * fewer, larger commits write each page once per many events.
+ */
+const CATCH_UP_SENDS_PER_TURN = 4096;
+const BATCH_BUDGET_MS = 4;
 /** How often expired finalised rows and scoped tokens are deleted. */
 const SWEEP_EVERY_MS = 10 * 60 * 1000;
 const SCOPED_TOKEN_PREFIX = 'lwst_';
@@ -97,6 +108,7 @@ export class DelayedEngine {
   private readonly clock: Clock;
   private readonly log: Logger;
   private readonly scheduled = new Map<string, ScheduledEvent>();
+  private readonly strings = new StringPool();
   private readonly byUser = new Map<string, Set<string>>();
   /** (room, type, state_key) → delayed state events for the seed's state-cancellation rule. */
   private readonly bySlot = new Map<string, SlotEntry>();
@@ -140,7 +152,7 @@ export class DelayedEngine {
   async start(): Promise<void> {
     this.prune();
     for (const row of this.store.loadScheduled()) {
-      const ev = fromRow(row);
+      const ev = fromRow(row, this.strings);
       this.remember(ev);
       this.heap.schedule(ev.delayId, ev.due);
     }
@@ -208,14 +220,15 @@ export class DelayedEngine {
     }
 
     const now = this.clock.now();
+    const pool = this.strings;
     const ev: ScheduledEvent = {
       delayId: newDelayId(),
-      userId,
-      deviceId: requester.deviceId,
-      roomId: req.roomId,
-      type: req.type,
+      userId: pool.intern(userId),
+      deviceId: pool.internOptional(requester.deviceId),
+      roomId: pool.intern(req.roomId),
+      type: pool.intern(req.type),
       stateKey: req.stateKey,
-      content: req.content,
+      contentJson: contentText,
       delayMs,
       due: now + delayMs,
       committed: false,
@@ -335,13 +348,15 @@ export class DelayedEngine {
    * loop. /sync wakes only after the commit (`RoomEngine.batch`).
    */
   private drainTurn(): void {
-    const deadline = this.dueQueue[this.dueHead]?.catchUp ? Infinity : performance.now() + BATCH_BUDGET_MS;
+    const catchUp = this.dueQueue[this.dueHead]?.catchUp === true;
+    const deadline = catchUp ? Infinity : performance.now() + BATCH_BUDGET_MS;
+    const maxSends = catchUp ? CATCH_UP_SENDS_PER_TURN : SENDS_PER_TURN;
     const attempted: ScheduledEvent[] = [];
     const trims = new Set<string>();
     this.pendingTrims = trims;
     try {
       this.rooms.batch(() => {
-        while (attempted.length < SENDS_PER_TURN && this.dueHead < this.dueQueue.length && !this.stopped) {
+        while (attempted.length < maxSends && this.dueHead < this.dueQueue.length && !this.stopped) {
           const ev = this.sendDue(this.dueQueue[this.dueHead++]!);
           if (!ev) continue;
           attempted.push(ev);
@@ -424,7 +439,7 @@ export class DelayedEngine {
           sender: ev.userId,
           type: ev.type,
           ...(ev.stateKey !== undefined ? { stateKey: ev.stateKey } : {}),
-          content: ev.content,
+          content: JSON.parse(ev.contentJson) as Record<string, unknown>,
           originServerTs,
           delayId: ev.delayId,
         },
@@ -612,6 +627,29 @@ function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
 }
 
+/**
+ * Makes equal strings one object: every request and every stored row brings its own copy of the
+ * user id, room id and event type, which at a million scheduled events is most of their memory.
+ * Bounded: past MAX_POOLED distinct strings the pool starts over (later copies are simply not
+ * shared with earlier ones; nothing depends on identity).
+ */
+class StringPool {
+  private static readonly MAX_POOLED = 65_536;
+  private readonly pool = new Map<string, string>();
+
+  intern(s: string): string {
+    const known = this.pool.get(s);
+    if (known !== undefined) return known;
+    if (this.pool.size >= StringPool.MAX_POOLED) this.pool.clear();
+    this.pool.set(s, s);
+    return s;
+  }
+
+  internOptional(s: string | undefined): string | undefined {
+    return s === undefined ? undefined : this.intern(s);
+  }
+}
+
 function slotKey(roomId: string, type: string, stateKey: string): string {
   return `${roomId}\u0000${type}\u0000${stateKey}`;
 }
@@ -629,15 +667,15 @@ function removeFrom(map: Map<string, Set<string>>, key: string, id: string): voi
   if (set.size === 0) map.delete(key);
 }
 
-function fromRow(row: DelayedRow): ScheduledEvent {
+function fromRow(row: DelayedRow, pool: StringPool): ScheduledEvent {
   return {
     delayId: row.delay_id,
-    userId: row.user_id,
-    deviceId: row.device_id ?? undefined,
-    roomId: row.room_id,
-    type: row.type,
+    userId: pool.intern(row.user_id),
+    deviceId: pool.internOptional(row.device_id ?? undefined),
+    roomId: pool.intern(row.room_id),
+    type: pool.intern(row.type),
     stateKey: row.state_key ?? undefined,
-    content: JSON.parse(row.content) as Record<string, unknown>,
+    contentJson: row.content,
     delayMs: row.delay_ms,
     due: row.due_at,
     committed: true,

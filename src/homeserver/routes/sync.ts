@@ -74,7 +74,7 @@ export function registerSyncRoutes(router: Router, s: Services): void {
       if (!result.empty || opts.since === undefined || remaining <= 0 || ctx.closing.aborted) {
         return { body: result.body };
       }
-      await s.notifier.wait(remaining, ctx.closing);
+      await s.notifier.wait(remaining, ctx.closing, { userId: r.userId, rooms: result.rooms });
     }
   });
 

@@ -130,7 +130,7 @@ describe('scoped delegation tokens', () => {
   it('the module API mints tokens and looks up owned events (for MSC4195)', async () => {
     const module = t.hs.delayed as DelayedEventsModule;
     const id = await delayIdOf(scheduleMessage(t, alice, roomId, 600_000, { via: 'module' }));
-    expect(module.lookupOwned(alice.userId, id)).toMatchObject({ delayId: id, roomId, content: { via: 'module' } });
+    expect(module.lookupOwned(alice.userId, id)).toMatchObject({ delayId: id, roomId, contentJson: JSON.stringify({ via: 'module' }) });
     expect(module.lookupOwned(bob.userId, id)).toBeUndefined();
     const { token, expiresAt } = await module.mintScopedToken(alice.userId, [id], 1_000);
     expect(expiresAt).toBe(clock.now() + 1_000);

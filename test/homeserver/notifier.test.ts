@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+
+import { StreamNotifier } from '../../src/homeserver/notifier.js';
+import { FakeClock } from '../support/fake-clock.js';
+
+/** Starts a wait and reports whether it has resolved so far. */
+function watch(n: StreamNotifier, interest?: { userId: string; rooms: ReadonlySet<string> }) {
+  const state = { woken: false };
+  void n.wait(60_000, new AbortController().signal, interest).then(() => (state.woken = true));
+  return state;
+}
+const settle = () => new Promise((r) => setImmediate(r));
+
+describe('StreamNotifier', () => {
+  it('wakes only the long polls whose rooms or user a write touched', async () => {
+    const n = new StreamNotifier(0, new FakeClock());
+    const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });
+    const inB = watch(n, { userId: '@b:x', rooms: new Set(['!b:x']) });
+    const unscoped = watch(n);
+    n.touch('!a:x');
+    n.notify();
+    await settle();
+    expect(inA.woken).toBe(true);
+    expect(inB.woken).toBe(false);
+    expect(unscoped.woken).toBe(true);
+
+    // A membership event names its member, who is not in the room yet (an invite).
+    n.touch('!new:x', '@b:x');
+    n.notify();
+    await settle();
+    expect(inB.woken).toBe(true);
+  });
+
+  it('wakes every long poll for a write that touched nothing (account data)', async () => {
+    const n = new StreamNotifier(0, new FakeClock());
+    const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });
+    n.notify();
+    await settle();
+    expect(inA.woken).toBe(true);
+  });
+
+  it('forgets what was touched once it has notified', async () => {
+    const n = new StreamNotifier(0, new FakeClock());
+    n.touch('!a:x');
+    n.notify();
+    const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });
+    n.touch('!b:x');
+    n.notify();
+    await settle();
+    expect(inA.woken).toBe(false);
+  });
+});
