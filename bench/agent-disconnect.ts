@@ -45,7 +45,7 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
   let hooks: Client | undefined;
   try {
     await w.startFakes();
-    await w.startAgent();
+    const agent = await w.startAgent();
     w.joinAll();
     await w.delegateAll();
     await w.until('all first restarts', () => w.counts.restart >= n, 120_000, 20);
@@ -77,6 +77,8 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
       if (r.status !== 200) throw new Error(`webhook ${i}: ${r.status} ${r.text}`);
     };
     const sends0 = w.counts.send;
+    const agentCpu0 = agent.cpuSeconds();
+    const benchCpu0 = process.cpuUsage();
     const t0 = nowMs();
     if (p.mode === 'burst') {
       await runConcurrent(n, p.concurrency ?? 64, fire);
@@ -93,6 +95,11 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
     }
     const webhooksDone = nowMs();
     await w.until('every send', () => w.counts.send - sends0 >= n, 60_000, 5);
+    // Which side was busy: the agent, or this process (webhook client and fakes on one thread).
+    const windowS = (nowMs() - t0) / 1000;
+    const agentCpuS = agent.cpuSeconds() - agentCpu0;
+    const benchCpu = process.cpuUsage(benchCpu0);
+    const benchCpuS = (benchCpu.user + benchCpu.system) / 1e6;
     const latencies = Array.from(sendAt, (s, i) => s - webhookAt[i]!).filter((v) => Number.isFinite(v));
     const lastSend = Math.max(...sendAt);
     const firstHook = Math.min(...webhookAt);
@@ -103,6 +110,8 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
       all_sent_s: (lastSend - firstHook) / 1000,
       ...flat('latency_ms', d),
       duplicate_or_extra_sends: w.counts.send - sends0 - n,
+      agent_cpu_pct: (100 * agentCpuS) / windowS,
+      bench_cpu_pct: (100 * benchCpuS) / windowS,
     };
   } finally {
     await hooks?.close();

@@ -57,11 +57,18 @@ export async function agentScale(p: ScaleParams): Promise<Record<string, number>
     const tRestarted = await w.until('all first restarts', () => w.counts.restart >= p.jobs, timeout, 20);
     const cpuSetup = agent.cpuSeconds() - cpu0;
     log(`  accepted in ${(acceptMs / 1000).toFixed(1)} s, all restarted after ${((tRestarted - t0) / 1000).toFixed(1)} s`);
+    // The fake counts a restart when it arrives; the agent still has to take in the answers.
+    await w.until('all restart answers handled', async () => (await w.actionsAnswered('restart')) >= p.jobs, timeout, 100);
     await sleep(2000);
     const heap = await agent.heapAfterGc();
     const rss = agent.rss();
-    // Idle: nothing happens but timers and the sanity poll (restarts with 1 h delays are ~48 min away).
+    // Idle: nothing happens but timers and the sanity poll (restarts with 1 h delays are ~48 min
+    // away). The first room's poll is due one interval after it connected: a window that opened
+    // before then would count poll-free seconds as idle (small runs finish their setup sooner).
+    const firstPollAt = t0 + (p.sanitySeconds ?? 30) * 1000 + 1000;
+    if (nowMs() < firstPollAt) await sleep(firstPollAt - nowMs());
     const idleMs = (p.idleSeconds ?? 30) * 1000;
+    log(`  idle window of ${idleMs / 1000} s`);
     const lists0 = w.counts.listParticipants;
     const restarts0 = w.counts.restart;
     const c0 = agent.cpuSeconds();

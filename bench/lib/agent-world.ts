@@ -7,6 +7,10 @@
  *
  * The fakes record every request in an array for tests; at a million requests that array is the
  * bench's own memory problem, so the world replaces the arrays' push with counters and hooks.
+ *
+ * Each homeserver name gets a fake of its own (its own port, so its own origin): the agent keeps
+ * a connection pool per origin, and one fake behind every name would have measured one pool's
+ * connection cap instead of the agent.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -26,7 +30,7 @@ export interface WorldOptions {
   /** Participants (= delegations). */
   jobs: number;
   roomSize: number;
-  /** Distinct homeserver server names (all served by the one fake); pacing is per name. */
+  /** Distinct homeserver server names, each served by a fake of its own; pacing is per name. */
   homeservers: number;
   delayMs: number;
   /** Extra LASTWILL_AGENT_* settings. */
@@ -43,7 +47,7 @@ export interface ActionHit {
 
 export class AgentWorld {
   sfu!: FakeSfu;
-  hs!: FakeHomeserver;
+  homeservers: FakeHomeserver[] = [];
   agent!: CliChild;
   client!: Client;
   agentUrl = '';
@@ -81,16 +85,19 @@ export class AgentWorld {
 
   async startFakes(): Promise<void> {
     this.sfu = await startFakeSfu(LK);
-    this.hs = await startFakeHomeserver();
     (this.sfu.calls as TwirpCall[]).push = (...calls: TwirpCall[]) => {
       for (const c of calls) if (c.method === 'ListParticipants') this.counts.listParticipants++;
       return 0;
     };
-    (this.hs.requests as RecordedRequest[]).push = (...reqs: RecordedRequest[]) => {
-      const at = nowMs();
-      for (const r of reqs) this.record(r.path, at);
-      return 0;
-    };
+    for (let k = 0; k < this.opts.homeservers; k++) {
+      const hs = await startFakeHomeserver();
+      (hs.requests as RecordedRequest[]).push = (...reqs: RecordedRequest[]) => {
+        const at = nowMs();
+        for (const r of reqs) this.record(r.path, at);
+        return 0;
+      };
+      this.homeservers.push(hs);
+    }
     this.port = await freeTcpPort();
     this.agentUrl = `http://127.0.0.1:${this.port}`;
     const names = Array.from({ length: this.opts.homeservers }, (_, k) => `hs${k}.bench`);
@@ -100,7 +107,7 @@ export class AgentWorld {
       LIVEKIT_KEY: LK.key,
       LIVEKIT_SECRET: LK.secret,
       LASTWILL_AGENT_FULL_ACCESS_HOMESERVERS: names.join(','),
-      LASTWILL_AGENT_CS_API_URL_OVERRIDES: names.map((n) => `${n}=${this.hs.url}`).join(','),
+      LASTWILL_AGENT_CS_API_URL_OVERRIDES: names.map((n, k) => `${n}=${this.homeservers[k]!.url}`).join(','),
       LASTWILL_AGENT_HOMESERVER_SECRET: HS_SECRET,
       LASTWILL_AGENT_DATA_DIR: this.dataDir,
       // info logs two lines per delegation; the benchmark measures the agent, not pino.
@@ -170,6 +177,16 @@ export class AgentWorld {
     return out;
   }
 
+  /** Restart or send calls whose answer the agent has handled, whatever the outcome. */
+  async actionsAnswered(action: 'restart' | 'send'): Promise<number> {
+    const r = await this.client.request('GET', '/metrics');
+    let n = 0;
+    for (const m of r.text.matchAll(/^lastwill_agent_delayed_event_actions_total\{([^}]*)\} (\d+)/gm)) {
+      if (m[1]!.includes(`action="${action}"`)) n += Number(m[2]);
+    }
+    return n;
+  }
+
   /** Polls until `check` holds; returns the time it first held (epoch ms). */
   async until(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, intervalMs = 50): Promise<number> {
     const end = Date.now() + timeoutMs;
@@ -189,7 +206,7 @@ export class AgentWorld {
       else await this.agent.kill9();
     }
     await this.sfu?.close();
-    await this.hs?.close();
+    for (const hs of this.homeservers) await hs.close();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 }

@@ -101,8 +101,10 @@ export function engineSettingsOf(config: AgentConfig): EngineSettings {
     abortGraceMs: e.abort_grace_ms,
     disconnectGraceMs: e.disconnect_grace_ms,
     sanityCheckIntervalMs: config.sanity_check_interval_seconds * 1000,
+    sanityCheckMaxPerSecond: e.sanity_check_max_per_second,
     backoff: { initialMs: e.backoff.initial_ms, factor: e.backoff.factor, maxMs: e.backoff.max_ms, jitter: e.backoff.jitter },
     pacing: { perSecond: e.pacing.per_second, burst: e.pacing.burst },
+    maxRestartsInFlight: e.pacing.max_in_flight,
     terminalRetentionMs: e.terminal_retention_ms,
   };
 }

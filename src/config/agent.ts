@@ -194,9 +194,31 @@ export const agentSettings = group(
               doc: 'Requests allowed at once per homeserver before pacing applies.',
               env: 'number',
             }),
+            max_in_flight: setting(z.number().int().positive().default(32), {
+              doc:
+                'Restart requests awaiting an answer at once, per homeserver; further due restarts wait ' +
+                'for a free slot (those near their deadline first, and never behind the pacing). Bounds ' +
+                'the memory and the connection queue of a restart burst, and the restarts a send may ' +
+                'queue behind on the shared connections (sends are not counted and never wait). 32 carries ' +
+                'the default pacing up to 320 ms per answer.',
+              env: 'number',
+            }),
           },
           { doc: 'Pacing of restarts to each homeserver (a token bucket per server name); sends are never paced.' },
         ),
+        sanity_check_max_per_second: setting(z.number().positive().default(100), {
+          doc:
+            'Budget of the periodic LiveKit re-check (sanity_check_interval_seconds): at most this many ' +
+            'ListParticipants calls per second on average, one per room with a connected participant. ' +
+            'Up to interval × budget rooms (3000 with the defaults) each room is re-checked every ' +
+            'interval; beyond that the period stretches to rooms / budget. Webhooks are the primary ' +
+            'signal; the re-check only catches a lost leave webhook, and until it does the agent keeps ' +
+            'the delayed event alive: with 100 000 rooms and the default budget a lost leave is found ' +
+            'within 1000 s (about 17 min). A higher budget finds it sooner at the cost of CPU here and ' +
+            'on the SFU: a re-check costs the agent about 0.2 ms of CPU (the calls due each second go ' +
+            'out together), so the default uses about 2 % of a core.',
+          env: 'number',
+        }),
         terminal_retention_ms: ms(24 * 3600 * 1000, 'How long finished jobs are kept in the store before purging.'),
       },
       { doc: 'The delegation job engine.' },

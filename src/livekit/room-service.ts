@@ -2,18 +2,18 @@
  * LiveKit RoomService (Twirp) calls: room creation for full-access users and the presence lookup
  * the engine polls. Retries are the engine's job; this layer answers once, truthfully.
  *
- * ListParticipants is the hot call (the sanity poll asks once per room per interval), so it does
- * not go through the SDK's RoomServiceClient, which signs a fresh JWT per call and runs its
- * region-failover machinery: it reuses one signed roomAdmin token per room for most of the
- * token's life and POSTs the same Twirp JSON over a keep-alive undici pool.
+ * ListParticipants is the hot call (the sanity poll asks up to its budget of rooms a second), so
+ * it does not go through the SDK's RoomServiceClient, whose async token signing, region-failover
+ * machinery and reflective protobuf decoding cost several times the request itself: it signs
+ * its roomAdmin token synchronously, POSTs the same Twirp JSON over a keep-alive undici pool and
+ * reads only the fields it needs from the answer.
  */
-import { ListParticipantsResponse } from '@livekit/protocol';
-import { AccessToken, RoomServiceClient, ServerError } from 'livekit-server-sdk';
-import { Agent, request } from 'undici';
+import { RoomServiceClient, ServerError } from 'livekit-server-sdk';
+import { Agent } from 'undici';
 
 import type { ParticipantSession, PresenceLookup } from '../agent/contracts.js';
-import { sessionOf } from './participants.js';
-import type { LiveKitCredentials } from './tokens.js';
+import { sessionOfJson } from './participants.js';
+import { type LiveKitCredentials, signRoomAdminToken } from './tokens.js';
 
 /** lk-jwt-service's room settings: closed 300 s after creation if nobody joins, 20 s after the last leaves. */
 export const ROOM_EMPTY_TIMEOUT_S = 300;
@@ -24,53 +24,17 @@ export interface RoomServiceOptions extends LiveKitCredentials {
   url: string;
   /** Per-call timeout in seconds. */
   timeoutSeconds?: number;
-  /** Clock for the token cache; tests inject one. */
+  /** Clock for the tokens' validity; tests inject one. */
   now?: () => number;
 }
 
 /**
  * ListParticipants needs `roomAdmin` with `room` equal to the request's room (a `roomList` token
- * is refused), so tokens are per room. Each is valid for 10 minutes and reused for 8, so a token
- * handed to a request always has minutes left.
+ * is refused), so each call signs a token for its room (microseconds, see signRoomAdminToken),
+ * valid long enough to outlive any clock skew the SFU tolerates.
  */
 const ADMIN_TOKEN_TTL_S = 600;
-const ADMIN_TOKEN_REUSE_MS = 480_000;
-/** Rooms whose token is kept (about 0.5 KiB each); beyond it the least recently used go. */
-const ADMIN_TOKEN_CACHE_SIZE = 20_000;
 const LIST_PARTICIPANTS_PATH = '/twirp/livekit.RoomService/ListParticipants';
-
-/** Signed roomAdmin tokens per room, reused until shortly before they expire (an LRU). */
-class RoomAdminTokens {
-  private readonly tokens = new Map<string, { jwt: Promise<string>; renewAt: number }>();
-
-  constructor(
-    private readonly creds: LiveKitCredentials,
-    private readonly now: () => number,
-  ) {}
-
-  get(room: string): Promise<string> {
-    const now = this.now();
-    const cached = this.tokens.get(room);
-    this.tokens.delete(room);
-    if (cached && cached.renewAt > now) {
-      this.tokens.set(room, cached);
-      return cached.jwt;
-    }
-    const token = new AccessToken(this.creds.key, this.creds.secret, { ttl: ADMIN_TOKEN_TTL_S });
-    token.addGrant({ roomAdmin: true, room });
-    const entry = { jwt: token.toJwt(), renewAt: now + ADMIN_TOKEN_REUSE_MS };
-    // Concurrent calls for the room share the one signing; a failed signing is not kept.
-    entry.jwt.catch(() => {
-      if (this.tokens.get(room) === entry) this.tokens.delete(room);
-    });
-    this.tokens.set(room, entry);
-    if (this.tokens.size > ADMIN_TOKEN_CACHE_SIZE) {
-      const oldest = this.tokens.keys().next().value;
-      if (oldest !== undefined) this.tokens.delete(oldest);
-    }
-    return entry.jwt;
-  }
-}
 
 /** The SDK's Twirp error for a non-2xx answer: `{code, msg}` JSON, else the body text. */
 function twirpError(status: number, text: string): ServerError {
@@ -88,17 +52,23 @@ function twirpError(status: number, text: string): ServerError {
 
 export class LiveKitRooms implements PresenceLookup {
   private readonly client: RoomServiceClient;
-  private readonly listUrl: string;
+  private readonly creds: LiveKitCredentials;
+  private readonly now: () => number;
+  private readonly origin: string;
+  private readonly listPath: string;
   private readonly timeoutMs: number;
-  private readonly tokens: RoomAdminTokens;
-  private readonly pool = new Agent({ keepAliveTimeout: 30_000, connections: 16 });
+  private readonly pool: Agent;
 
   constructor(opts: RoomServiceOptions) {
     const timeoutSeconds = opts.timeoutSeconds ?? 5;
     this.client = new RoomServiceClient(opts.url, opts.key, opts.secret, { requestTimeout: timeoutSeconds });
-    this.listUrl = new URL(LIST_PARTICIPANTS_PATH, opts.url.replace(/^ws/, 'http')).toString();
+    const listUrl = new URL(LIST_PARTICIPANTS_PATH, opts.url.replace(/^ws/, 'http'));
+    this.origin = listUrl.origin;
+    this.listPath = listUrl.pathname;
+    this.creds = { key: opts.key, secret: opts.secret };
+    this.now = opts.now ?? Date.now;
     this.timeoutMs = timeoutSeconds * 1000;
-    this.tokens = new RoomAdminTokens(opts, opts.now ?? Date.now);
+    this.pool = new Agent({ keepAliveTimeout: 30_000, connections: 16, connect: { timeout: this.timeoutMs } });
   }
 
   /** Creates (or touches) the room a full-access user is about to join. */
@@ -116,13 +86,17 @@ export class LiveKitRooms implements PresenceLookup {
    * Twirp `not_found`, both authoritative. Every other failure throws, so it is never read as "gone".
    */
   async listParticipants(room: string): Promise<ParticipantSession[]> {
-    const jwt = await this.tokens.get(room);
-    const res = await request(this.listUrl, {
+    const jwt = signRoomAdminToken(this.creds, room, this.now(), ADMIN_TOKEN_TTL_S);
+    // Each phase (connect, answer, every body chunk) is bounded by the timeout. Not an
+    // AbortSignal.timeout: its timer and abort plumbing cost as much again as the call itself.
+    const res = await this.pool.request({
+      origin: this.origin,
+      path: this.listPath,
       method: 'POST',
-      dispatcher: this.pool,
       headers: { 'content-type': 'application/json;charset=UTF-8', authorization: `Bearer ${jwt}` },
       body: JSON.stringify({ room }),
-      signal: AbortSignal.timeout(this.timeoutMs),
+      headersTimeout: this.timeoutMs,
+      bodyTimeout: this.timeoutMs,
     });
     const text = await res.body.text();
     if (res.statusCode < 200 || res.statusCode >= 300) {
@@ -130,8 +104,8 @@ export class LiveKitRooms implements PresenceLookup {
       if (err.code === 'not_found') return [];
       throw err;
     }
-    const { participants } = ListParticipantsResponse.fromJsonString(text, { ignoreUnknownFields: true });
-    return participants.map(sessionOf);
+    const { participants = [] } = JSON.parse(text) as { participants?: Array<Record<string, unknown>> };
+    return participants.map(sessionOfJson);
   }
 
   /** Closes the keep-alive connections. */

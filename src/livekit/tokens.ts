@@ -1,4 +1,6 @@
-/** LiveKit join tokens with the grants lk-jwt-service issues. */
+/** LiveKit join tokens with the grants lk-jwt-service issues, and the agent's own admin tokens. */
+import { createHmac } from 'node:crypto';
+
 import { AccessToken } from 'livekit-server-sdk';
 
 export interface LiveKitCredentials {
@@ -28,4 +30,19 @@ export async function mintJoinToken(
     canUpdateOwnMetadata: true,
   });
   return token.toJwt();
+}
+
+const HS256_HEADER = Buffer.from('{"alg":"HS256"}').toString('base64url');
+
+/**
+ * A `roomAdmin` JWT for `room`, valid from `nowMs` for `ttlSeconds`: the same claims the SDK's
+ * AccessToken writes, signed synchronously. The SDK signs through an async WebCrypto-style path
+ * that costs more than the HTTP call it authorises, and ListParticipants needs one token per room,
+ * so at a hundred thousand rooms no cache of them stays warm.
+ */
+export function signRoomAdminToken(creds: LiveKitCredentials, room: string, nowMs: number, ttlSeconds: number): string {
+  const nbf = Math.floor(nowMs / 1000);
+  const claims = { video: { roomAdmin: true, room }, iss: creds.key, exp: nbf + ttlSeconds, nbf };
+  const signed = `${HS256_HEADER}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+  return `${signed}.${createHmac('sha256', creds.secret).update(signed).digest('base64url')}`;
 }

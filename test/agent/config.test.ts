@@ -40,6 +40,13 @@ describe('agent config: defaults', () => {
   it('engine defaults equal the engine\'s own defaults', () => {
     expect(engineSettingsOf(load({}))).toEqual(DEFAULT_ENGINE_SETTINGS);
   });
+
+  it('maps the poll budget and the restarts in flight onto the engine', () => {
+    const settings = engineSettingsOf(
+      load({ LASTWILL_AGENT_ENGINE_SANITY_CHECK_MAX_PER_SECOND: '250', LASTWILL_AGENT_ENGINE_PACING_MAX_IN_FLIGHT: '8' }),
+    );
+    expect(settings).toMatchObject({ sanityCheckMaxPerSecond: 250, maxRestartsInFlight: 8 });
+  });
 });
 
 describe('agent config: lk-jwt-service environment', () => {

@@ -50,30 +50,70 @@ describe('LiveKitRooms.listParticipants', () => {
     await expect(wrong.listParticipants('room-a')).rejects.toMatchObject({ status: 401 });
   });
 
-  it('reuses one signed token per room for most of its life', async () => {
+  it('signs each call a roomAdmin token for its room that LiveKit accepts, from the clock', async () => {
     const seen: Array<{ auth: string; body: string }> = [];
-    const server = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += String(c)));
-      req.on('end', () => {
-        seen.push({ auth: req.headers.authorization ?? '', body });
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"participants":[]}');
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => new Promise((resolve) => server.close(() => resolve())));
-    let now = 1_000_000;
-    const r = rooms(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, () => now);
-    await r.listParticipants('room-a');
+    const port = await answering(seen, '{"participants":[]}');
+    const now = Date.now() - 60_000;
+    const r = rooms(`http://127.0.0.1:${port}`, () => now);
     await r.listParticipants('room-a');
     await r.listParticipants('room-b');
-    now += 8 * 60_000 - 1;
-    await r.listParticipants('room-a');
-    expect(seen.map((s) => s.body)).toEqual(['{"room":"room-a"}', '{"room":"room-a"}', '{"room":"room-b"}', '{"room":"room-a"}']);
-    const [a1, a2, b, a3] = seen.map((s) => s.auth);
-    expect([a2, a3]).toEqual([a1, a1]);
-    expect(b).not.toBe(a1);
-    const grant = await new TokenVerifier(creds.key, creds.secret).verify(a1!.replace(/^Bearer /, ''));
-    expect(grant.video).toMatchObject({ roomAdmin: true, room: 'room-a' });
+    expect(seen.map((s) => s.body)).toEqual(['{"room":"room-a"}', '{"room":"room-b"}']);
+    const verifier = new TokenVerifier(creds.key, creds.secret);
+    const [a, b] = await Promise.all(seen.map((s) => verifier.verify(s.auth.replace(/^Bearer /, ''))));
+    expect(a).toMatchObject({ iss: creds.key, nbf: Math.floor(now / 1000), exp: Math.floor(now / 1000) + 600 });
+    expect(a!.video).toEqual({ roomAdmin: true, room: 'room-a' });
+    expect(b!.video).toEqual({ roomAdmin: true, room: 'room-b' });
+  });
+
+  it('reads either JSON field spelling, 64-bit times as strings, and seconds from older servers', async () => {
+    const port = await answering(
+      [],
+      JSON.stringify({
+        participants: [
+          { identity: 'a', sid: 'PA_a', joinedAtMs: '1700000000123', joinedAt: '1700000000', tracks: [{ sid: 'TR' }] },
+          { identity: 'b', sid: 'PA_b', joined_at_ms: '1700000000456', state: 'ACTIVE' },
+          { identity: 'c', sid: 'PA_c', joined_at: 1_700_000_001 },
+          { identity: 'd', sid: 'PA_d', joinedAtMs: '0' },
+        ],
+      }),
+    );
+    expect(await rooms(`http://127.0.0.1:${port}`).listParticipants('room-a')).toEqual([
+      { identity: 'a', sid: 'PA_a', joinedAtMs: 1_700_000_000_123 },
+      { identity: 'b', sid: 'PA_b', joinedAtMs: 1_700_000_000_456 },
+      { identity: 'c', sid: 'PA_c', joinedAtMs: 1_700_000_001_000 },
+      { identity: 'd', sid: 'PA_d' },
+    ]);
+  });
+
+  it('fails a call the SFU never answers after the timeout', async () => {
+    const server = createServer(() => undefined);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise((resolve) => server.close(() => resolve())));
+    server.on('connection', (socket) => cleanups.push(async () => void socket.destroy()));
+    const r = new LiveKitRooms({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, ...creds, timeoutSeconds: 0.2 });
+    cleanups.push(() => r.close());
+    await expect(r.listParticipants('room-a')).rejects.toThrow(/timeout/i);
+  });
+
+  it('fails on a garbled answer instead of reporting an empty room', async () => {
+    for (const body of ['{"participants":[{"sid":"PA_1"}]}', 'not json']) {
+      const port = await answering([], body);
+      await expect(rooms(`http://127.0.0.1:${port}`).listParticipants('room-a')).rejects.toThrow();
+    }
   });
 });
+
+/** A Twirp endpoint that records each request and answers 200 with `answer`. */
+async function answering(seen: Array<{ auth: string; body: string }>, answer: string): Promise<number> {
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += String(c)));
+    req.on('end', () => {
+      seen.push({ auth: req.headers.authorization ?? '', body });
+      res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise((resolve) => server.close(() => resolve())));
+  return (server.address() as AddressInfo).port;
+}

@@ -1,4 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, createHmac } from 'node:crypto';
+
+import { WebhookReceiver } from 'livekit-server-sdk';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 import { RecentIds, toParticipantSignal, WebhookVerifier } from '../../src/livekit/webhooks.js';
 import { type FakeSfu, startFakeSfu } from '../fakes/fake-sfu.js';
@@ -40,6 +43,50 @@ describe('webhook verification', () => {
   ])('rejects %s', async (_name, opts) => {
     const { body, headers } = await sfu.signWebhook({ event: 'participant_joined', room: 'R', identity: 'I', sid: 'PA_2' }, opts);
     await expect(verifier.verify(body, headers.authorization)).rejects.toThrow();
+  });
+});
+
+describe('webhook verification without the SDK round trip', () => {
+  afterEach(() => vi.restoreAllMocks());
+  const sdkCalls = () => vi.spyOn(WebhookReceiver.prototype, 'receive');
+
+  /** A compact JWS like LiveKit's, with a chosen algorithm and claims (over the defaults). */
+  function token(body: string, opts: { alg?: 'HS256' | 'HS512'; claims?: Record<string, unknown>; secret?: string } = {}) {
+    const now = Math.floor(Date.now() / 1000);
+    const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+    const alg = opts.alg ?? 'HS256';
+    const claims = { iss: creds.key, nbf: now, exp: now + 300, sha256: createHash('sha256').update(body).digest('base64'), ...opts.claims };
+    const signed = `${part({ alg, typ: 'JWT' })}.${part(claims)}`;
+    const mac = createHmac(alg === 'HS256' ? 'sha256' : 'sha512', opts.secret ?? creds.secret).update(signed).digest('base64url');
+    return `${signed}.${mac}`;
+  }
+
+  it('accepts what LiveKit signs without asking the SDK, with the same decoded event', async () => {
+    const { body, headers } = await sfu.signWebhook({ event: 'participant_joined', room: 'R', identity: 'I', sid: 'PA_9' });
+    const spy = sdkCalls();
+    const event = await verifier.verify(body, headers.authorization);
+    expect(spy).not.toHaveBeenCalled();
+    const bySdk = await new WebhookReceiver(creds.key, creds.secret).receive(body, headers.authorization);
+    expect(event.toJson()).toEqual(bySdk.toJson());
+  });
+
+  it('leaves every other token to the SDK: it accepts an HS512 one, and its verdicts stand', async () => {
+    const body = JSON.stringify({ event: 'room_started', room: { name: 'R' } });
+    const spy = sdkCalls();
+    await expect(verifier.verify(body, token(body, { alg: 'HS512' }))).resolves.toMatchObject({ event: 'room_started' });
+    expect(spy).toHaveBeenCalledTimes(1);
+    const past = Math.floor(Date.now() / 1000) - 60;
+    for (const bad of [
+      token(body, { claims: { exp: past } }),
+      token(body, { claims: { iss: 'another-key' } }),
+      token(body, { claims: { nbf: past + 3600 } }),
+      token(body, { claims: { iat: 'yesterday' } }),
+      token(body, { secret: 'a-different-secret-of-enough-length' }),
+      token(`${body} `),
+    ]) {
+      await expect(verifier.verify(body, bad)).rejects.toThrow();
+    }
+    expect(spy).toHaveBeenCalledTimes(7);
   });
 });
 

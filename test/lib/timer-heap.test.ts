@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { TimerHeap } from '../../src/lib/timer-heap.js';
+import { IntKeyIndex, TimerHeap } from '../../src/lib/timer-heap.js';
 import { FakeClock } from '../support/fake-clock.js';
 
 function setup() {
@@ -91,5 +91,95 @@ describe('TimerHeap', () => {
     clock.advance(100);
     expect(fired).toEqual([]);
     expect(clock.pending).toBe(0);
+  });
+
+  it('grows past a burst and shrinks back after it', () => {
+    const { clock, fired, heap } = setup();
+    for (let i = 0; i < 10_000; i++) heap.schedule(`k${i}`, 10_000 - i);
+    heap.schedule('late', 20_000);
+    clock.advance(10_000);
+    expect(fired).toHaveLength(10_000);
+    expect(fired[0]).toEqual(['k9999', 1]);
+    expect(heap.size).toBe(1);
+    expect(heap.dueOf('late')).toBe(20_000);
+    heap.schedule('again', 15_000);
+    clock.advance(10_000);
+    expect(fired.slice(-2)).toEqual([
+      ['again', 15_000],
+      ['late', 20_000],
+    ]);
+  });
+});
+
+describe('TimerHeap with integer keys', () => {
+  function intSetup() {
+    const clock = new FakeClock(0);
+    const fired: Array<[number, number]> = [];
+    const heap = new TimerHeap<number>((key) => fired.push([key, clock.now()]), clock, new IntKeyIndex());
+    return { clock, fired, heap };
+  }
+
+  it('fires every key once at its latest due time, in due order', () => {
+    const { clock, fired, heap } = intSetup();
+    // A deterministic shuffle of schedules, moves and cancels over keys beyond the initial capacity.
+    let seed = 7;
+    const next = () => (seed = (seed * 48271) % 2147483647);
+    const expected = new Map<number, number>();
+    for (let i = 0; i < 5000; i++) {
+      const key = next() % 3000;
+      if (next() % 5 === 0) {
+        expect(heap.cancel(key)).toBe(expected.delete(key));
+      } else {
+        const due = 1 + (next() % 1000);
+        heap.schedule(key, due);
+        expected.set(key, due);
+      }
+    }
+    expect(heap.size).toBe(expected.size);
+    for (const [key, due] of expected) expect(heap.dueOf(key)).toBe(due);
+    expect(heap.has(1_000_000)).toBe(false);
+    clock.advance(1000);
+    expect(fired).toHaveLength(expected.size);
+    for (const [key, at] of fired) expect(at).toBe(expected.get(key));
+    for (let i = 1; i < fired.length; i++) expect(fired[i]![1]).toBeGreaterThanOrEqual(fired[i - 1]![1]);
+    expect(heap.size).toBe(0);
+    expect(clock.pending).toBe(0);
+  });
+
+  it('keeps one timer for the earliest entry, lets a callback reschedule its key, and stops', () => {
+    const clock = new FakeClock(0);
+    const fired: number[] = [];
+    const heap: TimerHeap<number> = new TimerHeap<number>(
+      (key) => {
+        fired.push(clock.now());
+        if (fired.length < 3) heap.schedule(key, clock.now() + 10);
+      },
+      clock,
+      new IntKeyIndex(),
+    );
+    heap.schedule(4, 10);
+    heap.schedule(2, 10);
+    heap.schedule(9, 500);
+    expect(clock.pending).toBe(1);
+    heap.cancel(2);
+    clock.advance(30);
+    expect(fired).toEqual([10, 20, 30]);
+    heap.stop();
+    clock.advance(1000);
+    expect(fired).toEqual([10, 20, 30]);
+    expect(heap.dueOf(9)).toBe(500);
+  });
+
+  it('refuses keys that are not small non-negative integers and stays intact', () => {
+    const { clock, fired, heap } = intSetup();
+    heap.schedule(3, 10);
+    for (const bad of [-1, 1.5, 2 ** 32, Number.NaN]) {
+      expect(() => heap.schedule(bad, 5)).toThrow(RangeError);
+      expect(heap.has(bad)).toBe(false);
+      expect(heap.cancel(bad)).toBe(false);
+    }
+    expect(heap.size).toBe(1);
+    clock.advance(10);
+    expect(fired).toEqual([[3, 10]]);
   });
 });

@@ -2,12 +2,14 @@
  * The job engine. Everything that happens to a job arrives as an FSM signal (fsm.ts) and every
  * side effect is one of the table's actions, so this file is plumbing: classifying webhooks by
  * session, batching presence lookups per room, pacing restarts per homeserver, one timer heap for
- * every due time, and persisting each change through the group-commit writer.
+ * every due time, and persisting each change: delegations through the group-commit writer,
+ * progress in one commit per turn (see commitProgress).
  *
  * Memory: a job is one small object of scalars and shared references (its room and homeserver are
- * interned), at most three heap entries, one slot in a dense array, and no closures while it is
- * idle. What only diagnostics need (source, creation time) stays in the store, and the deadline
- * lives in the timer heap only. About 550 bytes per connected job, strings included.
+ * interned), at most three entries in a typed-array timer heap, one slot in a dense array, and no
+ * closures while it is idle. What only diagnostics and the homeserver calls need (source, creation
+ * time, delay id, scoped token) stays in the store, and the deadline lives in the timer heap only.
+ * About 360 bytes per connected job, strings included (test/agent/jobs/memory.measure.ts).
  */
 import type { DatabaseSync } from 'node:sqlite';
 
@@ -15,8 +17,8 @@ import type { Logger } from 'pino';
 
 import { fail } from '../../lib/errors.js';
 import { RateLimiter } from '../../lib/rate-limit.js';
-import { BatchWriter, openDatabase } from '../../lib/sqlite.js';
-import { type Clock, systemClock, TimerHeap } from '../../lib/timer-heap.js';
+import { BatchWriter, openDatabase, transaction } from '../../lib/sqlite.js';
+import { type Clock, IntKeyIndex, systemClock, TimerHeap } from '../../lib/timer-heap.js';
 import type {
   JobState,
   ActionOutcome,
@@ -45,11 +47,11 @@ import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot } from 
 import { type JobRow, JobStore } from './store.js';
 
 /**
- * Heap keys: job slot × TIMERS + timer for per-job timers; negative numbers for the others: the
- * purge, one pacer wake-up per homeserver (PACER_KEY_BASE − index) and one sanity poll per room
- * (ROOM_POLL_KEY_BASE − room slot, far below any homeserver index).
+ * Per-job timers live in `timers`, keyed job slot × TIMERS + timer. The engine's other timers live
+ * in `heap`, keyed by negative numbers: the purge, the sanity poll, and one pacer wake-up per
+ * homeserver (PACER_KEY_BASE − index).
  */
-const TIMERS = 4;
+const TIMERS = 3;
 const TIMER_DEADLINE = 0;
 /**
  * The restart/send timer. While a restart waits in the homeserver's paced queue it holds the
@@ -58,8 +60,8 @@ const TIMER_DEADLINE = 0;
 const TIMER_ACTION = 1;
 const TIMER_LOOKUP = 2;
 const PURGE_KEY = -2;
+const POLL_KEY = -3;
 const PACER_KEY_BASE = -16;
-const ROOM_POLL_KEY_BASE = -(2 ** 40);
 
 /** Job flags (one small integer instead of several booleans per job). */
 const RESTART_QUEUED = 1;
@@ -69,9 +71,18 @@ const FROM_CONNECTED = 8;
 const PERSIST_QUEUED = 16;
 /** The deadline was set by a successful restart (persisted as `restarted`). */
 const RESTARTED = 32;
+/** In its homeserver's urgent queue (see queueRestart). */
+const URGENT_QUEUED = 64;
+const QUEUED = RESTART_QUEUED | URGENT_QUEUED;
 
 /** Room lookups allowed in flight at once, so a restore of many rooms does not flood LiveKit. */
 const MAX_LOOKUPS_IN_FLIGHT = 32;
+/**
+ * The sanity poll wakes at most once per tick and polls every room then due. A wake-up per room
+ * (every 10 ms at 100 rooms/s) cost about three times the CPU of the same calls made together:
+ * each one paid for the timer, the event loop turn and cold caches on its own.
+ */
+const POLL_TICK_MS = 1000;
 /** Restarts come due up to this fraction early, so jobs created together drift apart. */
 const RESTART_JITTER = 0.05;
 /**
@@ -86,8 +97,9 @@ const URGENT_MIN_MS = 30_000;
 
 class Room {
   readonly jobs = new Map<string, Job>();
-  /** Index in the engine's room slots; the room's sanity-poll heap key derives from it. */
-  slot = -1;
+  /** In the engine's poll queue, due at `pollDue`. */
+  polled = false;
+  pollDue = 0;
   /** Jobs waiting for this room's next listParticipants. */
   batch: Job[] = [];
   /** In the ready queue. */
@@ -99,6 +111,9 @@ class Room {
 
 class Homeserver {
   readonly queue = new Fifo<Job>();
+  /** Restarts past their urgency point that found no free in-flight slot; served first. */
+  readonly urgent = new Fifo<Job>();
+  restartsInFlight = 0;
   pausedUntil = 0;
   pauseTries = 0;
   constructor(
@@ -133,10 +148,8 @@ class Job {
     readonly id: number,
     readonly room: Room,
     readonly identity: string,
-    readonly delayId: string,
     readonly delayMs: number,
     readonly server: Homeserver,
-    readonly scopedToken: string | undefined,
   ) {}
 }
 
@@ -192,7 +205,9 @@ export class Engine implements JobEngine {
   private readonly db: DatabaseSync;
   private readonly store: JobStore;
   private readonly writer: BatchWriter;
+  private readonly synchronous: 'normal' | 'full';
   private readonly heap: TimerHeap<number>;
+  private readonly timers: TimerHeap<number>;
   private readonly pacer: RateLimiter;
   private readonly rooms = new Map<string, Room>();
   private readonly servers = new Map<string, Homeserver>();
@@ -211,10 +226,11 @@ export class Engine implements JobEngine {
   >;
   private readonly fsmVariant: FsmVariant;
   private readonly readyRooms = new Fifo<Room>();
-  /** Rooms by slot (free slots reused), so a room's poll timer finds its room without a Map. */
-  private readonly roomSlots: Array<Room | undefined> = [];
-  private readonly freeRoomSlots: number[] = [];
-  /** Jobs whose progress changed this turn; written together in one commit (see persist). */
+  /** Rooms with a connected job, in the order (and so the due order) of their next poll. */
+  private readonly pollQueue = new Fifo<Room>();
+  /** The latest poll due time handed out; the next one is at least one budget step later. */
+  private lastPollDue = -Infinity;
+  /** Jobs whose progress changed this turn; written together in one commit (see commitProgress). */
   private dirty: Job[] = [];
   private lookupsInFlight = 0;
   private lookupPumpScheduled = false;
@@ -229,10 +245,12 @@ export class Engine implements JobEngine {
     this.observer = opts.observer ?? {};
     this.actions = opts.actions;
     this.presence = opts.presence;
-    this.db = openDatabase(opts.dbPath, opts.synchronous ?? 'full');
+    this.synchronous = opts.synchronous ?? 'full';
+    this.db = openDatabase(opts.dbPath, this.synchronous);
     this.store = new JobStore(this.db);
     this.writer = new BatchWriter(this.db);
     this.heap = new TimerHeap<number>((key) => this.onDue(key), this.clock);
+    this.timers = new TimerHeap<number>((key) => this.onJobTimer(key), this.clock, new IntKeyIndex());
     this.pacer = new RateLimiter(this.settings.pacing, this.clock);
     this.fsmVariant = { disconnectGrace: this.settings.disconnectGraceMs > 0 };
   }
@@ -256,10 +274,8 @@ export class Engine implements JobEngine {
       id,
       room,
       d.identity,
-      d.delayId,
       d.delayTimeoutMs,
       this.serverOf(d.serverName),
-      d.scopedToken,
     );
     job.stateSince = now;
     let inherited: ParticipantSession | undefined;
@@ -310,6 +326,8 @@ export class Engine implements JobEngine {
     if (this.stopped) return;
     this.stopped = true;
     this.heap.stop();
+    this.timers.stop();
+    this.commitProgress();
     this.writer.close();
     this.db.close();
     this.log.info({ ...this.counts() }, 'job engine stopped');
@@ -436,13 +454,13 @@ export class Engine implements JobEngine {
     job.epoch++;
     job.lookupTries = 0;
     job.flags &= ~FROM_CONNECTED;
-    this.heap.cancel(this.key(job, TIMER_LOOKUP));
+    this.timers.cancel(this.key(job, TIMER_LOOKUP));
     // Between connected and leaving the delayed event must stay alive: its restart schedule
     // (timer, queue place, backoff) carries over.
     if (!isRestarting(from) || !isRestarting(to)) {
       job.tries = 0;
-      job.flags &= ~RESTART_QUEUED;
-      this.heap.cancel(this.key(job, TIMER_ACTION));
+      job.flags &= ~QUEUED;
+      this.timers.cancel(this.key(job, TIMER_ACTION));
     }
     if (to === 'connected') this.armRoomPoll(job.room);
     if (to === 'sending') {
@@ -452,7 +470,7 @@ export class Engine implements JobEngine {
       else this.setDeadline(job, now + this.sendBudget(job));
     }
     if (!isLive(to)) {
-      this.heap.cancel(this.key(job, TIMER_DEADLINE));
+      this.timers.cancel(this.key(job, TIMER_DEADLINE));
       this.finished.push(job);
       if (!this.heap.has(PURGE_KEY)) this.schedulePurge();
     }
@@ -474,11 +492,11 @@ export class Engine implements JobEngine {
       case 'lookup':
         job.lookupTries = 0;
         job.epoch++;
-        this.heap.cancel(this.key(job, TIMER_LOOKUP));
+        this.timers.cancel(this.key(job, TIMER_LOOKUP));
         this.queueLookup(job);
         return false;
       case 'retryLookup':
-        this.heap.schedule(this.key(job, TIMER_LOOKUP), now + this.backoff(job.lookupTries++));
+        this.timers.schedule(this.key(job, TIMER_LOOKUP), now + this.backoff(job.lookupTries++));
         return false;
       case 'grace': {
         const until = now + this.settings.abortGraceMs;
@@ -487,7 +505,7 @@ export class Engine implements JobEngine {
         return true;
       }
       case 'leaveGrace':
-        this.heap.schedule(this.key(job, TIMER_LOOKUP), now + this.settings.disconnectGraceMs);
+        this.timers.schedule(this.key(job, TIMER_LOOKUP), now + this.settings.disconnectGraceMs);
         return false;
       case 'armDeadline':
         // Our estimate only: the client scheduled the event before it joined.
@@ -502,20 +520,20 @@ export class Engine implements JobEngine {
         job.server.pauseTries = 0;
         job.flags |= RESTARTED;
         this.setDeadline(job, now + job.delayMs);
-        this.heap.schedule(this.key(job, TIMER_ACTION), this.nextRestartAfter(job, now));
+        this.timers.schedule(this.key(job, TIMER_ACTION), this.nextRestartAfter(job, now));
         return true;
       }
       case 'backoffRestart':
       case 'backoffSend':
-        this.heap.schedule(this.key(job, TIMER_ACTION), now + this.backoff(job.tries++));
+        this.timers.schedule(this.key(job, TIMER_ACTION), now + this.backoff(job.tries++));
         return false;
       case 'pauseRestarts':
-        this.heap.schedule(this.key(job, TIMER_ACTION), this.pause(job.server, ctx.retryAfterMs));
+        this.timers.schedule(this.key(job, TIMER_ACTION), this.pause(job.server, ctx.retryAfterMs));
         return false;
       case 'retryAfterSend': {
         this.pause(job.server, ctx.retryAfterMs);
         const wait = ctx.retryAfterMs ?? this.backoff(job.tries++);
-        this.heap.schedule(this.key(job, TIMER_ACTION), now + wait);
+        this.timers.schedule(this.key(job, TIMER_ACTION), now + wait);
         return false;
       }
       case 'send':
@@ -541,7 +559,10 @@ export class Engine implements JobEngine {
   /**
    * Queues a restart behind the homeserver's pacing, or starts it at once when its deadline is
    * near. A queued restart keeps a timer for the moment it becomes urgent, so however long the
-   * queue (restart demand above `pacing`), no restart waits in it past that point.
+   * queue (restart demand above `pacing`), no restart waits in it past that point. Restarts in
+   * flight per homeserver are capped, so a burst (a restore, a raised pacing) holds its jobs
+   * here instead of as pending requests; an urgent restart that finds no free slot goes ahead of
+   * every paced one and takes the next slot that frees (each is freed within one request timeout).
    */
   private queueRestart(job: Job): void {
     if (job.flags & IN_FLIGHT) return;
@@ -551,48 +572,65 @@ export class Engine implements JobEngine {
     if (urgentAt <= now) {
       if (hs.pausedUntil > now) {
         // The homeserver asked us to back off (429): honour it, then go ahead of the queue.
-        this.heap.schedule(this.key(job, TIMER_ACTION), hs.pausedUntil);
+        this.timers.schedule(this.key(job, TIMER_ACTION), hs.pausedUntil);
         return;
       }
-      // Its place in the queue, if any, is skipped by the drain once the flag is gone.
-      job.flags &= ~RESTART_QUEUED;
-      this.heap.cancel(this.key(job, TIMER_ACTION));
-      this.perform(job, 'restart');
+      this.timers.cancel(this.key(job, TIMER_ACTION));
+      if (hs.restartsInFlight < this.settings.maxRestartsInFlight) {
+        // Its place in a queue, if any, is skipped by the drain once the flags are gone.
+        job.flags &= ~QUEUED;
+        this.perform(job, 'restart');
+      } else if (!(job.flags & URGENT_QUEUED)) {
+        job.flags |= URGENT_QUEUED;
+        hs.urgent.push(job);
+      }
       return;
     }
     if (!(job.flags & RESTART_QUEUED)) {
       job.flags |= RESTART_QUEUED;
       hs.queue.push(job);
     }
-    this.heap.schedule(this.key(job, TIMER_ACTION), urgentAt);
+    this.timers.schedule(this.key(job, TIMER_ACTION), urgentAt);
     this.drainRestarts(hs);
   }
 
-  /** Starts the homeserver's queued restarts as fast as its pacing (and any 429 pause) allows. */
+  /**
+   * Starts the homeserver's queued restarts while it has free in-flight slots: urgent ones first
+   * and unpaced, then paced ones as fast as the pacing allows; a 429 pause holds back both.
+   * A freed slot (see performed) drains again.
+   */
   private drainRestarts(hs: Homeserver): void {
     const now = this.clock.now();
     for (;;) {
-      const job = hs.queue.peek();
-      if (!job) return;
-      if (!isRestarting(job.state) || !(job.flags & RESTART_QUEUED)) {
-        hs.queue.shift();
-        continue;
-      }
+      const urgent = this.nextQueued(hs.urgent, URGENT_QUEUED);
+      const job = urgent ?? this.nextQueued(hs.queue, RESTART_QUEUED);
+      if (!job || hs.restartsInFlight >= this.settings.maxRestartsInFlight) return;
       if (hs.pausedUntil > now) {
         this.heap.schedule(PACER_KEY_BASE - hs.index, hs.pausedUntil);
         return;
       }
-      const verdict = this.pacer.take(hs.name);
-      if (!verdict.ok) {
-        this.heap.schedule(PACER_KEY_BASE - hs.index, now + verdict.retryAfterMs);
-        return;
+      if (!urgent) {
+        const verdict = this.pacer.take(hs.name);
+        if (!verdict.ok) {
+          this.heap.schedule(PACER_KEY_BASE - hs.index, now + verdict.retryAfterMs);
+          return;
+        }
       }
-      hs.queue.shift();
-      job.flags &= ~RESTART_QUEUED;
+      (urgent ? hs.urgent : hs.queue).shift();
+      job.flags &= ~QUEUED;
       // Its urgency timer is moot; the restart's outcome sets the next one.
-      this.heap.cancel(this.key(job, TIMER_ACTION));
+      this.timers.cancel(this.key(job, TIMER_ACTION));
       this.perform(job, 'restart');
     }
+  }
+
+  /** The queue's first job still waiting for a restart; drops entries that went stale. */
+  private nextQueued(queue: Fifo<Job>, flag: number): Job | undefined {
+    for (let job = queue.peek(); job; job = queue.peek()) {
+      if (isRestarting(job.state) && job.flags & flag) return job;
+      queue.shift();
+    }
+    return undefined;
   }
 
   /** Pauses the homeserver's restarts (429 is back-pressure); returns when they resume. */
@@ -604,15 +642,11 @@ export class Engine implements JobEngine {
 
   private perform(job: Job, action: DelayedAction): void {
     job.flags |= IN_FLIGHT;
+    if (action === 'restart') job.server.restartsInFlight++;
     const started = this.clock.now();
-    const target = {
-      serverName: job.server.name,
-      delayId: job.delayId,
-      ...(job.scopedToken !== undefined ? { scopedToken: job.scopedToken } : {}),
-    };
     let pending: Promise<ActionOutcome>;
     try {
-      pending = this.actions.perform(action, target);
+      pending = this.actions.perform(action, { serverName: job.server.name, ...this.store.target(job.id) });
     } catch (err) {
       pending = Promise.reject(err);
     }
@@ -624,6 +658,7 @@ export class Engine implements JobEngine {
 
   private performed(job: Job, action: DelayedAction, outcome: ActionOutcome, started: number): void {
     job.flags &= ~IN_FLIGHT;
+    if (action === 'restart') job.server.restartsInFlight--;
     if (this.stopped) return;
     const now = this.clock.now();
     this.observer.action?.(action, outcome.kind, now - started);
@@ -649,6 +684,7 @@ export class Engine implements JobEngine {
         ? { retryAfterMs: outcome.retryAfterMs }
         : {};
     this.signal(job, outcomeSignal(action, outcome), ctx);
+    if (action === 'restart') this.drainRestarts(job.server);
   }
 
   // ---------------------------------------------------------------- presence lookups
@@ -755,32 +791,52 @@ export class Engine implements JobEngine {
     return best;
   }
 
-  private roomPollKey(room: Room): number {
-    return ROOM_POLL_KEY_BASE - room.slot;
-  }
-
   /**
-   * The periodic reconciliation runs per room, each room at its own random phase within the
-   * interval, so the ListParticipants calls spread evenly over it instead of arriving as one
-   * burst every interval. A room is polled while it has a connected job; the first connected job
-   * arms the timer.
+   * The periodic reconciliation: every room with a connected job is polled at most every
+   * interval, and all rooms together at most `sanityCheckMaxPerSecond` times a second. Webhooks
+   * are the primary signal and the poll only catches lost ones, so its cost must stay flat while
+   * the rooms grow (a fixed period per room made idle CPU linear in rooms). The rooms wait in one
+   * queue: each next due time is max(now + interval, the last one handed out + 1 / budget), which
+   * only grows, so the queue is in due order, the calls spread evenly over the interval (in
+   * POLL_TICK_MS steps) instead of arriving as one burst, and a room's period is
+   * max(interval, rooms / budget) by itself.
    */
   private armRoomPoll(room: Room): void {
-    const interval = this.settings.sanityCheckIntervalMs;
-    const key = this.roomPollKey(room);
-    if (interval <= 0 || this.heap.has(key)) return;
-    this.heap.schedule(key, this.clock.now() + Math.max(1, Math.round(interval * (1 - this.random()))));
+    if (this.settings.sanityCheckIntervalMs <= 0 || room.polled) return;
+    room.polled = true;
+    this.enqueuePoll(room);
   }
 
-  /** One room's poll: every connected job is checked with one request; then the next poll. */
-  private pollRoom(room: Room): void {
-    let polled = false;
-    for (const job of room.jobs.values()) {
-      if (job.state !== 'connected') continue;
-      this.queueLookup(job);
-      polled = true;
+  private enqueuePoll(room: Room): void {
+    const step = 1000 / this.settings.sanityCheckMaxPerSecond;
+    room.pollDue = Math.max(this.clock.now() + this.settings.sanityCheckIntervalMs, this.lastPollDue + step);
+    this.lastPollDue = room.pollDue;
+    this.pollQueue.push(room);
+    if (this.pollQueue.length === 1) this.schedulePollTick(room.pollDue);
+  }
+
+  private schedulePollTick(due: number): void {
+    this.heap.schedule(POLL_KEY, Math.ceil(due / POLL_TICK_MS) * POLL_TICK_MS);
+  }
+
+  /** Polls every room now due; each room's connected jobs share one request. */
+  private pollDueRooms(): void {
+    const now = this.clock.now();
+    for (let room = this.pollQueue.peek(); room && room.pollDue <= now; room = this.pollQueue.peek()) {
+      this.pollQueue.shift();
+      // A forgotten room's entry is stale; the room may exist again as a new object.
+      if (this.rooms.get(room.name) !== room) continue;
+      let polled = false;
+      for (const job of room.jobs.values()) {
+        if (job.state !== 'connected') continue;
+        this.queueLookup(job);
+        polled = true;
+      }
+      if (polled) this.enqueuePoll(room);
+      else room.polled = false;
     }
-    if (polled) this.heap.schedule(this.roomPollKey(room), this.clock.now() + this.settings.sanityCheckIntervalMs);
+    const next = this.pollQueue.peek();
+    if (next) this.schedulePollTick(next.pollDue);
   }
 
   // ---------------------------------------------------------------- timers, store, restore
@@ -791,26 +847,23 @@ export class Engine implements JobEngine {
 
   /** Waiting: the wait's end; other live states: the delayed event's deadline (heap-only). */
   private deadlineOf(job: Job): number | undefined {
-    return this.heap.dueOf(this.key(job, TIMER_DEADLINE));
+    return this.timers.dueOf(this.key(job, TIMER_DEADLINE));
   }
 
   private setDeadline(job: Job, at: number): void {
-    this.heap.schedule(this.key(job, TIMER_DEADLINE), at);
+    this.timers.schedule(this.key(job, TIMER_DEADLINE), at);
   }
 
   private onDue(key: number): void {
     if (this.stopped) return;
     if (key === PURGE_KEY) return this.purge();
-    if (key <= ROOM_POLL_KEY_BASE) {
-      const room = this.roomSlots[ROOM_POLL_KEY_BASE - key];
-      if (room) this.pollRoom(room);
-      return;
-    }
-    if (key <= PACER_KEY_BASE) {
-      const hs = this.serversByIndex[PACER_KEY_BASE - key];
-      if (hs) this.drainRestarts(hs);
-      return;
-    }
+    if (key === POLL_KEY) return this.pollDueRooms();
+    const hs = this.serversByIndex[PACER_KEY_BASE - key];
+    if (hs) this.drainRestarts(hs);
+  }
+
+  private onJobTimer(key: number): void {
+    if (this.stopped) return;
     const job = this.jobSlots[Math.floor(key / TIMERS)];
     if (!job) return;
     const timer = key % TIMERS;
@@ -841,15 +894,35 @@ export class Engine implements JobEngine {
    * restart success restores with the older deadline and only restarts earlier than needed; a lost
    * `sent` or `expired` sends once more and gets 404. So a send may go out in the same turn its
    * state is queued, and sends stay at most once at the homeserver.
+   *
+   * For the same reason a progress commit does not wait for its fsync (see commitProgress).
    */
   private persist(job: Job): void {
     if (this.stopped || job.flags & PERSIST_QUEUED) return;
     job.flags |= PERSIST_QUEUED;
     this.dirty.push(job);
     if (this.dirty.length > 1) return;
-    this.writer.write(() => this.writeDirty()).catch((err: unknown) => {
+    setImmediate(() => this.commitProgress());
+  }
+
+  /**
+   * Commits the turn's progress with synchronous=NORMAL: in WAL mode that survives a crash or
+   * kill -9 of the agent (the pages are in the OS already) and skips only the fsync, so a power
+   * loss may undo the last progress commits (safe, see persist) but never a delegation: the next
+   * FULL commit (a delegation, a purge) or checkpoint syncs the WAL, and the WAL keeps commit
+   * order. A mass disconnect commits progress every turn, and the fsync per turn blocked the
+   * event loop longer than everything else the agent does for a webhook.
+   */
+  private commitProgress(): void {
+    if (this.dirty.length === 0) return;
+    if (this.synchronous === 'full') this.db.exec('PRAGMA synchronous = NORMAL');
+    try {
+      transaction(this.db, () => this.writeDirty());
+    } catch (err) {
       this.log.error({ err }, 'job store write failed');
-    });
+    } finally {
+      if (this.synchronous === 'full') this.db.exec('PRAGMA synchronous = FULL');
+    }
   }
 
   /** Runs inside the group commit: the latest progress of every job marked since the last one. */
@@ -915,10 +988,8 @@ export class Engine implements JobEngine {
       row.id,
       this.roomOf(row.room),
       row.identity,
-      row.delay_id,
       row.delay_ms,
       this.serverOf(row.server_name),
-      row.scoped_token ?? undefined,
     );
     job.state = row.state;
     job.sid = row.sid ?? undefined;
@@ -975,7 +1046,7 @@ export class Engine implements JobEngine {
   /** A restored job's next restart: at its normal time if the stored deadline is confirmed. */
   private resumeRestarts(job: Job, deadline: number, now: number): void {
     const due = job.flags & RESTARTED ? this.nextRestartAfter(job, deadline - job.delayMs) : now;
-    if (due > now) this.heap.schedule(this.key(job, TIMER_ACTION), due);
+    if (due > now) this.timers.schedule(this.key(job, TIMER_ACTION), due);
     else this.runAction(job, 'restart', {});
   }
 
@@ -983,8 +1054,6 @@ export class Engine implements JobEngine {
     let room = this.rooms.get(name);
     if (!room) {
       room = new Room(name);
-      room.slot = this.freeRoomSlots.pop() ?? this.roomSlots.length;
-      this.roomSlots[room.slot] = room;
       this.rooms.set(name, room);
     }
     return room;
@@ -994,9 +1063,6 @@ export class Engine implements JobEngine {
     if (room.jobs.size === 0 && room.batch.length === 0 && !room.busy && !room.ready) {
       if (this.rooms.get(room.name) !== room) return;
       this.rooms.delete(room.name);
-      this.heap.cancel(this.roomPollKey(room));
-      this.roomSlots[room.slot] = undefined;
-      this.freeRoomSlots.push(room.slot);
     }
   }
 

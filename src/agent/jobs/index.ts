@@ -41,6 +41,11 @@ export interface EngineSettings {
   disconnectGraceMs: number;
   /** Period of the reconciliation poll of connected jobs; 0 turns it off (30 s). */
   sanityCheckIntervalMs: number;
+  /**
+   * The poll's budget: at most this many room polls per second on average. With more rooms than
+   * interval × budget, each room's period stretches to rooms / budget (100/s).
+   */
+  sanityCheckMaxPerSecond: number;
   /** Retry backoff for restarts, sends and lookups: initial, factor, cap, ± jitter fraction. */
   backoff: { initialMs: number; factor: number; maxMs: number; jitter: number };
   /**
@@ -48,6 +53,11 @@ export interface EngineSettings {
    * its deadline is never held back by it (only a 429 holds it back; see URGENT_FRACTION).
    */
   pacing: { perSecond: number; burst: number };
+  /**
+   * Restarts in flight per homeserver; further ones wait for a free slot, urgent ones first.
+   * Sends are not counted and never wait for a slot (32).
+   */
+  maxRestartsInFlight: number;
   /** How long finished jobs stay in the store before they are purged. */
   terminalRetentionMs: number;
 }
@@ -58,6 +68,7 @@ export const DEFAULT_ENGINE_SETTINGS: EngineSettings = {
   abortGraceMs: 30_000,
   disconnectGraceMs: 1000,
   sanityCheckIntervalMs: 30_000,
+  sanityCheckMaxPerSecond: 100,
   backoff: { initialMs: 1000, factor: 1.5, maxMs: 60_000, jitter: 0.5 },
   // A homeserver with N connected jobs needs N / 2 880 restarts/s with 1 h delays (one restart per
   // 0.8 h), so 100/s carries 288 k connected jobs per homeserver before the near-deadline bypass
@@ -67,6 +78,7 @@ export const DEFAULT_ENGINE_SETTINGS: EngineSettings = {
   // flooded, but it carries only ≈ 2.9 k jobs until its operator raises the limit.
   // Kept equal to engine.pacing in src/config/agent.ts by a test.
   pacing: { perSecond: 100, burst: 200 },
+  maxRestartsInFlight: 32,
   terminalRetentionMs: 24 * 3_600_000,
 };
 

@@ -59,7 +59,47 @@ describe('restart pacing per homeserver', () => {
       perSecond.set(second, (perSecond.get(second) ?? 0) + 1);
     }
     for (const n of perSecond.values()) expect(n).toBeLessThanOrEqual(70);
-    // Every due time of every job sits in one heap behind one timer.
-    expect(rig.clock.pending).toBe(1);
+    // Every due time of every job sits in one heap behind one timer, and the engine's own
+    // (pacing, purge, polls) in another.
+    expect(rig.clock.pending).toBeLessThanOrEqual(2);
+  });
+});
+
+describe('restarts in flight per homeserver', () => {
+  it('caps them, serves urgent restarts first when a slot frees, and never holds back a send', async () => {
+    const rig = await makeRig(dirs, { settings: { maxRestartsInFlight: 4, pacing: { perSecond: 1e6, burst: 1e6 } } });
+    rig.actions.hold.restart = true;
+    const jobs = Array.from({ length: 20 }, (_, i) => delegation(`room-${i % 2}`, `id-${i}`));
+    // One job with a short delay: its first restart is urgent from the start.
+    const urgent = { ...delegation('room-u', 'urgent'), delayTimeoutMs: 20_000 };
+    await Promise.all(jobs.map((d) => rig.engine.delegate(d)));
+    await settle();
+    for (const d of jobs) {
+      rig.engine.onParticipant({ kind: 'joined', livekitRoom: d.livekitRoom, session: { identity: d.identity, sid: `s-${d.identity}` } });
+    }
+    await settle();
+    expect(rig.actions.of('restart')).toHaveLength(4);
+    await rig.engine.delegate(urgent);
+    rig.engine.onParticipant({ kind: 'joined', livekitRoom: 'room-u', session: { identity: 'urgent', sid: 's-u' } });
+    await settle();
+    expect(rig.actions.of('restart')).toHaveLength(4);
+
+    // A participant whose restart waits leaves: its send goes out at once.
+    rig.engine.onParticipant({ kind: 'left', livekitRoom: 'room-1', session: { identity: 'id-19', sid: 's-id-19' } });
+    await rig.advance(GRACE_MS);
+    expect(rig.actions.of('send').map((c) => c.delayId)).toEqual(['d-id-19']);
+
+    // The first free slot goes to the urgent restart, ahead of 15 paced ones.
+    rig.actions.held.shift()!.resolve({ kind: 'ok' });
+    await settle();
+    expect(rig.actions.of('restart').map((c) => c.delayId).slice(4)).toEqual(['d-urgent']);
+    // Every other restart follows as slots free, never more than 4 at once.
+    while (rig.actions.held.length > 0) {
+      expect(rig.actions.held.length).toBeLessThanOrEqual(4);
+      rig.actions.held.shift()!.resolve({ kind: 'ok' });
+      await settle();
+    }
+    expect(new Set(rig.actions.of('restart').map((c) => c.delayId)).size).toBe(20);
+    expect(rig.engine.counts().connected).toBe(20);
   });
 });

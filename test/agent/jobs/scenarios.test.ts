@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { createLogger } from '../../../src/lib/logger.js';
 import { FakeClock } from '../../support/fake-clock.js';
-import { GRACE_MS, IDENTITY, makeRig, type Rig, ROOM, T0, TempDirs } from './harness.js';
+import { delegation, GRACE_MS, IDENTITY, makeRig, type Rig, ROOM, settle, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
@@ -566,13 +566,41 @@ describe('sanity poll', () => {
     const rig = await makeRig(dirs, { settings: poll });
     await connected(rig);
     rig.presence.set(ROOM, [{ identity: IDENTITY, sid: 'S1' }]);
-    // Each room polls at its own random phase (here half the interval), then every interval.
+    // A few rooms: each is polled one interval after it got its first connected job, and so on.
     await rig.advance(30_000);
-    expect(rig.presence.calls.at(-1)).toEqual({ room: ROOM, at: T0 + 15_000 });
+    expect(rig.presence.calls.at(-1)).toEqual({ room: ROOM, at: T0 + 30_000 });
     expect(sends(rig)).toBe(0);
     rig.presence.set(ROOM, []);
     await rig.advance(30_000);
-    expect(rig.actions.of('send').map((c) => c.at - T0)).toEqual([45_000]);
+    expect(rig.actions.of('send').map((c) => c.at - T0)).toEqual([60_000]);
+  });
+
+  it('stretches the period so that all rooms together stay within the budget', async () => {
+    const rig = await makeRig(dirs, { settings: { ...poll, sanityCheckMaxPerSecond: 10 } });
+    const rooms = Array.from({ length: 1000 }, (_, i) => `room-${i}`);
+    for (const room of rooms) {
+      await rig.engine.delegate(delegation({ livekitRoom: room, delayTimeoutMs: 3_600_000 }));
+      rig.presence.set(room, [{ identity: IDENTITY, sid: `S-${room}` }]);
+    }
+    await settle();
+    for (const room of rooms) {
+      rig.engine.onParticipant({ kind: 'joined', livekitRoom: room, session: { identity: IDENTITY, sid: `S-${room}` } });
+    }
+    await settle();
+    expect(rig.engine.counts().connected).toBe(1000);
+    const before = rig.presence.calls.length;
+    await rig.advance(400_000);
+    const polls = rig.presence.calls.slice(before);
+    // 1000 rooms at 10/s: every room once per 100 s, never more than the budget in any second.
+    const perSecond = new Map<number, number>();
+    for (const c of polls) perSecond.set(Math.floor(c.at / 1000), (perSecond.get(Math.floor(c.at / 1000)) ?? 0) + 1);
+    expect(Math.max(...perSecond.values())).toBeLessThanOrEqual(10);
+    // The rooms due within a second go out together, at most one wake-up a second.
+    expect(polls.every((c) => c.at % 1000 === 0)).toBe(true);
+    const ofRoom0 = polls.filter((c) => c.room === 'room-0').map((c) => c.at - T0);
+    expect(ofRoom0).toEqual([30_000, 130_000, 230_000, 330_000]);
+    expect(polls.length).toBeGreaterThanOrEqual(3700);
+    expect(sends(rig)).toBe(0);
   });
 
   it('adopts a rejoin that only the poll saw', async () => {
