@@ -138,12 +138,15 @@ export async function agentRestartSustain(p: SustainParams): Promise<Record<stri
     const r0 = w.counts.restart;
     const c0 = agent.cpuSeconds();
     const t0 = nowMs();
-    await sleep((p.windowSeconds ?? 20) * 1000);
+    // Every job connected at about the same moment, so restarts come in waves one mean period
+    // apart; a window of whole periods holds the same number of waves whatever its phase.
+    const period = 0.8 * p.delayMs * 0.975;
+    await sleep(Math.max(1, Math.round(((p.windowSeconds ?? 20) * 1000) / period)) * period);
     const restarts = w.counts.restart - r0;
     const cpu = agent.cpuSeconds() - c0;
     const wall = (nowMs() - t0) / 1000;
     const counts = await w.jobCounts();
-    const demand = p.jobs / ((0.8 * p.delayMs * 0.975) / 1000);
+    const demand = p.jobs / (period / 1000);
     return {
       jobs: p.jobs,
       delay_s: p.delayMs / 1000,
