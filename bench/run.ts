@@ -12,6 +12,8 @@
  *   npm run bench -- --only scale --merge bench/results/<earlier>.json
  *                                          re-runs some benchmarks, keeping the others' earlier results
  *   BENCH_CPU_PROF=/tmp/prof npm run bench -- --only recovery   profiles the system under test
+ *   BENCH_NODE_ARGS=--trace-gc BENCH_CHILD_LOG=/tmp/child.log npm run bench -- --only timers
+ *                                          extra Node flags for the system under test, its output kept
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';

@@ -13,6 +13,7 @@ import { Agent } from 'undici';
 
 import type { ParticipantSession, PresenceLookup } from '../agent/contracts.js';
 import { sessionOfJson } from './participants.js';
+import { Hs256 } from './jwt.js';
 import { type LiveKitCredentials, signRoomAdminToken } from './tokens.js';
 
 /** lk-jwt-service's room settings: closed 300 s after creation if nobody joins, 20 s after the last leaves. */
@@ -52,7 +53,8 @@ function twirpError(status: number, text: string): ServerError {
 
 export class LiveKitRooms implements PresenceLookup {
   private readonly client: RoomServiceClient;
-  private readonly creds: LiveKitCredentials;
+  private readonly apiKey: string;
+  private readonly signer: Hs256;
   private readonly now: () => number;
   private readonly origin: string;
   private readonly listPath: string;
@@ -65,7 +67,8 @@ export class LiveKitRooms implements PresenceLookup {
     const listUrl = new URL(LIST_PARTICIPANTS_PATH, opts.url.replace(/^ws/, 'http'));
     this.origin = listUrl.origin;
     this.listPath = listUrl.pathname;
-    this.creds = { key: opts.key, secret: opts.secret };
+    this.apiKey = opts.key;
+    this.signer = new Hs256(opts.secret);
     this.now = opts.now ?? Date.now;
     this.timeoutMs = timeoutSeconds * 1000;
     this.pool = new Agent({ keepAliveTimeout: 30_000, connections: 16, connect: { timeout: this.timeoutMs } });
@@ -86,7 +89,7 @@ export class LiveKitRooms implements PresenceLookup {
    * Twirp `not_found`, both authoritative. Every other failure throws, so it is never read as "gone".
    */
   async listParticipants(room: string): Promise<ParticipantSession[]> {
-    const jwt = signRoomAdminToken(this.creds, room, this.now(), ADMIN_TOKEN_TTL_S);
+    const jwt = signRoomAdminToken(this.signer, this.apiKey, room, this.now(), ADMIN_TOKEN_TTL_S);
     // Each phase (connect, answer, every body chunk) is bounded by the timeout. Not an
     // AbortSignal.timeout: its timer and abort plumbing cost as much again as the call itself.
     const res = await this.pool.request({

@@ -1,7 +1,7 @@
 /** LiveKit join tokens with the grants lk-jwt-service issues, and the agent's own admin tokens. */
-import { createHmac } from 'node:crypto';
-
 import { AccessToken } from 'livekit-server-sdk';
+
+import type { Hs256 } from './jwt.js';
 
 export interface LiveKitCredentials {
   key: string;
@@ -32,17 +32,19 @@ export async function mintJoinToken(
   return token.toJwt();
 }
 
-const HS256_HEADER = Buffer.from('{"alg":"HS256"}').toString('base64url');
-
 /**
  * A `roomAdmin` JWT for `room`, valid from `nowMs` for `ttlSeconds`: the same claims the SDK's
  * AccessToken writes, signed synchronously. The SDK signs through an async WebCrypto-style path
  * that costs more than the HTTP call it authorises, and ListParticipants needs one token per room,
  * so at a hundred thousand rooms no cache of them stays warm.
  */
-export function signRoomAdminToken(creds: LiveKitCredentials, room: string, nowMs: number, ttlSeconds: number): string {
+export function signRoomAdminToken(
+  signer: Hs256,
+  apiKey: string,
+  room: string,
+  nowMs: number,
+  ttlSeconds: number,
+): string {
   const nbf = Math.floor(nowMs / 1000);
-  const claims = { video: { roomAdmin: true, room }, iss: creds.key, exp: nbf + ttlSeconds, nbf };
-  const signed = `${HS256_HEADER}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
-  return `${signed}.${createHmac('sha256', creds.secret).update(signed).digest('base64url')}`;
+  return signer.sign({ video: { roomAdmin: true, room }, iss: apiKey, exp: nbf + ttlSeconds, nbf });
 }

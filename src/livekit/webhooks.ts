@@ -3,11 +3,12 @@
  * engine's `ParticipantSignal`, and deduplication by event id (LiveKit resends the same body, with
  * the same id, after a timeout or a 5xx).
  */
-import { createHash, createHmac, createSecretKey, type KeyObject, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 
 import { WebhookEvent, WebhookReceiver } from 'livekit-server-sdk';
 
 import type { ParticipantSignal } from '../agent/contracts.js';
+import { Hs256 } from './jwt.js';
 import { sessionOf } from './participants.js';
 import type { LiveKitCredentials } from './tokens.js';
 
@@ -93,13 +94,12 @@ const isOptionalNumber = (v: unknown): boolean => v === undefined || typeof v ==
 export class WebhookVerifier {
   private readonly receiver: WebhookReceiver;
   private readonly key: string;
-  /** A KeyObject, because createHmac re-imports a raw secret on every call (most of its cost). */
-  private readonly secret: KeyObject;
+  private readonly signer: Hs256;
 
   constructor(creds: LiveKitCredentials, private readonly nowMs: () => number = Date.now) {
     this.receiver = new WebhookReceiver(creds.key, creds.secret);
     this.key = creds.key;
-    this.secret = createSecretKey(Buffer.from(creds.secret, 'utf8'));
+    this.signer = new Hs256(creds.secret);
   }
 
   /**
@@ -123,7 +123,7 @@ export class WebhookVerifier {
     if (!isObject(header) || header.alg !== 'HS256') return false;
     if (Object.keys(header).some((k) => k !== 'alg' && k !== 'typ')) return false;
     if (!BASE64URL.test(signaturePart)) return false;
-    const expected = createHmac('sha256', this.secret).update(`${headerPart}.${payloadPart}`).digest();
+    const expected = this.signer.signature(`${headerPart}.${payloadPart}`);
     const given = Buffer.from(signaturePart, 'base64url');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return false;
     const claims = decodeJsonPart(payloadPart);

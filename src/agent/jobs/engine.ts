@@ -11,7 +11,7 @@
  * time, delay id, scoped token) stays in the store, and the deadline lives in the timer heap only.
  * About 360 bytes per connected job, strings included (test/agent/jobs/memory.measure.ts).
  */
-import type { DatabaseSync } from 'node:sqlite';
+import type { DatabaseSync, StatementSync } from 'node:sqlite';
 
 import type { Logger } from 'pino';
 
@@ -205,7 +205,8 @@ export class Engine implements JobEngine {
   private readonly db: DatabaseSync;
   private readonly store: JobStore;
   private readonly writer: BatchWriter;
-  private readonly synchronous: 'normal' | 'full';
+  /** With synchronous=FULL: the pragmas a progress commit runs around itself (see commitProgress). */
+  private readonly progressPragmas: { skipFsync: StatementSync; restore: StatementSync } | undefined;
   private readonly heap: TimerHeap<number>;
   private readonly timers: TimerHeap<number>;
   private readonly pacer: RateLimiter;
@@ -245,8 +246,12 @@ export class Engine implements JobEngine {
     this.observer = opts.observer ?? {};
     this.actions = opts.actions;
     this.presence = opts.presence;
-    this.synchronous = opts.synchronous ?? 'full';
-    this.db = openDatabase(opts.dbPath, this.synchronous);
+    const synchronous = opts.synchronous ?? 'full';
+    this.db = openDatabase(opts.dbPath, synchronous);
+    this.progressPragmas =
+      synchronous === 'full'
+        ? { skipFsync: this.db.prepare('PRAGMA synchronous = NORMAL'), restore: this.db.prepare('PRAGMA synchronous = FULL') }
+        : undefined;
     this.store = new JobStore(this.db);
     this.writer = new BatchWriter(this.db);
     this.heap = new TimerHeap<number>((key) => this.onDue(key), this.clock);
@@ -915,13 +920,13 @@ export class Engine implements JobEngine {
    */
   private commitProgress(): void {
     if (this.dirty.length === 0) return;
-    if (this.synchronous === 'full') this.db.exec('PRAGMA synchronous = NORMAL');
+    this.progressPragmas?.skipFsync.run();
     try {
       transaction(this.db, () => this.writeDirty());
     } catch (err) {
       this.log.error({ err }, 'job store write failed');
     } finally {
-      if (this.synchronous === 'full') this.db.exec('PRAGMA synchronous = FULL');
+      this.progressPragmas?.restore.run();
     }
   }
 

@@ -12,18 +12,19 @@ import { waitFor } from '../../e2e/support/proc.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { type Session, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
-  capturingLogger,
   act,
   ALICE_AND_BOB,
+  capturingLogger,
   delayIdOf,
   MANY_MANAGEMENT_CALLS,
+  nextTurn,
+  ONE_SEND_PER_USER,
   scheduleMessage,
   scheduleState,
   timeline,
   U,
 } from './support.js';
 
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 /**
  * Event-loop turns until none of the events is still scheduled: a batch also ends when its time
  * budget (a few ms of real time) runs out, which a loaded test machine can make happen.
@@ -88,7 +89,7 @@ describe('batched timed sends', () => {
     ({ t, roomId, users: { alice, bob } } = await startWithRoom({
       ...ALICE_AND_BOB,
       clock,
-      overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
+      overrides: ONE_SEND_PER_USER,
     }));
     const a1 = await delayIdOf(scheduleMessage(t, alice, roomId, 1_000, { n: 1 }));
     const b2 = await delayIdOf(scheduleMessage(t, bob, roomId, 1_001, { n: 2 }));

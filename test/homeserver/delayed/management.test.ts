@@ -12,6 +12,7 @@ import {
   ALICE_AND_BOB,
   delayIdOf,
   MANY_MANAGEMENT_CALLS,
+  ONE_SEND_PER_USER,
   OPEN_ROOM,
   openRoom,
   roomPath,
@@ -372,7 +373,7 @@ describe('management rate limits', () => {
     const { t, roomId, users: { alice } } = await startWithRoom({
       users: ['alice'],
       room: OPEN_ROOM,
-      overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
+      overrides: ONE_SEND_PER_USER,
       clock,
     });
     try {

@@ -15,10 +15,12 @@ import { waitFor } from '../../e2e/support/proc.js';
 import { FakeClock } from '../../support/fake-clock.js';
 import { type Session, startTestHomeserver, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
-  capturingLogger,
   act,
+  capturingLogger,
   delayIdOf,
   newTxn,
+  nextTurn,
+  ONE_SEND_PER_USER,
   OPEN_ROOM,
   openRoom,
   scheduleDedicated,
@@ -27,11 +29,10 @@ import {
   U,
 } from './support.js';
 
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('restart of the homeserver', () => {
   let dataDir: string;
-  const overrides = { rate_limits: { send: { per_second: 0.001, burst: 1 } } };
+  const overrides = ONE_SEND_PER_USER;
 
   beforeAll(() => {
     dataDir = mkdtempSync(join(tmpdir(), 'lastwill-delayed-restart-'));
@@ -137,7 +138,7 @@ describe('a failing database during timed sends', () => {
       users: ['alice'],
       room: OPEN_ROOM,
       // One send per ~17 min: the second due event takes the rate-limited (finalise-as-failed) path.
-      overrides: { rate_limits: { send: { per_second: 0.001, burst: 1 } } },
+      overrides: ONE_SEND_PER_USER,
       clock,
       log,
     });

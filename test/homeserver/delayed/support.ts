@@ -113,6 +113,12 @@ export const OPEN_ROOM = {
 export const ALICE_AND_BOB = { users: ['alice', 'bob'], room: OPEN_ROOM, members: ['bob'] } as const;
 
 /** Limits for tests making many management calls from one user (the limit is tested apart). */
+/** One timed send per user, then none for ~17 min: the next due event takes the rate-limited path. */
+export const ONE_SEND_PER_USER = { rate_limits: { send: { per_second: 0.001, burst: 1 } } };
+
+/** One turn of the event loop (a timed send's drain runs on setImmediate). */
+export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
 export const MANY_MANAGEMENT_CALLS = { rate_limits: { management: { per_second: 1000, burst: 1000 } } };
 
 /** Another OPEN_ROOM, created by `owner` and joined by `members`. */
