@@ -28,6 +28,7 @@ export async function hsThroughput(p: ThroughputParams): Promise<Record<string, 
     const lat: number[] = [];
     let errors = 0;
     const cpu0 = hs.child?.cpuSeconds();
+    const loadCpu0 = process.cpuUsage();
     const t0 = nowMs();
     const count = await runFor(phaseMs, clients, async (w, n) => {
       const s = nowMs();
@@ -42,7 +43,13 @@ export async function hsThroughput(p: ThroughputParams): Promise<Record<string, 
     out[`${name}_p99_ms`] = d.p99;
     out[`${name}_errors`] = errors;
     if (cpu0 !== undefined) out[`${name}_cpu_pct`] = (100 * (hs.child!.cpuSeconds() - cpu0)) / wall;
-    p.log?.(`  ${p.target} ${name}: ${(count / wall).toFixed(0)}/s (p99 ${d.p99.toFixed(1)} ms, errors ${errors})`);
+    // The load generator shares the machine: its own CPU shows when it, not the server, is the limit.
+    const loadCpu = process.cpuUsage(loadCpu0);
+    out[`${name}_load_cpu_pct`] = (100 * (loadCpu.user + loadCpu.system)) / 1e6 / wall;
+    p.log?.(
+      `  ${p.target} ${name}: ${(count / wall).toFixed(0)}/s (p99 ${d.p99.toFixed(1)} ms, errors ${errors}, ` +
+        `server cpu ${out[`${name}_cpu_pct`]?.toFixed(0) ?? '?'} %, load generator cpu ${out[`${name}_load_cpu_pct`]!.toFixed(0)} %)`,
+    );
   };
   try {
     await phase('schedule', async (w, n) => {

@@ -1,7 +1,9 @@
 /**
  * Prints the hottest functions of a V8 .cpuprofile (self time, and total time by function),
  * e.g. after `BENCH_CPU_PROF=/tmp/prof npm run bench -- --only disconnect`.
- *   npx tsx bench/profile-top.ts /tmp/prof/CPU...cpuprofile [count]
+ *   npx tsx bench/profile-top.ts /tmp/prof/CPU...cpuprofile [count] [from-s] [to-s]
+ * The optional window (seconds since the profile started) picks one phase of a run, such as
+ * the restart phase of the throughput benchmark.
  */
 import { readFileSync } from 'node:fs';
 
@@ -11,7 +13,7 @@ interface Node {
   children?: number[];
 }
 
-const [file, countArg] = process.argv.slice(2);
+const [file, countArg, fromArg, toArg] = process.argv.slice(2);
 if (!file) {
   process.stderr.write('usage: profile-top.ts <file.cpuprofile> [count]\n');
   process.exit(2);
@@ -21,7 +23,14 @@ const byId = new Map(prof.nodes.map((n) => [n.id, n]));
 const parent = new Map<number, number>();
 for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
 const selfUs = new Map<number, number>();
-prof.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (prof.timeDeltas[i] ?? 0)));
+const fromUs = Number(fromArg ?? 0) * 1e6;
+const toUs = toArg === undefined ? Infinity : Number(toArg) * 1e6;
+let atUs = 0;
+prof.samples.forEach((id, i) => {
+  const us = prof.timeDeltas[i] ?? 0;
+  atUs += us;
+  if (atUs >= fromUs && atUs < toUs) selfUs.set(id, (selfUs.get(id) ?? 0) + us);
+});
 const label = (n: Node) => {
   const url = n.callFrame.url.replace(/^.*\/(node_modules\/|dist\/|src\/)/, '$1');
   return `${n.callFrame.functionName || '(anonymous)'} ${url}:${n.callFrame.lineNumber + 1}`;

@@ -34,7 +34,7 @@ import {
 } from '../livekit/identity.js';
 import { LiveKitRooms } from '../livekit/room-service.js';
 import { type LiveKitCredentials, mintJoinToken } from '../livekit/tokens.js';
-import { eventLabel, RecentIds, toParticipantSignal, WebhookVerifier } from '../livekit/webhooks.js';
+import { eventLabel, RecentIds, type VerifiedWebhook, WebhookVerifier } from '../livekit/webhooks.js';
 import { DelayedEventsClient } from '../matrix/delayed-events-client.js';
 import { HomeserverDirectory } from '../matrix/discovery.js';
 import { OpenIdVerifier, serverOfUserId } from '../matrix/openid.js';
@@ -294,9 +294,9 @@ export function buildAgent(deps: AgentDeps): Agent {
   const webhookRoute: Handler = async (ctx) => {
     const rawBody = (await ctx.rawBody()).toString('utf8');
     const auth = ctx.req.headers.authorization;
-    let event;
+    let hook: VerifiedWebhook;
     try {
-      event = await webhookVerifier.verify(rawBody, auth);
+      hook = await webhookVerifier.verify(rawBody, auth);
     } catch (err) {
       metrics.webhooks.inc({ event: 'unverified', verdict: 'forged' });
       log.warn({ reason: (err as Error).message, remote: ctx.remoteAddress }, 'webhook rejected: signature check failed');
@@ -304,12 +304,12 @@ export function buildAgent(deps: AgentDeps): Agent {
     }
     // LiveKit stalls a room's whole webhook queue while we answer, so reply first, work after.
     setImmediate(() => {
-      const label = eventLabel(event.event);
-      if (event.id !== '' && !recentWebhooks.firstSighting(event.id)) {
+      const label = eventLabel(hook.event);
+      if (hook.id !== '' && !recentWebhooks.firstSighting(hook.id)) {
         metrics.webhooks.inc({ event: label, verdict: 'duplicate' });
         return;
       }
-      const signal = toParticipantSignal(event);
+      const signal = hook.signal;
       if (!signal) {
         metrics.webhooks.inc({ event: label, verdict: 'ignored' });
         return;

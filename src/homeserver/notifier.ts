@@ -10,6 +10,9 @@
  */
 import type { Clock } from '../lib/timer-heap.js';
 
+/** Most rooms whose latest position is remembered; past this the memory starts over. */
+const MAX_ROOM_POSITIONS = 65_536;
+
 /** Who a waiting long poll is for: a write to one of `rooms`, or about `userId`, wakes it. */
 export interface WaitInterest {
   userId: string;
@@ -26,6 +29,12 @@ export class StreamNotifier {
   private readonly waiters = new Set<Waiter>();
   private readonly touchedRooms = new Set<string>();
   private readonly touchedUsers = new Set<string>();
+  /**
+   * Per room, a position at or after its newest write (since start; forgotten past
+   * MAX_ROOM_POSITIONS rooms): /sync skips reading a room nothing was written to since the
+   * token, which is most rooms of most long polls.
+   */
+  private readonly roomPositions = new Map<string, number>();
 
   constructor(
     initial: number,
@@ -44,10 +53,24 @@ export class StreamNotifier {
     return ++this.position;
   }
 
-  /** Records that a write since the last `notify` concerns `roomId` (and `userId`, if given). */
+  /**
+   * Records that a write since the last `notify` concerns `roomId` (and `userId`, if given). Called
+   * after the write took its position (`next`), so the room's position covers it.
+   */
   touch(roomId: string, userId?: string): void {
     this.touchedRooms.add(roomId);
     if (userId !== undefined) this.touchedUsers.add(userId);
+    if (this.roomPositions.size >= MAX_ROOM_POSITIONS && !this.roomPositions.has(roomId)) this.roomPositions.clear();
+    this.roomPositions.set(roomId, this.position);
+  }
+
+  /**
+   * True when nothing was written to the room after position `since` (false when not known, for
+   * a room not written to since start: the caller then reads it).
+   */
+  roomUnchangedSince(roomId: string, since: number): boolean {
+    const position = this.roomPositions.get(roomId);
+    return position !== undefined && position <= since;
   }
 
   /**

@@ -107,8 +107,10 @@ export class SyncBuilder {
     // A fresh join gets the room from the start, like an initial sync of that room.
     const incremental = since !== undefined && !changedSince;
     const after = incremental ? since : 0;
+    const quiet = incremental && roomData.length === 0 && !opts.fullState;
+    if (quiet && this.notifier.roomUnchangedSince(roomId, since)) return undefined;
     const rows = this.store.eventsBackward(roomId, upTo, after, opts.timelineLimit + 1);
-    if (incremental && rows.length === 0 && roomData.length === 0 && !opts.fullState) return undefined;
+    if (quiet && rows.length === 0) return undefined;
     const { timeline, limited, inTimeline } = this.timeline(rows, opts.timelineLimit, after, userId, now);
     let stateRows: EventRow[];
     if (!incremental || opts.fullState) stateRows = this.store.roomState(roomId);

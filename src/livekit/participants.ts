@@ -1,20 +1,8 @@
 /** LiveKit's participant records as the engine's sessions. */
-import type { ParticipantInfo } from 'livekit-server-sdk';
-
 import type { ParticipantSession } from '../agent/contracts.js';
 
 /**
- * The session a participant record describes. Start time: `joinedAtMs`, else `joinedAt` seconds
- * (older servers), else unknown; protobuf zero values mean "not set".
- */
-export function sessionOf(
-  p: Pick<ParticipantInfo, 'identity' | 'sid' | 'joinedAt' | 'joinedAtMs'>,
-): ParticipantSession {
-  return session(p.identity, p.sid, Number(p.joinedAtMs), Number(p.joinedAt));
-}
-
-/**
- * The same from a participant in Twirp's JSON (proto3 JSON: 64-bit integers as strings, field
+ * The session of a participant in Twirp's JSON (proto3 JSON: 64-bit integers as strings, field
  * names in either spelling), read without building the whole protobuf message: the sanity poll
  * decodes one answer per room, and only these four fields matter. A record without a string
  * identity and sid throws, so a garbled answer is a failed lookup, never an empty room.
@@ -27,7 +15,11 @@ export function sessionOfJson(p: Record<string, unknown>): ParticipantSession {
   return session(identity, sid, Number(p.joinedAtMs ?? p.joined_at_ms ?? 0), Number(p.joinedAt ?? p.joined_at ?? 0));
 }
 
-function session(identity: string, sid: string, joinedAtMs: number, joinedAtS: number): ParticipantSession {
+/**
+ * The session from a participant's fields. Start time: `joinedAtMs`, else `joinedAt` seconds
+ * (older servers), else unknown; protobuf zero values (0) mean "not set".
+ */
+export function session(identity: string, sid: string, joinedAtMs: number, joinedAtS: number): ParticipantSession {
   const startMs = joinedAtMs > 0 ? joinedAtMs : joinedAtS > 0 ? joinedAtS * 1000 : undefined;
   return { identity, sid, ...(startMs !== undefined ? { joinedAtMs: startMs } : {}) };
 }

@@ -3,13 +3,13 @@
  * engine's `ParticipantSignal`, and deduplication by event id (LiveKit resends the same body, with
  * the same id, after a timeout or a 5xx).
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 
 import { WebhookEvent, WebhookReceiver } from 'livekit-server-sdk';
 
 import type { ParticipantSignal } from '../agent/contracts.js';
 import { Hs256 } from './jwt.js';
-import { sessionOf } from './participants.js';
+import { session } from './participants.js';
 import type { LiveKitCredentials } from './tokens.js';
 
 /**
@@ -95,6 +95,8 @@ export class WebhookVerifier {
   private readonly receiver: WebhookReceiver;
   private readonly key: string;
   private readonly signer: Hs256;
+  /** The last header part that passed the header check. */
+  private knownHeader: string | undefined;
 
   constructor(creds: LiveKitCredentials, private readonly nowMs: () => number = Date.now) {
     this.receiver = new WebhookReceiver(creds.key, creds.secret);
@@ -106,12 +108,13 @@ export class WebhookVerifier {
    * Checks the JWT in `authorization` and the body hash, then decodes. Throws when either fails;
    * the caller answers 401. The raw body must be passed untouched.
    */
-  async verify(rawBody: string, authorization: string | undefined): Promise<WebhookEvent> {
+  async verify(rawBody: string, authorization: string | undefined): Promise<VerifiedWebhook> {
     if (authorization === undefined || authorization === '') throw new Error('authorization header is empty');
     if (this.fastCheck(rawBody, authorization)) {
-      return WebhookEvent.fromJson(JSON.parse(rawBody) as WebhookJson, { ignoreUnknownFields: true });
+      const json: unknown = JSON.parse(rawBody);
+      return readWebhook(json) ?? verified(WebhookEvent.fromJson(json as WebhookJson, { ignoreUnknownFields: true }));
     }
-    return this.receiver.receive(rawBody, authorization);
+    return verified(await this.receiver.receive(rawBody, authorization));
   }
 
   /** True only when the SDK would accept the pair too; false means "ask the SDK". */
@@ -119,9 +122,13 @@ export class WebhookVerifier {
     const parts = token.split('.');
     if (parts.length !== 3) return false;
     const [headerPart, payloadPart, signaturePart] = parts as [string, string, string];
-    const header = decodeJsonPart(headerPart);
-    if (!isObject(header) || header.alg !== 'HS256') return false;
-    if (Object.keys(header).some((k) => k !== 'alg' && k !== 'typ')) return false;
+    // LiveKit signs every webhook with the same header: checked once, then known by its text.
+    if (headerPart !== this.knownHeader) {
+      const header = decodeJsonPart(headerPart);
+      if (!isObject(header) || header.alg !== 'HS256') return false;
+      if (Object.keys(header).some((k) => k !== 'alg' && k !== 'typ')) return false;
+      this.knownHeader = headerPart;
+    }
     if (!BASE64URL.test(signaturePart)) return false;
     const expected = this.signer.signature(`${headerPart}.${payloadPart}`);
     const given = Buffer.from(signaturePart, 'base64url');
@@ -133,8 +140,24 @@ export class WebhookVerifier {
     if (typeof exp !== 'number' || exp <= now - CLOCK_TOLERANCE_S) return false;
     if (!isOptionalNumber(nbf) || (typeof nbf === 'number' && nbf > now + CLOCK_TOLERANCE_S)) return false;
     if (!isOptionalNumber(iat)) return false;
-    return claims.sha256 === createHash('sha256').update(body, 'utf8').digest('base64');
+    return claims.sha256 === hash('sha256', body, 'base64');
   }
+}
+
+/** A verified webhook as the agent uses it: its name and id, and the engine's signal if any. */
+export interface VerifiedWebhook {
+  event: string;
+  id: string;
+  signal: ParticipantSignal | undefined;
+}
+
+/** The participant fields a signal is built from (protojson zero values already defaulted). */
+interface ParticipantFields {
+  identity: string;
+  sid: string;
+  joinedAtS: number;
+  joinedAtMs: number;
+  disconnectReason: number;
 }
 
 /**
@@ -143,20 +166,121 @@ export class WebhookVerifier {
  * means UNKNOWN_REASON.
  */
 export function toParticipantSignal(event: WebhookEvent): ParticipantSignal | undefined {
-  const kind = SIGNAL_KINDS[event.event];
-  const participant = event.participant;
-  const roomName = event.room?.name ?? '';
+  const p = event.participant;
+  return signalOf(
+    event.event,
+    event.room?.name ?? '',
+    p && { identity: p.identity, sid: p.sid, joinedAtS: Number(p.joinedAt), joinedAtMs: Number(p.joinedAtMs), disconnectReason: p.disconnectReason },
+    event.createdAt > 0n ? Number(event.createdAt) : 0,
+  );
+}
+
+function signalOf(
+  event: string,
+  roomName: string,
+  participant: ParticipantFields | undefined,
+  createdAtS: number,
+): ParticipantSignal | undefined {
+  const kind = SIGNAL_KINDS[event];
   if (kind === undefined || participant === undefined || participant.identity === '' || roomName === '') {
     return undefined;
   }
   const signal: ParticipantSignal = {
     kind,
     livekitRoom: roomName,
-    session: sessionOf(participant),
-    ...(event.createdAt > 0n ? { createdAtMs: Number(event.createdAt) * 1000 } : {}),
+    session: session(participant.identity, participant.sid, participant.joinedAtMs, participant.joinedAtS),
+    ...(createdAtS > 0 ? { createdAtMs: createdAtS * 1000 } : {}),
   };
   if (kind !== 'joined') signal.disconnectReason = disconnectReasonName(participant.disconnectReason);
   return signal;
+}
+
+function verified(event: WebhookEvent): VerifiedWebhook {
+  return { event: event.event, id: event.id, signal: toParticipantSignal(event) };
+}
+
+/** A field the direct read leaves to the SDK's decoder (see readWebhook). */
+const UNDECIDED = Symbol('undecided');
+type Read<T> = T | typeof UNDECIDED;
+
+const REASON_NUMBERS: ReadonlyMap<string, number> = new Map(DISCONNECT_REASONS.map((name, i) => [name, i]));
+
+/**
+ * A protojson field by either of its names (absent: undefined). With both present the SDK's
+ * result depends on their order in the body: undecided.
+ */
+function field(o: Record<string, unknown>, json: string, proto: string): unknown {
+  const a = o[json];
+  const b = o[proto];
+  if (a !== undefined && b !== undefined) return UNDECIDED;
+  return a !== undefined ? a : b;
+}
+
+function readString(v: unknown): Read<string> {
+  if (v === undefined) return '';
+  // The SDK rejects strings that are not valid UTF-16 (lone surrogates from \u escapes).
+  return typeof v === 'string' && v.isWellFormed() ? v : UNDECIDED;
+}
+
+/** int64: a JSON number or decimal string; only the range a double holds exactly is read here. */
+function readInt64(v: unknown): Read<number> {
+  if (v === undefined) return 0;
+  if (typeof v === 'number') return Number.isSafeInteger(v) ? v : UNDECIDED;
+  return typeof v === 'string' && /^-?\d{1,15}$/.test(v) ? Number(v) : UNDECIDED;
+}
+
+/** An enum: its number, or a name this file knows. */
+function readReason(v: unknown): Read<number> {
+  if (v === undefined) return 0;
+  if (typeof v === 'number') return Number.isInteger(v) ? v : UNDECIDED;
+  return (typeof v === 'string' ? REASON_NUMBERS.get(v) : undefined) ?? UNDECIDED;
+}
+
+function readObject(v: unknown): Read<Record<string, unknown> | undefined> {
+  if (v === undefined) return undefined;
+  return isObject(v) ? v : UNDECIDED;
+}
+
+/**
+ * The few fields the agent uses, read straight from the parsed body. The SDK's decoder
+ * (WebhookEvent.fromJson, reflective protobuf-es) builds and checks the whole message and was the
+ * largest single cost of a webhook at a mass disconnect. This read takes only the plain protojson
+ * forms LiveKit writes and returns exactly what the SDK's decoding would give for them; anything
+ * else it leaves to the SDK (undefined), whose verdict then stands: a null, a value of another
+ * type, an int64 beyond 15 digits, a reason name this file does not know, both spellings of a
+ * field. Fields the agent does not read are not checked: the signature vouches for the body.
+ */
+export function readWebhook(json: unknown): VerifiedWebhook | undefined {
+  if (!isObject(json)) return undefined;
+  const event = readString(json.event);
+  const id = readString(json.id);
+  if (event === UNDECIDED || id === UNDECIDED) return undefined;
+  if (SIGNAL_KINDS[event] === undefined) return { event, id, signal: undefined };
+  const createdAt = readInt64(field(json, 'createdAt', 'created_at'));
+  const room = readObject(json.room);
+  const p = readObject(json.participant);
+  if (createdAt === UNDECIDED || room === UNDECIDED || p === UNDECIDED) return undefined;
+  const roomName = room === undefined ? '' : readString(room.name);
+  if (roomName === UNDECIDED) return undefined;
+  let participant: ParticipantFields | undefined;
+  if (p !== undefined) {
+    const identity = readString(p.identity);
+    const sid = readString(p.sid);
+    const joinedAtS = readInt64(field(p, 'joinedAt', 'joined_at'));
+    const joinedAtMs = readInt64(field(p, 'joinedAtMs', 'joined_at_ms'));
+    const disconnectReason = readReason(field(p, 'disconnectReason', 'disconnect_reason'));
+    if (
+      identity === UNDECIDED ||
+      sid === UNDECIDED ||
+      joinedAtS === UNDECIDED ||
+      joinedAtMs === UNDECIDED ||
+      disconnectReason === UNDECIDED
+    ) {
+      return undefined;
+    }
+    participant = { identity, sid, joinedAtS, joinedAtMs, disconnectReason };
+  }
+  return { event, id, signal: signalOf(event, roomName, participant, createdAt) };
 }
 
 /**

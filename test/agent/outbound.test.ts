@@ -56,7 +56,7 @@ afterEach(async () => {
 
 function setup(
   overrides: Record<string, string>,
-  opts: { insecure?: boolean; named?: string[]; idleMs?: number; directory?: Partial<DirectoryOptions> } = {},
+  opts: { insecure?: boolean; named?: string[]; idleMs?: number; maxBodyBytes?: number; directory?: Partial<DirectoryOptions> } = {},
 ) {
   const guard = OutboundGuard.fromConfig(
     { full_access_homeservers: opts.named ?? [], cs_api_url_overrides: overrides },
@@ -69,6 +69,7 @@ function setup(
     insecureTls: opts.insecure ?? false,
     log: silentLogger(),
     ...(opts.idleMs !== undefined ? { idleMs: opts.idleMs } : {}),
+    ...(opts.maxBodyBytes !== undefined ? { maxBodyBytes: opts.maxBodyBytes } : {}),
   });
   clients.push(http);
   const directory = new HomeserverDirectory({ http, overrides, cacheTtlMs: 60_000, ...opts.directory });
@@ -307,6 +308,20 @@ describe('restart/send classification', () => {
 });
 
 describe('outbound connections', () => {
+  it('reads an answer whole, and refuses one larger than the limit', async () => {
+    const id = `big-${Math.random()}`;
+    const error = 'x'.repeat(2000);
+    hs.script(id, 'send', [{ status: 500, body: { errcode: 'M_UNKNOWN', error }, headers: { 'x-extra': 'yes' } }], { status: 500, body: { errcode: 'M_UNKNOWN', error } });
+    const url = new URL(`/_matrix/client/unstable/org.matrix.msc4140/delayed_events/${id}/send`, hs.url);
+    const { http } = setup({}, { named: ['127.0.0.1'] });
+    const res = await http.request(url, { method: 'POST', body: '{}' });
+    expect(res).toMatchObject({ status: 500, headers: { 'x-extra': 'yes' } });
+    expect(JSON.parse(res.text)).toEqual({ errcode: 'M_UNKNOWN', error });
+    const small = setup({}, { named: ['127.0.0.1'], maxBodyBytes: 1000 }).http;
+    await expect(small.request(url, { method: 'POST', body: '{}' })).rejects.toThrow('response body too large');
+  });
+
+
   it('drops an origin once its connections have been idle', async () => {
     const { http } = setup({}, { named: ['127.0.0.1'], idleMs: 200 });
     const res = await http.request(new URL('/.well-known/matrix/server', hs.url), { method: 'GET' });

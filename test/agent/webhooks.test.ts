@@ -1,9 +1,9 @@
 import { createHash, createHmac } from 'node:crypto';
 
-import { WebhookReceiver } from 'livekit-server-sdk';
+import { WebhookEvent, WebhookReceiver } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
-import { RecentIds, toParticipantSignal, WebhookVerifier } from '../../src/livekit/webhooks.js';
+import { readWebhook, RecentIds, toParticipantSignal, WebhookVerifier } from '../../src/livekit/webhooks.js';
 import { type FakeSfu, startFakeSfu } from '../fakes/fake-sfu.js';
 
 const creds = { key: 'testkey', secret: 'testsecret-long-enough-for-hs256' };
@@ -25,8 +25,8 @@ describe('webhook verification', () => {
       disconnectReason: 'CLIENT_INITIATED',
       createdAtSeconds: 1_700_000_100,
     });
-    const event = await verifier.verify(body, headers.authorization);
-    expect(toParticipantSignal(event)).toMatchObject({
+    const hook = await verifier.verify(body, headers.authorization);
+    expect(hook.signal).toMatchObject({
       kind: 'left',
       livekitRoom: 'ROOM',
       session: { identity: 'IDENT', sid: 'PA_1' },
@@ -64,10 +64,36 @@ describe('webhook verification without the SDK round trip', () => {
   it('accepts what LiveKit signs without asking the SDK, with the same decoded event', async () => {
     const { body, headers } = await sfu.signWebhook({ event: 'participant_joined', room: 'R', identity: 'I', sid: 'PA_9' });
     const spy = sdkCalls();
-    const event = await verifier.verify(body, headers.authorization);
+    const decode = vi.spyOn(WebhookEvent, 'fromJson');
+    const hook = await verifier.verify(body, headers.authorization);
     expect(spy).not.toHaveBeenCalled();
+    expect(decode).not.toHaveBeenCalled();
     const bySdk = await new WebhookReceiver(creds.key, creds.secret).receive(body, headers.authorization);
-    expect(event.toJson()).toEqual(bySdk.toJson());
+    expect(hook).toEqual({ event: bySdk.event, id: bySdk.id, signal: toParticipantSignal(bySdk) });
+    expect(hook.signal?.session.joinedAtMs).toBeGreaterThan(0);
+  });
+
+  it('leaves bodies the direct read is unsure of to the SDK decoder, whose verdict stands', async () => {
+    const participant = { identity: 'I', sid: 'PA_1', disconnectReason: 'SIGNAL_CLOSE' };
+    const left = (p: Record<string, unknown>) => JSON.stringify({ event: 'participant_left', id: 'EV', room: { name: 'R' }, participant: p });
+    const verify = (body: string) => verifier.verify(body, token(body));
+    const decode = vi.spyOn(WebhookEvent, 'fromJson');
+    // A reason name newer than this code: the SDK ignores it (the zero value).
+    await expect(verify(left({ ...participant, disconnectReason: 'SOME_FUTURE_REASON' }))).resolves.toMatchObject({
+      signal: { kind: 'left', disconnectReason: 'UNKNOWN_REASON' },
+    });
+    expect(decode).toHaveBeenCalledTimes(1);
+    // Wrong types and lone surrogates: the SDK rejects them, so the webhook is rejected.
+    for (const body of [
+      left({ ...participant, identity: 5 }),
+      left({ ...participant, joinedAtMs: '12x' }),
+      left({ ...participant, sid: 'PA_\uD800' }),
+      JSON.stringify({ event: 'participant_left', room: 'R', participant }),
+      JSON.stringify({ event: 'participant_left', createdAt: 1.5, room: { name: 'R' }, participant }),
+    ]) {
+      await expect(verify(body)).rejects.toThrow();
+    }
+    expect(decode).toHaveBeenCalledTimes(6);
   });
 
   it('leaves every other token to the SDK: it accepts an HS512 one, and its verdicts stand', async () => {
@@ -93,7 +119,7 @@ describe('webhook verification without the SDK round trip', () => {
 describe('webhook decoding', () => {
   const decode = async (init: Parameters<FakeSfu['signWebhook']>[0]) => {
     const { body, headers } = await sfu.signWebhook(init);
-    return toParticipantSignal(await verifier.verify(body, headers.authorization));
+    return (await verifier.verify(body, headers.authorization)).signal;
   };
 
   it('defaults an absent disconnect reason (protojson zero value) to UNKNOWN_REASON', async () => {
@@ -117,6 +143,35 @@ describe('webhook decoding', () => {
 
   it('ignores room events', async () => {
     expect(await decode({ event: 'room_started', room: 'R' })).toBeUndefined();
+  });
+
+  it('reads what the SDK decodes, in either field spelling, or leaves it to the SDK', () => {
+    const bodies: unknown[] = [
+      { event: 'participant_left', id: 'EV_1', createdAt: '1700000000', room: { name: 'R', sid: 'RM' }, participant: { identity: 'I', sid: 'PA', joinedAtMs: '1700000000123', disconnectReason: 'DUPLICATE_IDENTITY', state: 'DISCONNECTED' } },
+      { event: 'participant_connection_aborted', created_at: 1_700_000_000, room: { name: 'R' }, participant: { identity: 'I', sid: 'PA', joined_at: 1_699_999_999, disconnect_reason: 14 } },
+      { event: 'participant_joined', room: { name: 'R' }, participant: { identity: 'I', joined_at_ms: '0', joined_at: '1699999999' }, unknownField: [1] },
+      { event: 'participant_left', room: { name: 'R' }, participant: { identity: 'I', sid: 'PA', disconnectReason: 42 } },
+      { event: 'participant_left', createdAt: '-5', room: { name: '' }, participant: { identity: 'I' } },
+      { event: 'participant_left', room: { name: 'R' }, participant: { identity: '' } },
+      { event: 'participant_left', room: { name: 'R' } },
+      { event: 'track_published', id: 'EV_2', room: { name: 'R' }, participant: { identity: 'I' } },
+      {},
+      // Left to the SDK:
+      { event: 'participant_left', createdAt: '1700000000', created_at: '1700000001', room: { name: 'R' }, participant: { identity: 'I' } },
+      { event: 'participant_left', createdAt: '12345678901234567', room: { name: 'R' }, participant: { identity: 'I' } },
+      { event: 'participant_left', room: { name: 'R' }, participant: { identity: 'I', joinedAtMs: null, joined_at_ms: '1700000000123' } },
+      { event: 'participant_left', room: null, participant: { identity: 'I' } },
+      { event: 'participant_left', room: { name: 'R' }, participant: { identity: 'I', disconnectReason: 'NOT_A_REASON' } },
+    ];
+    let read = 0;
+    for (const json of bodies) {
+      const bySdk = WebhookEvent.fromJson(json as never, { ignoreUnknownFields: true });
+      const direct = readWebhook(json);
+      if (direct === undefined) continue;
+      read++;
+      expect(direct).toEqual({ event: bySdk.event, id: bySdk.id, signal: toParticipantSignal(bySdk) });
+    }
+    expect(read).toBe(9);
   });
 });
 

@@ -31,6 +31,21 @@ describe('StreamNotifier', () => {
     expect(inB.woken).toBe(true);
   });
 
+  it('knows a room nothing was written to since a position, and only then', () => {
+    const n = new StreamNotifier(10, new FakeClock());
+    // Not written to since start: not known, so /sync reads it.
+    expect(n.roomUnchangedSince('!a:x', 10)).toBe(false);
+    const written = n.next();
+    n.touch('!a:x');
+    expect(n.roomUnchangedSince('!a:x', written - 1)).toBe(false);
+    expect(n.roomUnchangedSince('!a:x', written)).toBe(true);
+    // Writes elsewhere leave it unchanged.
+    n.next();
+    n.touch('!b:x');
+    expect(n.roomUnchangedSince('!a:x', written)).toBe(true);
+    expect(n.roomUnchangedSince('!b:x', written)).toBe(false);
+  });
+
   it('wakes every long poll for a write that touched nothing (account data)', async () => {
     const n = new StreamNotifier(0, new FakeClock());
     const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });

@@ -59,6 +59,33 @@ describe('/sync', () => {
     expect(viaId.body.rooms.join[roomId].timeline.events).toHaveLength(2);
   });
 
+  it('applies each filter as sent, however often and whichever came before it', async () => {
+    const roomId = await t.createRoom(alice.accessToken);
+    for (let i = 0; i < 5; i++) await sendMsg(roomId, alice.accessToken, `m${i}`);
+    const bodies = async (token: string, filter: unknown) => {
+      const res = await sync(token, `?filter=${enc(typeof filter === 'string' ? filter : JSON.stringify(filter))}`);
+      expect(res.status).toBe(200);
+      return res.body.rooms.join[roomId].timeline.events.map((e: { content: { body?: string } }) => e.content.body);
+    };
+    const limit = (n: number) => ({ room: { timeline: { limit: n } } });
+    for (const n of [3, 1, 3, 1]) expect(await bodies(alice.accessToken, limit(n))).toHaveLength(n);
+    // A stored filter with the same text as an inline one, and the inline one again.
+    const up = await t.request('POST', `/_matrix/client/v3/user/${enc(alice.userId)}/filter`, {
+      token: alice.accessToken,
+      body: limit(1),
+    });
+    expect(await bodies(alice.accessToken, up.body.filter_id)).toEqual(['m4']);
+    expect(await bodies(alice.accessToken, limit(1))).toEqual(['m4']);
+    // Another user's filter id stays unknown to bob, even once its text was parsed for alice.
+    expect((await sync(bob.accessToken, `?filter=${up.body.filter_id}`)).status).toBe(400);
+    // An invalid filter is refused every time, never remembered.
+    for (let i = 0; i < 2; i++) {
+      const bad = await sync(alice.accessToken, `?filter=${enc(JSON.stringify(limit(-1)))}`);
+      expect(bad.status).toBe(400);
+      expect(bad.body.errcode).toBe('M_INVALID_PARAM');
+    }
+  });
+
   it('returns only new events on an incremental sync', async () => {
     const roomId = await t.createRoom(alice.accessToken);
     const first = await sync(alice.accessToken);
@@ -70,6 +97,22 @@ describe('/sync', () => {
     expect(room.state.events).toEqual([]);
     const idle = await sync(alice.accessToken, `?since=${next.body.next_batch}&timeout=0`);
     expect(idle.body.rooms.join).toEqual({});
+  });
+
+  it('returns the rooms written to since the token, whichever token', async () => {
+    const roomA = await t.createRoom(alice.accessToken);
+    const roomB = await t.createRoom(alice.accessToken);
+    const first = (await sync(alice.accessToken)).body.next_batch as string;
+    await sendMsg(roomA, alice.accessToken, 'in a');
+    const second = await sync(alice.accessToken, `?since=${first}`);
+    expect(Object.keys(second.body.rooms.join)).toEqual([roomA]);
+    await sendMsg(roomB, alice.accessToken, 'in b');
+    const third = await sync(alice.accessToken, `?since=${second.body.next_batch}`);
+    expect(Object.keys(third.body.rooms.join)).toEqual([roomB]);
+    const both = await sync(alice.accessToken, `?since=${first}`);
+    expect(Object.keys(both.body.rooms.join).sort()).toEqual([roomA, roomB].sort());
+    const none = await sync(alice.accessToken, `?since=${third.body.next_batch}`);
+    expect(none.body.rooms.join).toEqual({});
   });
 
   it('delivers invites with stripped state, then the join, then the leave', async () => {

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { BatchWriter, openDatabase, WalCheckpointer } from '../../src/lib/sqlite.js';
+import { Worker } from 'node:worker_threads';
+
+import { BatchWriter, openDatabase, transaction, WalCheckpointer } from '../../src/lib/sqlite.js';
 
 let dir: string;
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -30,6 +32,37 @@ describe('BatchWriter', () => {
     writer.close();
     await expect(writer.write(() => 1)).rejects.toThrow(/closed/);
     other.close();
+    db.close();
+  });
+});
+
+describe('transaction', () => {
+  it('waits for a write lock another connection holds, then commits, and keeps the busy timeout', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
+    const path = join(dir, 'db.sqlite');
+    const db = openDatabase(path);
+    db.exec('CREATE TABLE t (k TEXT PRIMARY KEY)');
+    // Another thread holds the write lock for 150 ms, as the checkpoint worker does for a moment.
+    const holder = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const { DatabaseSync } = require('node:sqlite');
+       const db = new DatabaseSync(workerData);
+       db.exec('BEGIN IMMEDIATE');
+       parentPort.postMessage('locked');
+       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 150);
+       db.exec("INSERT INTO t (k) VALUES ('from-holder')");
+       db.exec('COMMIT');
+       db.close();`,
+      { eval: true, workerData: path },
+    );
+    await new Promise((resolve) => holder.once('message', resolve));
+    const started = performance.now();
+    transaction(db, () => db.prepare("INSERT INTO t (k) VALUES ('after')").run());
+    // It really waited for the holder (whose row committed first) instead of failing at once.
+    expect(performance.now() - started).toBeGreaterThan(100);
+    expect(db.prepare('SELECT k FROM t ORDER BY rowid').all()).toEqual([{ k: 'from-holder' }, { k: 'after' }]);
+    expect(db.prepare('PRAGMA busy_timeout').get()).toEqual({ timeout: 5000 });
+    await new Promise((resolve) => holder.once('exit', resolve));
     db.close();
   });
 });

@@ -39,22 +39,39 @@ const filterSchema = z
   })
   .loose();
 
+type Filter = z.output<typeof filterSchema>;
+
+/** Distinct filter texts whose parse is kept; past this the cache starts over. */
+const FILTER_CACHE_SIZE = 256;
+
 export function registerSyncRoutes(router: Router, s: Services): void {
-  const filterDefinition = (userId: string, raw: string | undefined): z.output<typeof filterSchema> => {
-    if (raw === undefined) return {};
-    if (raw.startsWith('{')) {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(raw);
-      } catch {
-        throw fail.notJson('filter is not valid JSON');
-      }
-      return parseWith(filterSchema, parsed, 'invalidParam');
+  /**
+   * Valid filters by their JSON text. A client sends the same filter with every long poll, and
+   * under a stream of events a poll returns for nearly each one, so parsing and validating it
+   * every time was a visible share of /sync. Shared: callers must not modify the result.
+   */
+  const filters = new Map<string, Filter>();
+  const parseFilter = (text: string): Filter => {
+    const known = filters.get(text);
+    if (known) return known;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw fail.notJson('filter is not valid JSON');
     }
+    const filter = parseWith(filterSchema, parsed, 'invalidParam');
+    if (filters.size >= FILTER_CACHE_SIZE) filters.clear();
+    filters.set(text, filter);
+    return filter;
+  };
+  const filterDefinition = (userId: string, raw: string | undefined): Filter => {
+    if (raw === undefined) return {};
+    if (raw.startsWith('{')) return parseFilter(raw);
     if (!/^\d{1,9}$/.test(raw)) throw fail.invalidParam('filter must be a filter id or a JSON object');
     const stored = s.store.getFilter(userId, Number(raw));
     if (stored === undefined) throw fail.invalidParam('Unknown filter id');
-    return parseWith(filterSchema, JSON.parse(stored), 'invalidParam');
+    return parseFilter(stored);
   };
 
   router.add('GET', `${CS}/sync`, async (ctx: RequestContext) => {

@@ -26,11 +26,13 @@ import {
 } from './support.js';
 
 /**
- * Event-loop turns until none of the events is still scheduled: a batch also ends when its time
- * budget (a few ms of real time) runs out, which a loaded test machine can make happen.
+ * Event-loop turns until none of the events is still scheduled (finalised, or already trimmed
+ * away): a batch also ends when its time budget (a few ms of real time) runs out, which a loaded
+ * test machine can make happen.
  */
 async function untilFinalised(t: TestHomeserver, ids: string[]): Promise<void> {
-  for (let turn = 0; turn < 100 && ids.some((id) => rowOf(t, id).status === 'scheduled'); turn++) await nextTurn();
+  const scheduled = (id: string) => (rowOf(t, id) as Row | undefined)?.status === 'scheduled';
+  for (let turn = 0; turn < 100 && ids.some(scheduled); turn++) await nextTurn();
 }
 
 interface Row {
@@ -157,5 +159,71 @@ describe('batched timed sends', () => {
       return got.length === 3 ? got : undefined;
     });
     expect(sent.map((e) => e.content.n)).toEqual([1, 2, 3]);
+  });
+
+  it('keeps exactly the newest terminated_keep_per_user finalised rows per user: across batches, manual actions and a failed batch', async () => {
+    const { log, lines } = capturingLogger();
+    const clock = new FakeClock();
+    let alice: Session;
+    let bob: Session;
+    let roomId: string;
+    ({ t, roomId, users: { alice, bob } } = await startWithRoom({
+      ...ALICE_AND_BOB,
+      clock,
+      overrides: { ...MANY_MANAGEMENT_CALLS, delayed_events: { terminated_keep_per_user: 2 } },
+      log,
+    }));
+    const finalisedOf = (s: Session): string[] =>
+      (
+        t!.hs.db
+          .prepare("SELECT delay_id FROM delayed_events WHERE user_id = ? AND status <> 'scheduled' ORDER BY fin_seq")
+          .all(s.userId) as Array<{ delay_id: string }>
+      ).map((r) => r.delay_id);
+    let n = 0;
+    const schedule = (s: Session) => delayIdOf(scheduleMessage(t!, s, roomId, 1_000 + ++n, { n }));
+    /** Schedules `count` events of `s` and lets them fall due together. */
+    const timed = async (s: Session, count: number): Promise<string[]> => {
+      const ids: string[] = [];
+      for (let i = 0; i < count; i++) ids.push(await schedule(s));
+      clock.advance(5_000);
+      await untilFinalised(t!, ids);
+      return ids;
+    };
+
+    // Below the cap; then a row finalised outside any batch, then a batch that reaches the cap.
+    const [a1] = await timed(alice, 1);
+    const cancelled = await schedule(alice);
+    expect((await act(t, cancelled, 'cancel', alice.accessToken)).status).toBe(200);
+    expect(finalisedOf(alice)).toEqual([a1, cancelled]);
+    let kept = [cancelled, ...(await timed(alice, 1))];
+    expect(finalisedOf(alice)).toEqual(kept);
+    // At the cap, batch after batch.
+    for (let count = 1; count <= 3; count++) {
+      kept = [...kept, ...(await timed(alice, count))].slice(-2);
+      expect(finalisedOf(alice)).toEqual(kept);
+    }
+
+    // Bob below the cap, alice at it: a batch of both whose closing trim fails on alice's rows
+    // (after bob's, trimmed first as his event is due first) changes neither.
+    const [b1] = await timed(bob, 1);
+    const b = await schedule(bob);
+    const a = await schedule(alice);
+    t.hs.db.exec(
+      `CREATE TEMP TRIGGER fail_trim BEFORE DELETE ON delayed_events WHEN old.user_id = '${alice.userId}'
+       BEGIN SELECT RAISE(ABORT, 'injected'); END`,
+    );
+    clock.advance(5_000);
+    const failed = () => lines.some((l) => l.level === 50 && l.msg === 'committing a batch of timed delayed sends failed');
+    await waitFor('the failed batch logged', failed);
+    t.hs.db.exec('DROP TRIGGER fail_trim');
+    expect(finalisedOf(bob)).toEqual([b1]);
+    expect(finalisedOf(alice)).toEqual(kept);
+    for (const [id, s] of [[b, bob], [a, alice]] as const) {
+      expect((await act(t, id, 'restart', s.accessToken)).status).toBe(200);
+    }
+    clock.advance(5_000);
+    await untilFinalised(t, [a, b]);
+    expect(finalisedOf(bob)).toEqual([b1, b]);
+    expect(finalisedOf(alice)).toEqual([kept[1], a]);
   });
 });
