@@ -8,6 +8,7 @@
  * a thousand small batches a second; waking every long poll for each of them made each poll
  * rebuild an empty response per batch, which took more of the server than the sends themselves.
  */
+import { CappedMap } from '../lib/capped-map.js';
 import type { Clock } from '../lib/timer-heap.js';
 
 /** Most rooms whose latest position is remembered; past this the memory starts over. */
@@ -34,7 +35,7 @@ export class StreamNotifier {
    * MAX_ROOM_POSITIONS rooms): /sync skips reading a room nothing was written to since the
    * token, which is most rooms of most long polls.
    */
-  private readonly roomPositions = new Map<string, number>();
+  private readonly roomPositions = new CappedMap<string, number>(MAX_ROOM_POSITIONS);
 
   constructor(
     initial: number,
@@ -60,7 +61,6 @@ export class StreamNotifier {
   touch(roomId: string, userId?: string): void {
     this.touchedRooms.add(roomId);
     if (userId !== undefined) this.touchedUsers.add(userId);
-    if (this.roomPositions.size >= MAX_ROOM_POSITIONS && !this.roomPositions.has(roomId)) this.roomPositions.clear();
     this.roomPositions.set(roomId, this.position);
   }
 

@@ -42,7 +42,8 @@ const beginStatements = new WeakMap<DatabaseSync, BeginStatements>();
  * timed sends. The connection's busy timeout is 0 only for this statement; the overall wait is
  * still bounded by the usual timeout.
  */
-export function beginImmediate(db: DatabaseSync, stmts: BeginStatements = statementsFor(db)): void {
+function beginImmediate(db: DatabaseSync): void {
+  const stmts = statementsFor(db);
   stmts.noWait.run();
   try {
     const deadline = performance.now() + BUSY_TIMEOUT_MS;
@@ -117,7 +118,6 @@ export class BatchWriter {
   private closed = false;
 
   // Prepared once: at thousands of writes a second, re-parsing these per item cost more than the writes.
-  private readonly begin: BeginStatements;
   private readonly commit: StatementSync;
   private readonly rollback: StatementSync;
   private readonly savepoint: StatementSync;
@@ -125,7 +125,6 @@ export class BatchWriter {
   private readonly rollbackTo: StatementSync;
 
   constructor(private readonly db: DatabaseSync) {
-    this.begin = statementsFor(db);
     this.commit = db.prepare('COMMIT');
     this.rollback = db.prepare('ROLLBACK');
     this.savepoint = db.prepare('SAVEPOINT item');
@@ -152,7 +151,7 @@ export class BatchWriter {
     if (batch.length === 0) return;
     const results: Array<{ ok: boolean; value: unknown }> = [];
     try {
-      beginImmediate(this.db, this.begin);
+      beginImmediate(this.db);
       for (const item of batch) {
         this.savepoint.run();
         try {

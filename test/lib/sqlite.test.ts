@@ -11,10 +11,15 @@ import { BatchWriter, openDatabase, transaction, WalCheckpointer } from '../../s
 let dir: string;
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+/** A new database file in a fresh directory (removed after the test). */
+function freshDatabasePath(): string {
+  dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
+  return join(dir, 'db.sqlite');
+}
+
 describe('BatchWriter', () => {
   it('commits queued writes together and isolates a failing one', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
-    const path = join(dir, 'db.sqlite');
+    const path = freshDatabasePath();
     const db = openDatabase(path);
     db.exec('CREATE TABLE t (k TEXT PRIMARY KEY)');
     const insert = db.prepare('INSERT INTO t (k) VALUES (?)');
@@ -38,8 +43,7 @@ describe('BatchWriter', () => {
 
 describe('transaction', () => {
   it('waits for a write lock another connection holds, then commits, and keeps the busy timeout', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
-    const path = join(dir, 'db.sqlite');
+    const path = freshDatabasePath();
     const db = openDatabase(path);
     db.exec('CREATE TABLE t (k TEXT PRIMARY KEY)');
     // Another thread holds the write lock for 150 ms, as the checkpoint worker does for a moment.
@@ -69,8 +73,7 @@ describe('transaction', () => {
 
 describe('WalCheckpointer', () => {
   it('copies the WAL into the database from its worker and closes', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'lastwill-sqlite-'));
-    const path = join(dir, 'db.sqlite');
+    const path = freshDatabasePath();
     const db = openDatabase(path, 'normal');
     const errors: unknown[] = [];
     const checkpointer = new WalCheckpointer(db, path, (err) => errors.push(err), { everyMs: 5, restartFrames: 8 });

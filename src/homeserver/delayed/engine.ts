@@ -16,6 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 
 import type { HomeserverConfig } from '../../config/homeserver.js';
+import { CappedMap } from '../../lib/capped-map.js';
 import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimited } from '../../lib/errors.js';
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import { atomically, BatchWriter, transaction } from '../../lib/sqlite.js';
@@ -143,7 +144,7 @@ export class DelayedEngine {
    * absent: every other write to a user's finalised rows forgets it, a failed batch or a prune
    * forgets them all, and the batch counts an absent one again inside its transaction.
    */
-  private readonly finalisedCounts = new Map<string, number>();
+  private readonly finalisedCounts = new CappedMap<string, number>(MAX_COUNTED_USERS);
 
   constructor(deps: EngineDeps) {
     this.config = deps.config;
@@ -517,8 +518,6 @@ export class DelayedEngine {
     const known = this.finalisedCounts.get(userId);
     let count = known === undefined || Number.isNaN(added) ? this.store.countFinalised(userId) : known + added;
     if (count > keep) count -= this.store.trimOldest(userId, count - keep);
-    // Bounded like the string pool: a forgotten count is only counted again.
-    if (this.finalisedCounts.size >= MAX_COUNTED_USERS && known === undefined) this.finalisedCounts.clear();
     this.finalisedCounts.set(userId, count);
   }
 
@@ -675,17 +674,15 @@ function hashToken(token: string): string {
 /**
  * Makes equal strings one object: every request and every stored row brings its own copy of the
  * user id, room id and event type, which at a million scheduled events is most of their memory.
- * Bounded: past MAX_POOLED distinct strings the pool starts over (later copies are simply not
+ * Bounded: past 65 536 distinct strings the pool starts over (later copies are simply not
  * shared with earlier ones; nothing depends on identity).
  */
 class StringPool {
-  private static readonly MAX_POOLED = 65_536;
-  private readonly pool = new Map<string, string>();
+  private readonly pool = new CappedMap<string, string>(65_536);
 
   intern(s: string): string {
     const known = this.pool.get(s);
     if (known !== undefined) return known;
-    if (this.pool.size >= StringPool.MAX_POOLED) this.pool.clear();
     this.pool.set(s, s);
     return s;
   }

@@ -1,6 +1,7 @@
 /** /sync (initial, incremental, long-polling) and the filter endpoints it reads. */
 import { z } from 'zod';
 
+import { CappedMap } from '../../lib/capped-map.js';
 import { fail } from '../../lib/errors.js';
 import { parseWith, type RequestContext, type Router } from '../../lib/http.js';
 import {
@@ -50,7 +51,7 @@ export function registerSyncRoutes(router: Router, s: Services): void {
    * under a stream of events a poll returns for nearly each one, so parsing and validating it
    * every time was a visible share of /sync. Shared: callers must not modify the result.
    */
-  const filters = new Map<string, Filter>();
+  const filters = new CappedMap<string, Filter>(FILTER_CACHE_SIZE);
   const parseFilter = (text: string): Filter => {
     const known = filters.get(text);
     if (known) return known;
@@ -61,7 +62,6 @@ export function registerSyncRoutes(router: Router, s: Services): void {
       throw fail.notJson('filter is not valid JSON');
     }
     const filter = parseWith(filterSchema, parsed, 'invalidParam');
-    if (filters.size >= FILTER_CACHE_SIZE) filters.clear();
     filters.set(text, filter);
     return filter;
   };
