@@ -247,7 +247,9 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
       }
       status = send(res, reply, method, opts.commonHeaders);
     } catch (err) {
-      if (req.destroyed && !isMatrixError(err)) {
+      // The socket, not `req`: a request whose body has been read is already `destroyed`, and a
+      // bug thrown after that must still be answered 500 rather than leave the client hanging.
+      if (req.socket.destroyed && !isMatrixError(err)) {
         // The client went away mid-request (reading its body failed): nobody to answer, no bug.
         opts.log.debug({ route: routeName }, 'client aborted the request');
         status = 499;

@@ -44,6 +44,10 @@ describe('createHttpApp', () => {
     r.add('GET', '/boom', () => {
       throw new Error('bug');
     });
+    r.add('POST', '/boom-after-body', async (ctx) => {
+      await jsonObject(ctx);
+      throw new Error('bug');
+    });
     r.add('GET', '/gone', () => {
       throw fail.notFound('nope');
     });
@@ -60,6 +64,11 @@ describe('createHttpApp', () => {
     expect(await res('/echo', { method: 'POST', body: '{"a":1}' })).toEqual({ status: 200, body: { a: 1 } });
     expect(await res('/gone')).toEqual({ status: 404, body: { errcode: 'M_NOT_FOUND', error: 'nope' } });
     expect((await res('/boom')).body.errcode).toBe('M_UNKNOWN');
+    // Once its body is read, node marks the request destroyed; a bug after that is still a 500.
+    expect(await res('/boom-after-body', { method: 'POST', body: '{}' })).toEqual({
+      status: 500,
+      body: { errcode: 'M_UNKNOWN', error: expect.any(String) },
+    });
   });
 
   it('parseWith names the failing field and distinguishes missing from wrong', () => {
