@@ -2,7 +2,8 @@
  * Benchmark 5, throughput: schedule, restart and send operations per second with 8 concurrent
  * keep-alive clients (8 users, one room each), each phase for a fixed time. Restarts and sends use
  * the unauthenticated path form the agent uses (our server: from a trusted address with its
- * limit raised). Every send creates a room event.
+ * limit raised). Every send creates a room event. Each client is a lean connection of its own
+ * (`RawConnection`): with undici the load generator's own CPU set the pace.
  */
 import { nowMs } from './lib/child.js';
 import { runFor } from './lib/http.js';
@@ -22,6 +23,7 @@ export async function hsThroughput(p: ThroughputParams): Promise<Record<string, 
   const clients = p.clients ?? 8;
   const phaseMs = (p.phaseSeconds ?? 10) * 1000;
   const hs = await startTarget(p.target, { users: clients, connections: clients, ...(p.env ? { env: p.env } : {}) });
+  const lanes = await Promise.all(Array.from({ length: clients }, () => hs.lane()));
   const ids: string[][] = Array.from({ length: clients }, () => []);
   const out: Record<string, number> = {};
   const phase = async (name: string, op: (worker: number, n: number) => Promise<boolean>) => {
@@ -54,23 +56,24 @@ export async function hsThroughput(p: ThroughputParams): Promise<Record<string, 
   try {
     await phase('schedule', async (w, n) => {
       const u = hs.users[w]!;
-      ids[w]!.push(await hs.schedule(u, `_${u.userId}_D${n % 100}`, { n, 'm.call.intent': 'video' }, 3_600_000));
+      ids[w]!.push(await lanes[w]!.schedule(u, `_${u.userId}_D${n % 100}`, { n, 'm.call.intent': 'video' }, 3_600_000));
       return true;
     });
     await phase('restart', async (w, n) => {
       const mine = ids[w]!;
-      return (await hs.manage(mine[n % mine.length]!, 'restart')) === 200;
+      return (await lanes[w]!.manage(mine[n % mine.length]!, 'restart')) === 200;
     });
     const sent = new Array<number>(clients).fill(0);
     await phase('send', async (w) => {
       const mine = ids[w]!;
       const i = sent[w]!++;
       if (i >= mine.length) return true;
-      return (await hs.manage(mine[i]!, 'send')) === 200;
+      return (await lanes[w]!.manage(mine[i]!, 'send')) === 200;
     });
     out.scheduled_total = ids.reduce((a, l) => a + l.length, 0);
     return out;
   } finally {
+    for (const lane of lanes) lane.close();
     await hs.close();
   }
 }

@@ -13,6 +13,7 @@ import { freeTcpPort } from '../../test/e2e/support/proc.js';
 import { registerWithSharedSecret, startSynapse, type SynapseServer } from '../../test/e2e/support/synapse.js';
 import { spawnCli, type CliChild } from './child.js';
 import { Client } from './http.js';
+import { RawConnection } from './raw-http.js';
 
 const SECRET = 'bench-registration-secret';
 const HUGE = '1000000000';
@@ -23,6 +24,23 @@ export interface BenchUser {
   userId: string;
   token: string;
   roomId: string;
+}
+
+/** One client on its own keep-alive connection (see `RawConnection`). */
+export interface HsLane {
+  schedule(u: BenchUser, stateKey: string, content: Record<string, unknown>, delayMs: number): Promise<string>;
+  manage(delayId: string, action: 'restart' | 'send'): Promise<number>;
+  close(): void;
+}
+
+const schedulePath = (u: BenchUser, stateKey: string, delayMs: number) =>
+  `/_matrix/client/v3/rooms/${encodeURIComponent(u.roomId)}/state/${EVENT_TYPE}/${encodeURIComponent(stateKey)}` +
+  `?org.matrix.msc4140.delay=${Math.max(0, Math.round(delayMs))}`;
+const managePath = (delayId: string, action: 'restart' | 'send') => `${MGMT}/${encodeURIComponent(delayId)}/${action}`;
+
+function delayIdOf(status: number, text: string): string {
+  if (status !== 200) throw new Error(`schedule: ${status} ${text.slice(0, 300)}`);
+  return (JSON.parse(text) as { delay_id: string }).delay_id;
 }
 
 export interface HsTarget {
@@ -36,6 +54,8 @@ export interface HsTarget {
   /** Schedules a delayed state event; returns its delay id. */
   schedule(u: BenchUser, stateKey: string, content: Record<string, unknown>, delayMs: number): Promise<string>;
   manage(delayId: string, action: 'restart' | 'send'): Promise<number>;
+  /** A client of its own for the throughput benchmark, on the lean HTTP client. */
+  lane(): Promise<HsLane>;
   /** kill -9 (ours only) and start again on the same data dir. */
   crash(): Promise<void>;
   restart(): Promise<CliChild>;
@@ -101,14 +121,25 @@ export async function startTarget(kind: 'lastwill' | 'synapse', opts: TargetOpti
     ...(dataDir ? { dataDir } : {}),
     ...(child ? { child } : {}),
     async schedule(u, stateKey, content, delayMs) {
-      const p = `/_matrix/client/v3/rooms/${encodeURIComponent(u.roomId)}/state/${EVENT_TYPE}/${encodeURIComponent(stateKey)}?org.matrix.msc4140.delay=${Math.max(0, Math.round(delayMs))}`;
-      const r = await client.request('PUT', p, content, { authorization: `Bearer ${u.token}` });
-      if (r.status !== 200) throw new Error(`schedule: ${r.status} ${r.text.slice(0, 300)}`);
-      return (JSON.parse(r.text) as { delay_id: string }).delay_id;
+      const r = await client.request('PUT', schedulePath(u, stateKey, delayMs), content, { authorization: `Bearer ${u.token}` });
+      return delayIdOf(r.status, r.text);
     },
     async manage(delayId, action) {
-      const r = await client.request('POST', `${MGMT}/${encodeURIComponent(delayId)}/${action}`, {});
+      const r = await client.request('POST', managePath(delayId, action), {});
       return r.status;
+    },
+    async lane() {
+      const conn = await RawConnection.open(baseUrl);
+      return {
+        async schedule(u, stateKey, content, delayMs) {
+          const r = await conn.request('PUT', schedulePath(u, stateKey, delayMs), JSON.stringify(content), { authorization: `Bearer ${u.token}` });
+          return delayIdOf(r.status, r.body);
+        },
+        async manage(delayId, action) {
+          return (await conn.request('POST', managePath(delayId, action), '{}')).status;
+        },
+        close: () => conn.close(),
+      };
     },
     async crash() {
       await target.child?.kill9();

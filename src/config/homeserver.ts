@@ -37,6 +37,24 @@ export const homeserverSettings = group(
       example: 'https://matrix.example.com',
     }),
     ...storageSettings('./.data/homeserver'),
+    group_commit: group(
+      {
+        wait_ms: setting(z.number().min(0).max(10).default(0.5), {
+          doc: 'Longest a commit waits for returning clients (0 never waits).',
+          env: 'number',
+        }),
+        returning_window_ms: setting(z.number().positive().max(60_000).default(2), {
+          doc: 'How soon after its answer a client must send again to be waited for.',
+          env: 'number',
+        }),
+      },
+      {
+        doc:
+          'With sqlite_synchronous "full", a commit of schedules, restarts and tokens may wait for clients ' +
+          'answered a moment ago on other connections, so that their next writes share its fsync. It waits ' +
+          'only while such clients exist, never for a lone client.',
+      },
+    ),
     registration_shared_secret: setting(z.string().min(1).optional(), {
       doc: 'Enables Synapse-compatible shared-secret registration at /_synapse/admin/v1/register.',
       env: 'string',

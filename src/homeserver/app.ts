@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 
 import type { HomeserverConfig } from '../config/homeserver.js';
 import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
+import { ReturningClients } from '../lib/returning-clients.js';
 import { openDatabase, WalCheckpointer } from '../lib/sqlite.js';
 import { type Clock, systemClock } from '../lib/timer-heap.js';
 import { Accounts } from './accounts.js';
@@ -79,7 +80,11 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   const auth = new TokenAuth(store, () => delayedRef);
   const rooms = new Rooms(store, notifier, clock, config.server_name, log);
   const txns = new TxnCache(store, clock);
-  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth, txns });
+  // Only a commit that fsyncs is worth waiting for.
+  const { wait_ms: waitMs, returning_window_ms: windowMs } = config.group_commit;
+  const returning = config.sqlite_synchronous === 'full' && waitMs > 0 ? new ReturningClients(windowMs) : undefined;
+  const gather = returning && { expected: () => returning.anyExpected(), maxWaitMs: waitMs };
+  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth, txns, ...(gather ? { gather } : {}) });
   delayedRef = delayed;
   const forwarder =
     config.rtc.agent_url !== undefined && config.rtc.agent_secret !== undefined
@@ -108,7 +113,13 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   registerClientMiscRoutes(router, services);
   delayed.registerRoutes(router);
   registerRtcRoutes(router, { ...services, delayed }, forwarder);
-  const app = createHttpApp({ router, log, maxBodyBytes: MAX_BODY_BYTES, commonHeaders: CORS_HEADERS });
+  const app = createHttpApp({
+    router,
+    log,
+    maxBodyBytes: MAX_BODY_BYTES,
+    commonHeaders: CORS_HEADERS,
+    ...(returning ? { returning } : {}),
+  });
   let closed = false;
 
   return {

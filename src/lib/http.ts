@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { z } from 'zod';
 
 import { fail, isMatrixError, type MatrixError } from './errors.js';
+import type { ReturningClients } from './returning-clients.js';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'OPTIONS';
 
@@ -183,6 +184,8 @@ export interface HttpServerOptions {
   onOptions?: (ctx: RequestContext) => Reply;
   /** Request end hook for metrics. */
   onResponse?: (info: { route: string; method: string; status: number; ms: number }) => void;
+  /** Told of every request and answer, for group commits that wait for returning clients. */
+  returning?: ReturningClients;
 }
 
 export interface HttpApp {
@@ -206,6 +209,7 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
+    opts.returning?.requestStarted(req.socket);
     const method = req.method ?? 'GET';
     let routeName = 'unmatched';
     let status = 500;
@@ -258,6 +262,7 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
       const reply = isMatrixError(err) ? errorReply(err) : internalError(err, opts.log, routeName);
       status = send(res, reply, method, opts.commonHeaders);
     } finally {
+      if (status !== 499) opts.returning?.answeredOn(req.socket);
       opts.onResponse?.({ route: routeName, method, status, ms: performance.now() - started });
       // While closing, a keep-alive socket that just went idle would hold close() open.
       if (closing.signal.aborted) res.once('finish', () => setImmediate(() => server.closeIdleConnections()));

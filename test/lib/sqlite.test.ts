@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { Worker } from 'node:worker_threads';
 
-import { BatchWriter, openDatabase, transaction, WalCheckpointer } from '../../src/lib/sqlite.js';
+import { BatchWriter, type GatherOptions, openDatabase, transaction, WalCheckpointer } from '../../src/lib/sqlite.js';
 
 let dir: string;
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -38,6 +38,74 @@ describe('BatchWriter', () => {
     await expect(writer.write(() => 1)).rejects.toThrow(/closed/);
     other.close();
     db.close();
+  });
+});
+
+describe('BatchWriter gathering', () => {
+  /** The table `t`, a writer over it, and a second connection that sees only what committed. */
+  function gatheringWriter(gather: GatherOptions) {
+    const path = freshDatabasePath();
+    const db = openDatabase(path);
+    db.exec('CREATE TABLE t (k TEXT PRIMARY KEY)');
+    const insert = db.prepare('INSERT INTO t (k) VALUES (?)');
+    const observer = openDatabase(path);
+    return {
+      writer: new BatchWriter(db, gather),
+      put: (k: string) => () => insert.run(k),
+      committed: () => observer.prepare('SELECT k FROM t ORDER BY k').all().map((r) => r.k),
+      close: () => {
+        observer.close();
+        db.close();
+      },
+    };
+  }
+  const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+  it('holds a commit while more writers are expected and commits them together', async () => {
+    let expecting = true;
+    const w = gatheringWriter({ expected: () => expecting, maxWaitMs: 10_000 });
+    let firstDone = false;
+    const first = w.writer.write(w.put('a')).then(() => (firstDone = true));
+    for (let i = 0; i < 5; i++) await nextTurn();
+    expect(firstDone).toBe(false);
+    expect(w.committed()).toEqual([]);
+    // Queued before the first committed: the flush that commits one commits both.
+    const second = w.writer.write(w.put('b'));
+    expecting = false;
+    await Promise.all([first, second]);
+    expect(w.committed()).toEqual(['a', 'b']);
+    w.writer.close();
+    w.close();
+  });
+
+  it('commits at once when nobody is expected', async () => {
+    const w = gatheringWriter({ expected: () => false, maxWaitMs: 10_000 });
+    const pending = w.writer.write(w.put('a'));
+    await nextTurn();
+    expect(w.committed()).toEqual(['a']);
+    await pending;
+    w.writer.close();
+    w.close();
+  });
+
+  it('waits no longer than maxWaitMs for writers that do not come', async () => {
+    const w = gatheringWriter({ expected: () => true, maxWaitMs: 30 });
+    const started = performance.now();
+    await w.writer.write(w.put('a'));
+    expect(performance.now() - started).toBeGreaterThanOrEqual(30);
+    expect(w.committed()).toEqual(['a']);
+    w.writer.close();
+    w.close();
+  });
+
+  it('close commits a gathering batch at once', async () => {
+    const w = gatheringWriter({ expected: () => true, maxWaitMs: 10_000 });
+    const pending = w.writer.write(w.put('a'));
+    await nextTurn();
+    w.writer.close();
+    await pending;
+    expect(w.committed()).toEqual(['a']);
+    w.close();
   });
 });
 

@@ -19,7 +19,7 @@ import type { HomeserverConfig } from '../../config/homeserver.js';
 import { CappedMap } from '../../lib/capped-map.js';
 import { ERROR_KINDS, type ErrorKind, fail, isMatrixError, MatrixError, rateLimited } from '../../lib/errors.js';
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
-import { atomically, BatchWriter, transaction } from '../../lib/sqlite.js';
+import { atomically, BatchWriter, type GatherOptions, transaction } from '../../lib/sqlite.js';
 import { type Clock, TimerHeap } from '../../lib/timer-heap.js';
 import type { DelayedEvents, Requester, RoomEngine } from '../contracts.js';
 import { checkTypeAndKey, serialiseContent } from '../events.js';
@@ -102,6 +102,8 @@ export interface EngineDeps {
   rooms: RoomEngine;
   clock: Clock;
   log: Logger;
+  /** Lets commits of schedules and restarts wait briefly for more writers (see `BatchWriter`). */
+  gather?: GatherOptions;
 }
 
 export class DelayedEngine {
@@ -152,7 +154,7 @@ export class DelayedEngine {
     this.rooms = deps.rooms;
     this.clock = deps.clock;
     this.log = deps.log;
-    this.writer = new BatchWriter(this.store.db);
+    this.writer = new BatchWriter(this.store.db, deps.gather);
     this.finSeq = this.store.maxFinSeq();
     this.heap = new TimerHeap((delayId, due) => this.fire(delayId, due), this.clock);
     const limits = this.config.rate_limits;

@@ -3,6 +3,7 @@
  * `createDelayedEvents`; the MSC4195 delegation endpoint additionally uses `mintScopedToken` and
  * `lookupOwned`. Behaviour per generation is tabulated in the README (The homeserver module).
  */
+import type { GatherOptions } from '../../lib/sqlite.js';
 import type { Auth, DelayedEvents, HomeserverDeps, RoomEngine } from '../contracts.js';
 import type { TxnCache } from '../txns.js';
 import { DelayedEngine, type ScheduledEvent } from './engine.js';
@@ -35,12 +36,12 @@ export interface DelayedEventsModule extends DelayedEvents {
  * dedicated PUT's transaction ids are remembered there, exactly like those of `/send`.
  */
 export function createDelayedEvents(
-  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth; txns: TxnCache },
+  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth; txns: TxnCache; gather?: GatherOptions },
 ): DelayedEventsModule {
   const { config, clock, rooms, auth, txns } = deps;
   const log = deps.log.child({ component: 'delayed-events' });
   const store = new DelayedStore(deps.db);
-  const engine = new DelayedEngine({ config, store, rooms, clock, log });
+  const engine = new DelayedEngine({ config, store, rooms, clock, log, ...(deps.gather ? { gather: deps.gather } : {}) });
   return {
     schedule: (req) => engine.schedule(req).then((delayId) => ({ delayId })),
     resolveScopedToken: (token) => engine.resolveScopedToken(token),
