@@ -74,12 +74,14 @@ function verdicts(r: BenchResults): Verdict[] {
   }
   const thr = find('throughput', /^lastwill: 8 clients, 10 s per operation( \(from|$)/);
   const thrNormal = find('throughput', /sqlite_synchronous normal/);
+  const thrNoGroup = find('throughput', /group_commit.wait_ms 0/);
   const thr32 = find('throughput', /^lastwill: 32 clients/);
   if (thr) {
     out.push({
       goal: 'Homeserver: 10 k restarts/s (8 clients)',
       measured:
-        `${fmt(med(thr, 'restart_per_s'))}/s with the default sqlite_synchronous full (an fsync per group commit)` +
+        `${fmt(med(thr, 'restart_per_s'))}/s with the defaults (sqlite_synchronous full, an fsync per group commit)` +
+        (thrNoGroup ? `; ${fmt(med(thrNoGroup, 'restart_per_s'))}/s without waiting for returning clients (group_commit.wait_ms 0)` : '') +
         (thrNormal ? `; ${fmt(med(thrNormal, 'restart_per_s'))}/s with normal (kill -9 safe, not power-loss safe)` : '') +
         (thr32 ? `; ${fmt(med(thr32, 'restart_per_s'))}/s with 32 clients and full` : ''),
       met: med(thr, 'restart_per_s')! >= 10_000,
@@ -129,7 +131,7 @@ export function renderReport(r: BenchResults, jsonPath: string): string {
     ['disconnect', '2. Mass disconnect', 'Genuinely signed participant_left webhooks (pre-signed), participants gone from ListParticipants. Latency = webhook request issued → `send` for that delay id arrives at the fake homeserver, both stamped in the bench process.'],
     ['recovery', '3. Recovery', 'Times from spawning the new process. `reconciled_s` = every room looked up in LiveKit and every job connected again. Restored jobs keep their normal restart times, so `restarts_during_recovery` should be near 0 (the jobs were restarted just before the crash).'],
     ['timers', '4. Timer precision (lastwill)', '`finalised_late_ms` = finalised_ts − due_at from the server\'s own rows (ms resolution, written in the transaction that creates the room event). `sync_late_ms` = arrival at a /sync long-poll of the sender − due.'],
-    ['throughput', '5. Throughput (lastwill)', 'One user with one room per client, one keep-alive connection per client, each client waits for its answer before the next request; 10 s per operation. Restart and send use the unauthenticated path form from a trusted address (limits raised). `*_cpu_pct` is the server, `*_load_cpu_pct` this process (the load generator), both in % of one core.'],
+    ['throughput', '5. Throughput (lastwill)', 'One user with one room per client, one keep-alive connection per client (a lean client, `bench/lib/raw-http.ts`: the CPU undici spent per request had set the pace), each client waits for its answer before the next request; 10 s per operation. Restart and send use the unauthenticated path form from a trusted address (limits raised). `*_cpu_pct` is the server, `*_load_cpu_pct` this process (the load generator), both in % of one core.'],
     ['capacity', '6. Capacity and catch-up (lastwill)', 'Memory after scheduling (RSS from /proc, heap after a full GC). Catch-up: events due within 5 s, kill -9 before the first is due, restart once all are overdue; order checked by finalisation sequence vs due_at.'],
     ['synapse', '7. Side by side with Synapse', `Synapse ${String(m.synapse)} from test/e2e/support/synapse.ts (SQLite, MSC4140 on, per-user limit raised, rate limits 10 000/s), in the same run on the same machine; our homeserver runs the same 3 000-event timer workload for the comparison.`],
   ];
@@ -199,6 +201,7 @@ function findings(r: BenchResults): string {
   const tim = c('timers', /lastwill/);
   const thr = c('throughput', /^lastwill: 8 clients, 10 s per operation( \(from|$)/);
   const thrNormal = c('throughput', /sqlite_synchronous normal/);
+  const thrNoGroup = c('throughput', /group_commit.wait_ms 0/);
   const thr32 = c('throughput', /^lastwill: 32 clients/);
   const cap = c('capacity', /./);
   const rec = c('recovery', /./);
@@ -250,20 +253,30 @@ Every item was found with these benchmarks and a CPU profile of the system under
    ids), so larger commits write each page once for many events. 100 k overdue events:
    ${fmt(med(cap, 'catchup_all_sent_s'), 2)} s, ${fmt(med(cap, 'catchup_order_inversions'), 0)} order inversions (before: 93.8 s, then 12.4 s
    with 256-event batches).
-5. **Restart throughput with 8 clients is the disk's fsync latency** (${restartMet ? 'met' : 'open'}). ${fmt(med(thr, 'restart_per_s'))} restarts/s with the
-   default \`sqlite_synchronous: full\` and 8 clients; ${fmt(med(thrNormal, 'restart_per_s'))}/s with \`normal\` (safe against kill -9, the
-   WAL being in the page cache, but not against a power loss); ${fmt(med(thr32, 'restart_per_s'))}/s with full and 32 clients,
-   the number of restarts one agent keeps in flight per homeserver. Each of 8 clients waits for a
-   durable answer before its next restart, so the clients fall into two groups of about 4 that take
-   turns: one group's requests gather while the other's commit is being synced. Every round trip then
-   contains an fsync (0.2–0.35 ms here under load), and the server is not saturated (server CPU
-   ${fmt(med(thr, 'restart_cpu_pct'))} % of a core, load generator ${fmt(med(thr, 'restart_load_cpu_pct'))} %). With 32 clients more restarts share each fsync. A
-   restart now rewrites only its row's page: the scheduled index no longer holds the due time, which
-   cut the WAL pages of a commit of 4 restarts from 12.5 to 4. Tried and not kept, each measured: the
-   fsync on libuv's thread pool (commit with synchronous=NORMAL, answer after an fdatasync of the WAL):
-   with a commit every turn, batches shrank and the server's CPU rose to 100 % at the same rate; with
-   one sync in flight and the next batch gathering meanwhile, no gain (7.8 k vs 7.4–7.9 k/s); with two
-   in flight the syncs slowed each other (6.5 k/s). Manual sends (${fmt(med(thr, 'send_per_s'))}/s) commit one by one.
+5. **Restart throughput with 8 clients was the disk's fsync latency** (${restartMet ? 'met' : 'open'}). Each of 8 clients waits for a
+   durable answer before its next restart. Left alone they fall into two groups of about 4 that take
+   turns: one group's requests arrive while the other's commit is being synced, so every round trip
+   contains a whole fsync (0.2–0.35 ms here under load) shared by only 4 restarts. Group commit
+   (\`group_commit.wait_ms\`, 0.5 ms by default) lets a commit wait, turning the event loop, while a
+   client answered within the last 2 ms on another connection has not asked again; it never waits for a
+   lone client, whose own connection is busy with the request being committed. With the defaults
+   ${fmt(med(thr, 'restart_per_s'))} restarts/s (server ${fmt(med(thr, 'restart_cpu_pct'))} % of a core); in the same run ${fmt(med(thrNoGroup, 'restart_per_s'))}/s with \`wait_ms: 0\`,
+   ${fmt(med(thrNormal, 'restart_per_s'))}/s with \`sqlite_synchronous: normal\` (safe against kill -9, the WAL being in the page cache,
+   but not against a power loss) and ${fmt(med(thr32, 'restart_per_s'))}/s with 32 clients, the number of restarts one agent keeps
+   in flight per homeserver. The benchmark's client had to become lean as well: undici spent about
+   60 µs of CPU per request in the load generator's one thread, so 8 clients answered together came
+   back 0.5 ms apart, longer than the wait, and group commit gained nothing (6.8–7.0 k/s with a wait
+   for all 8). Each client is now a plain keep-alive socket with prebuilt requests
+   (\`bench/lib/raw-http.ts\`, about 25 µs per request; load generator ${fmt(med(thr, 'restart_load_cpu_pct'))} % of a core); wrk, a
+   C load generator, gave the same picture (7.4–8.1 k/s without waiting, 10.1–10.7 k/s waiting for
+   all 8). A restart rewrites only its row's page: the scheduled index no longer holds the due time,
+   which cut the WAL pages of a commit of 4 restarts from 12.5 to 4. Tried and not kept, each measured:
+   the fsync on libuv's thread pool (commit with synchronous=NORMAL, answer after an fdatasync of the
+   WAL): with a commit every turn, batches shrank and the server's CPU rose to 100 % at the same rate
+   (measured again this stop: 6.5–7.7 k/s at 91–95 % server CPU with undici, 7.8–8.4 k/s at 110 % with
+   wrk); with one sync in flight and the next batch
+   gathering meanwhile, no gain (7.8 k vs 7.4–7.9 k/s); with two in flight the syncs slowed each other
+   (6.5 k/s). Manual sends (${fmt(med(thr, 'send_per_s'))}/s) commit one by one.
 6. **Memory per scheduled event** (fixed). A scheduled event kept its parsed content object and its own
    copies of user, room and type strings: 584 B of heap per event, now
    ${fmt(med(cap, 'bytes_per_event_heap'), 0)} B (content kept serialised, repeated strings shared).
