@@ -1,6 +1,6 @@
 /**
  * A lean HTTP/1.1 keep-alive connection for the throughput benchmark: one request at a time,
- * requests written as prebuilt strings, responses read by status line and Content-Length only.
+ * requests written as prebuilt strings, responses read by status line and body framing only.
  * undici spends about 60 µs of CPU per request here, in the same single thread for all clients,
  * so eight clients answered together reached the server one after another, 0.5 ms apart: the
  * benchmark measured its own client. This costs about 25 µs, like wrk would, and reads bodies
