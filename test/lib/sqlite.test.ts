@@ -88,7 +88,7 @@ describe('BatchWriter gathering', () => {
     w.close();
   });
 
-  it('waits no longer than maxWaitMs for writers that do not come', async () => {
+  it('gives up on writers that do not come after maxWaitMs and commits', async () => {
     const w = gatheringWriter({ expected: () => true, maxWaitMs: 30 });
     const started = performance.now();
     await w.writer.write(w.put('a'));
