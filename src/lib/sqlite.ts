@@ -134,7 +134,6 @@ export class BatchWriter {
   private closed = false;
   /** When the queued batch started waiting for more writers (0: it has not). */
   private gatheringSince = 0;
-  private readonly commitWhenReady = () => this.commitWhenGathered();
 
   // Prepared once: at thousands of writes a second, re-parsing these per item cost more than the writes.
   private readonly commit: StatementSync;
@@ -165,7 +164,8 @@ export class BatchWriter {
     });
   }
 
-  private commitWhenGathered(): void {
+  /** The turn's commit, passed to setImmediate as is (bound once, not a closure per batch). */
+  private readonly commitWhenReady = (): void => {
     if (this.gather && !this.closed) {
       const now = performance.now();
       if (this.gatheringSince === 0) this.gatheringSince = now;
@@ -176,7 +176,7 @@ export class BatchWriter {
       this.gatheringSince = 0;
     }
     this.flush();
-  }
+  };
 
   /** Commits whatever is queued now. */
   private flush(): void {

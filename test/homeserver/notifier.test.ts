@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { StreamNotifier } from '../../src/homeserver/notifier.js';
 import { FakeClock } from '../support/fake-clock.js';
+import { nextTurn } from '../support/next-turn.js';
 
 /** Starts a wait and reports whether it has resolved so far. */
 function watch(n: StreamNotifier, interest?: { userId: string; rooms: ReadonlySet<string> }) {
@@ -9,7 +10,6 @@ function watch(n: StreamNotifier, interest?: { userId: string; rooms: ReadonlySe
   void n.wait(60_000, new AbortController().signal, interest).then(() => (state.woken = true));
   return state;
 }
-const settle = () => new Promise((r) => setImmediate(r));
 
 describe('StreamNotifier', () => {
   it('wakes only the long polls whose rooms or user a write touched', async () => {
@@ -19,7 +19,7 @@ describe('StreamNotifier', () => {
     const unscoped = watch(n);
     n.touch('!a:x');
     n.notify();
-    await settle();
+    await nextTurn();
     expect(inA.woken).toBe(true);
     expect(inB.woken).toBe(false);
     expect(unscoped.woken).toBe(true);
@@ -27,7 +27,7 @@ describe('StreamNotifier', () => {
     // A membership event names its member, who is not in the room yet (an invite).
     n.touch('!new:x', '@b:x');
     n.notify();
-    await settle();
+    await nextTurn();
     expect(inB.woken).toBe(true);
   });
 
@@ -50,7 +50,7 @@ describe('StreamNotifier', () => {
     const n = new StreamNotifier(0, new FakeClock());
     const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });
     n.notify();
-    await settle();
+    await nextTurn();
     expect(inA.woken).toBe(true);
   });
 
@@ -61,7 +61,7 @@ describe('StreamNotifier', () => {
     const inA = watch(n, { userId: '@a:x', rooms: new Set(['!a:x']) });
     n.touch('!b:x');
     n.notify();
-    await settle();
+    await nextTurn();
     expect(inA.woken).toBe(false);
   });
 });

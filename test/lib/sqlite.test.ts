@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Worker } from 'node:worker_threads';
 
 import { BatchWriter, type GatherOptions, openDatabase, transaction, WalCheckpointer } from '../../src/lib/sqlite.js';
+import { nextTurn } from '../support/next-turn.js';
 
 let dir: string;
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -49,17 +50,19 @@ describe('BatchWriter gathering', () => {
     db.exec('CREATE TABLE t (k TEXT PRIMARY KEY)');
     const insert = db.prepare('INSERT INTO t (k) VALUES (?)');
     const observer = openDatabase(path);
+    const writer = new BatchWriter(db, gather);
     return {
-      writer: new BatchWriter(db, gather),
+      writer,
       put: (k: string) => () => insert.run(k),
       committed: () => observer.prepare('SELECT k FROM t ORDER BY k').all().map((r) => r.k),
+      /** Closes the writer (again, if the test already did) and both connections. */
       close: () => {
+        writer.close();
         observer.close();
         db.close();
       },
     };
   }
-  const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
   it('holds a commit while more writers are expected and commits them together', async () => {
     let expecting = true;
@@ -74,7 +77,6 @@ describe('BatchWriter gathering', () => {
     expecting = false;
     await Promise.all([first, second]);
     expect(w.committed()).toEqual(['a', 'b']);
-    w.writer.close();
     w.close();
   });
 
@@ -84,7 +86,6 @@ describe('BatchWriter gathering', () => {
     await nextTurn();
     expect(w.committed()).toEqual(['a']);
     await pending;
-    w.writer.close();
     w.close();
   });
 
@@ -94,7 +95,6 @@ describe('BatchWriter gathering', () => {
     await w.writer.write(w.put('a'));
     expect(performance.now() - started).toBeGreaterThanOrEqual(30);
     expect(w.committed()).toEqual(['a']);
-    w.writer.close();
     w.close();
   });
 

@@ -117,7 +117,7 @@ export const ALICE_AND_BOB = { users: ['alice', 'bob'], room: OPEN_ROOM, members
 export const ONE_SEND_PER_USER = { rate_limits: { send: { per_second: 0.001, burst: 1 } } };
 
 /** One turn of the event loop (a timed send's drain runs on setImmediate). */
-export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+export { nextTurn } from '../../support/next-turn.js';
 
 export const MANY_MANAGEMENT_CALLS = { rate_limits: { management: { per_second: 1000, burst: 1000 } } };
 
