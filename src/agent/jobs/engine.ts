@@ -320,7 +320,7 @@ export class Engine implements JobEngine {
     const known = new Set(this.jobSlots.map((job) => job?.id));
     for (const row of this.store.loadAll()) {
       if (known.has(row.id)) continue;
-      this.restore(this.jobFromRow(row), row.deadline_ms, now);
+      this.restore(this.jobFromRow(row), row, now);
       restored++;
     }
     this.purge();
@@ -1006,9 +1006,12 @@ export class Engine implements JobEngine {
   }
 
   /**
-   * Puts a stored job back to work with the time it has left. A deadline that passed while the
-   * agent was down ends a connected job as expired (the homeserver has sent the leave itself);
-   * a wait that ran out, and an interrupted send, send promptly.
+   * Puts a stored job back to work with the time it has left. A job whose delayed event ran out
+   * while the agent was down lapses (expired, no call: the homeserver has sent the leave itself,
+   * so a long outage does not end in a burst of pointless sends): a connected job past its
+   * deadline, and a never-connected one past its delay counted from the delegation
+   * (lk-jwt-service's rule). A wait that ran out before the delay did (delays over maxWaitingMs)
+   * is reconciled with LiveKit for abortGraceMs before it sends; an interrupted send sends.
    *
    * A connected job keeps its stored deadline and restarts at its normal time (restartFraction of
    * the delay after the last successful restart, jittered), not at once: a restore of 100 k jobs
@@ -1017,7 +1020,8 @@ export class Engine implements JobEngine {
    * estimate (no restart had succeeded yet), restart promptly. Reconciliation with LiveKit is
    * immediate (one lookup per room for all its jobs).
    */
-  private restore(job: Job, deadline: number, now: number): void {
+  private restore(job: Job, row: JobRow, now: number): void {
+    const deadline = row.deadline_ms;
     this.register(job);
     if (!isLive(job.state)) {
       this.finished.push(job);
@@ -1025,15 +1029,15 @@ export class Engine implements JobEngine {
     }
     switch (job.state) {
       case 'waiting':
-        if (deadline <= now) return this.signal(job, 'deadline');
-        this.setDeadline(job, deadline);
+        if (row.created_ms + job.delayMs <= now) return this.signal(job, 'lapsed');
+        this.setDeadline(job, deadline > now ? deadline : now + this.settings.abortGraceMs);
         this.runAction(job, 'lookup', {});
         return;
       // A job restored in its disconnect grace is reconciled like a connected one; the lookup's
       // answer ends the grace (the grace itself most likely passed while the agent was down).
       case 'connected':
       case 'leaving':
-        if (deadline <= now) return this.signal(job, 'deadline');
+        if (deadline <= now) return this.signal(job, 'lapsed');
         this.setDeadline(job, deadline);
         if (job.state === 'connected') this.armRoomPoll(job.room);
         this.resumeRestarts(job, deadline, now);

@@ -64,6 +64,9 @@ export const SIGNAL_DOCS = {
   send_rate_limited: 'send answered 429',
   send_failed: 'send failed transiently, or the homeserver URL cannot be resolved',
   replace: 'a new delegation for the same (room, identity) was committed',
+  lapsed:
+    'restored after the delayed event ran out while the agent was down (connected: its deadline; ' +
+    'waiting: its delay since the delegation), so the homeserver has sent it',
 } as const;
 
 export type Signal = keyof typeof SIGNAL_DOCS;
@@ -110,6 +113,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['waiting', 'lookup_due', 'waiting', ['lookup']],
   ['waiting', 'deadline', 'sending', ['send']],
   ['waiting', 'replace', 'replaced', []],
+  ['waiting', 'lapsed', 'expired', []],
 
   ['connected', 'joined', 'connected', ['adopt']],
   ['connected', 'present', 'connected', ['adopt']],
@@ -126,6 +130,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['connected', 'restart_failed', 'connected', ['backoffRestart']],
   ['connected', 'restart_unresolvable', 'aborted', []],
   ['connected', 'replace', 'replaced', []],
+  ['connected', 'lapsed', 'expired', []],
 
   // A rejoin during the grace (a new sid) keeps the call; restarts never stopped.
   ['leaving', 'joined', 'connected', ['adopt']],
@@ -143,6 +148,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['leaving', 'restart_failed', 'leaving', ['backoffRestart']],
   ['leaving', 'restart_unresolvable', 'aborted', []],
   ['leaving', 'replace', 'replaced', []],
+  ['leaving', 'lapsed', 'expired', []],
 
   ['sending', 'action_due', 'sending', ['send']],
   ['sending', 'deadline', 'expired', []],
@@ -212,6 +218,7 @@ const IGNORED_LIVE: ReadonlyArray<readonly [JobState, readonly Signal[], string]
       'restart_rate_limited',
       'restart_failed',
       'restart_unresolvable',
+      'lapsed',
     ],
     'a send once started is only stopped by replacement; late restart results are discarded',
   ],

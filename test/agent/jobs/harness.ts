@@ -161,6 +161,8 @@ export class TempDirs {
 
 /** The engine's default disconnect grace, which the test settings keep. */
 export const GRACE_MS = DEFAULT_ENGINE_SETTINGS.disconnectGraceMs;
+/** The engine's default abort grace, which the test settings keep. */
+export const ABORT_GRACE_MS = DEFAULT_ENGINE_SETTINGS.abortGraceMs;
 
 export const ROOM = 'room-hash-AAAA';
 export const IDENTITY = 'identity-hash-BBBB';

@@ -3,7 +3,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { FakeClock } from '../../support/fake-clock.js';
-import { GRACE_MS, makeRig, type Rig, ROOM, T0, TempDirs } from './harness.js';
+import { ABORT_GRACE_MS, GRACE_MS, makeRig, type Rig, ROOM, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
@@ -59,8 +59,9 @@ describe('restore after a crash', () => {
     expect(b.actions.calls.filter((c) => c.delayId === 'delay-deadline-passed')).toEqual([]);
     expect(b.state(ROOM, 'was-sending')).toBe('sent');
     expect(of(b, 'send', 'delay-was-sending')).toBe(1);
-    expect(b.state(ROOM, 'wait-over')).toBe('sent');
-    expect(of(b, 'send', 'delay-wait-over')).toBe(1);
+    // Never connected and its delay since the delegation ran out: the homeserver sent it itself.
+    expect(b.state(ROOM, 'wait-over')).toBe('expired');
+    expect(b.actions.calls.filter((c) => c.delayId === 'delay-wait-over')).toEqual([]);
     expect(b.engine.get(ROOM, 'rejoined')).toMatchObject({ state: 'connected', sid: 'S6b' });
     expect(of(b, 'send', 'delay-rejoined')).toBe(0);
     expect(b.state(ROOM, 'left-while-down')).toBe('sent');
@@ -130,8 +131,26 @@ describe('restore after a crash', () => {
     await a.delegate({ delayId: 'second', delayTimeoutMs: 10_000 });
     await a.advance(0);
     const b = await afterCrash(a, T0 + 20_000, {});
-    expect(b.engine.counts()).toMatchObject({ replaced: 1, sent: 1, waiting: 0 });
-    expect(b.actions.calls.map((c) => c.delayId)).toEqual(['second']);
+    expect(b.engine.counts()).toMatchObject({ replaced: 1, expired: 1, waiting: 0 });
+    expect(b.actions.calls).toEqual([]);
+  });
+
+  it('reconciles a never-connected job whose wait ran out before its delay, and sends only for the absent', async () => {
+    const a = await makeRig(dirs);
+    const delay = 2 * 3_600_000; // over the 1 h wait: the event is still scheduled when the wait ends
+    await a.delegate({ identity: 'came-meanwhile', delayId: 'delay-came', delayTimeoutMs: delay });
+    await a.delegate({ identity: 'never-came', delayId: 'delay-never', delayTimeoutMs: delay });
+    await a.advance(0);
+    const b = await afterCrash(a, T0 + 3_600_000 + 60_000, { 'came-meanwhile': 'S9' });
+    expect(b.engine.get(ROOM, 'came-meanwhile')).toMatchObject({ state: 'connected', sid: 'S9' });
+    expect(of(b, 'restart', 'delay-came')).toBe(1);
+    // The absent one gets the abort grace to turn up, then its send.
+    expect(b.state(ROOM, 'never-came')).toBe('waiting');
+    await b.advance(ABORT_GRACE_MS - 1);
+    expect(of(b, 'send', 'delay-never')).toBe(0);
+    await b.advance(1);
+    expect(of(b, 'send', 'delay-never')).toBe(1);
+    expect(of(b, 'send', 'delay-came')).toBe(0);
   });
 });
 
