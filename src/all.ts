@@ -54,6 +54,9 @@ export function wireTogether(
       full_access_homeservers:
         agent.full_access_homeservers.length > 0 ? agent.full_access_homeservers : [hs.server_name],
       cs_api_url_overrides: { [hs.server_name]: hsUrl, ...agent.cs_api_url_overrides },
+      // The bundled homeserver serves federation's OpenID userinfo on its one listener, which
+      // federation resolution of its name would not find (no TLS, no port 8448): say so explicitly.
+      federation_url_overrides: { [hs.server_name]: hsUrl, ...agent.federation_url_overrides },
     },
   };
 }

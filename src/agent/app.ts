@@ -124,6 +124,7 @@ export function buildAgent(deps: AgentDeps): Agent {
   const directory = new HomeserverDirectory({
     http: outbound,
     overrides: config.cs_api_url_overrides,
+    federationOverrides: config.federation_url_overrides,
     cacheTtlMs: config.well_known_cache_ttl_seconds * 1000,
     now,
   });
@@ -172,14 +173,21 @@ export function buildAgent(deps: AgentDeps): Agent {
     return userId;
   }
 
-  /** Durably stores the delegation (committed before this resolves). */
-  async function delegate(d: Delegation): Promise<void> {
+  /**
+   * Fails the request (400) when the server's client-server API cannot be resolved: a delegation
+   * could never reach it. Also primes the cache for the job's first call.
+   */
+  async function requireClientApi(serverName: string): Promise<void> {
     try {
-      await directory.clientBaseUrl(d.serverName);
+      await directory.clientBaseUrl(serverName);
     } catch (err) {
-      log.debug({ err: (err as Error).message, serverName: d.serverName }, 'homeserver URL not resolvable');
+      log.debug({ err: (err as Error).message, serverName }, 'homeserver URL not resolvable');
       throw fail.badJson('Cannot resolve the client-server API URL of the homeserver');
     }
+  }
+
+  /** Durably stores the delegation (committed before this resolves); its client API is resolved already. */
+  async function delegate(d: Delegation): Promise<void> {
     if (closing) throw fail.unavailable('Shutting down');
     try {
       await jobs.delegate(d);
@@ -216,21 +224,29 @@ export function buildAgent(deps: AgentDeps): Agent {
     return { body: { url: config.livekit.url, jwt } };
   }
 
-  const legacyRoute: Handler = async (ctx) => {
-    const req = parseLegacyRequest(await jsonObject(ctx));
-    const userId = await verifiedUser(req.openid);
-    const access = fullAccess(req.openid.serverName);
-    if (req.delay && !access) throw fail.badJson('Delayed event delegation is not available for this homeserver');
-    const room = legacyRoomAlias(req.room);
-    const identity = legacyIdentity(userId, req.deviceId);
-    if (access) await createRoomIfNeeded(room);
-    if (req.delay) {
-      await delegate(delegation(req.delay, { livekitRoom: room, identity, serverName: req.openid.serverName, userId, source: 'sfu_get' }));
+  /**
+   * What the two token routes share once the user is verified: for a full-access server the client
+   * API is resolved first (when delegating), then the room is created, then the delegation is
+   * stored, as lk-jwt-service orders it, so a refused request leaves neither a room nor a job.
+   */
+  async function issueToken(
+    openid: OpenIdToken,
+    userId: string,
+    room: string,
+    identity: string,
+    delay: DelayRequest | undefined,
+    source: Delegation['source'],
+  ): Promise<Reply> {
+    const access = fullAccess(openid.serverName);
+    if (delay && !access) throw fail.badJson('Delayed event delegation is not available for this homeserver');
+    if (access) {
+      if (delay) await requireClientApi(openid.serverName);
+      await createRoomIfNeeded(room);
     }
+    if (delay) await delegate(delegation(delay, { livekitRoom: room, identity, serverName: openid.serverName, userId, source }));
     return joinReply(room, identity);
-  };
+  }
 
-  // Room creation comes before the delegation so that a failed request has stored nothing.
   async function createRoomIfNeeded(room: string): Promise<void> {
     try {
       await rooms.createRoom(room);
@@ -240,18 +256,18 @@ export function buildAgent(deps: AgentDeps): Agent {
     }
   }
 
+  const legacyRoute: Handler = async (ctx) => {
+    const req = parseLegacyRequest(await jsonObject(ctx));
+    const userId = await verifiedUser(req.openid);
+    const identity = legacyIdentity(userId, req.deviceId);
+    return issueToken(req.openid, userId, legacyRoomAlias(req.room), identity, req.delay, 'sfu_get');
+  };
+
   const tokenRoute: Handler = async (ctx) => {
     const req = parseTokenRequest(await jsonObject(ctx), false);
     const userId = await verifiedUser(req.openid, req.member.claimedUserId);
-    const access = fullAccess(req.openid.serverName);
-    if (req.delay && !access) throw fail.badJson('Delayed event delegation is not available for this homeserver');
-    const room = roomAlias(req.roomId, req.slotId);
     const identity = participantIdentity(userId, req.member.claimedDeviceId, req.member.id);
-    if (access) await createRoomIfNeeded(room);
-    if (req.delay) {
-      await delegate(delegation(req.delay, { livekitRoom: room, identity, serverName: req.openid.serverName, userId, source: 'get_token' }));
-    }
-    return joinReply(room, identity);
+    return issueToken(req.openid, userId, roomAlias(req.roomId, req.slotId), identity, req.delay, 'get_token');
   };
 
   const delegateRoute: Handler = async (ctx) => {
@@ -260,6 +276,7 @@ export function buildAgent(deps: AgentDeps): Agent {
     if (!fullAccess(req.openid.serverName)) {
       throw fail.forbidden('Delayed event delegation is not available for this homeserver');
     }
+    await requireClientApi(req.openid.serverName);
     await delegate(
       delegation(req.delay!, {
         livekitRoom: roomAlias(req.roomId, req.slotId),
@@ -278,6 +295,7 @@ export function buildAgent(deps: AgentDeps): Agent {
     if (serverOfUserId(body.user_id) !== body.server_name) {
       throw fail.badJson('user_id does not belong to server_name');
     }
+    await requireClientApi(body.server_name);
     await delegate({
       livekitRoom: body.livekit_room,
       identity: body.identity,

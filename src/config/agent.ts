@@ -77,7 +77,8 @@ export const agentSettings = group(
       doc:
         'Matrix server names whose users get rooms created and may delegate delayed leaves, or "*" ' +
         'for every server. Others get a join token only. Naming a server here also lets the agent ' +
-        'contact it on a private or loopback address.',
+        'contact that server name\'s own origins (https://name and https://name:8448, or https://name:port) ' +
+        'on a private or loopback address.',
       env: 'list',
       aliases: [{ name: 'LIVEKIT_FULL_ACCESS_HOMESERVERS' }],
       example: ['example.com', 'matrix.example.org'],
@@ -85,10 +86,20 @@ export const agentSettings = group(
     cs_api_url_overrides: setting(z.record(serverName, httpUrl).default({}), {
       doc:
         'Client-server API base URL per server name (server=url,...), used instead of ' +
-        '.well-known/matrix/client and also for the OpenID check. Named servers may be private addresses.',
+        '.well-known/matrix/client for the MSC4140 restart and send calls only (as lk-jwt-service does); ' +
+        'the OpenID check still follows federation resolution. The URL\'s origin may be a private address.',
       env: 'map',
       aliases: [{ name: 'LIVEKIT_CS_API_URL_OVERRIDES' }],
       example: { 'example.com': 'http://synapse.internal:8008' },
+    }),
+    federation_url_overrides: setting(z.record(serverName, httpUrl).default({}), {
+      doc:
+        'Federation API base URL per server name (server=url,...) for the OpenID userinfo check, ' +
+        'instead of federation resolution (explicit port, .well-known/matrix/server, port 8448): for a ' +
+        'homeserver whose federation listener the agent reaches only at an internal address. Never ' +
+        'inferred from cs_api_url_overrides. The URL\'s origin may be a private address.',
+      env: 'map',
+      example: { 'example.com': 'https://synapse-federation.internal:8448' },
     }),
     sanity_check_interval_seconds: setting(z.number().int().min(0).default(30), {
       doc: 'How often connected participants are re-checked with LiveKit RoomService (0 disables).',

@@ -1,8 +1,11 @@
 /**
  * Where a Matrix server name lives: the federation origin for the OpenID check and the
- * client-server API base URL for restart/send. Both derive from the OpenID-verified server name
- * only; a client's `delay_cs_api_url` is never used. SRV records are not consulted (explicit
- * ports, `.well-known/matrix/server` and the 8448 default cover deployments seen in practice).
+ * client-server API base URL for restart/send. The two are resolved independently, as
+ * lk-jwt-service does: a CS-API override never moves the OpenID check, because in real deployments
+ * (Synapse with separate listeners or workers) the client listener does not serve federation.
+ * The CS-API URL derives from the OpenID-verified server name only; a client's `delay_cs_api_url`
+ * is never used. SRV records are not consulted (explicit ports, `.well-known/matrix/server` and the
+ * 8448 default cover deployments seen in practice).
  */
 import { isIP } from 'node:net';
 
@@ -14,6 +17,8 @@ export interface DirectoryOptions {
   http: OutboundHttp;
   /** server name → CS-API base URL, from the configuration. */
   overrides: Readonly<Record<string, string>>;
+  /** server name → federation base URL, from the configuration (explicit, never derived from `overrides`). */
+  federationOverrides?: Readonly<Record<string, string>>;
   cacheTtlMs: number;
   /** How long a failed lookup is remembered (capped at `cacheTtlMs`). */
   failureTtlMs?: number;
@@ -82,14 +87,15 @@ export class HomeserverDirectory {
     this.federationCache = new LookupCache(opts.cacheTtlMs, failureTtl, capacity, now);
   }
 
-  /** The operator's override base URL for a server, if any. */
+  /** The operator's CS-API override base URL for a server, if any. */
   override(serverName: string): string | undefined {
-    return Object.hasOwn(this.opts.overrides, serverName) ? this.opts.overrides[serverName] : undefined;
+    return lookupOverride(this.opts.overrides, serverName);
   }
 
   /**
    * CS-API base URL without a trailing slash: the override, else `m.homeserver.base_url` from
-   * `https://<server_name>/.well-known/matrix/client` (cached). Throws when it cannot be resolved.
+   * `https://<server_name>/.well-known/matrix/client` (cached). Throws when it cannot be resolved,
+   * or when the SSRF guard would refuse it.
    */
   async clientBaseUrl(serverName: string): Promise<string> {
     const override = this.override(serverName);
@@ -101,17 +107,17 @@ export class HomeserverDirectory {
       if (typeof base !== 'string') throw new Error('no m.homeserver.base_url in .well-known/matrix/client');
       const url = new URL(base);
       if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error('base_url is not http(s)');
+      await this.opts.http.admits(url);
       return withoutTrailingSlash(url.href);
     });
   }
 
   /**
-   * Origin (`https://host:port`) serving the server's federation API. Override-named servers use
-   * their override's scheme and host, so an operator can point a server at plain-http or
-   * private-CA endpoints deliberately.
+   * Origin (`https://host:port`) serving the server's federation API: the operator's federation
+   * override (any scheme and host, deliberately), else federation resolution.
    */
   async federationOrigin(serverName: string): Promise<string> {
-    const override = this.override(serverName);
+    const override = lookupOverride(this.opts.federationOverrides ?? {}, serverName);
     if (override !== undefined) return new URL(override).origin;
     const { host, port } = parse(serverName);
     if (port !== undefined || isIP(host) !== 0) return httpsOrigin(host, port ?? FEDERATION_PORT);
@@ -136,6 +142,10 @@ export class HomeserverDirectory {
     if (res.status !== 200) throw new Error(`.well-known/matrix/${which} answered ${res.status}`);
     return jsonObjectOf(res);
   }
+}
+
+function lookupOverride(overrides: Readonly<Record<string, string>>, serverName: string): string | undefined {
+  return Object.hasOwn(overrides, serverName) ? overrides[serverName] : undefined;
 }
 
 function parse(name: string): { host: string; port?: number } {

@@ -1,13 +1,14 @@
 /**
  * SSRF guard for every request the agent makes to a homeserver (OpenID, .well-known, restart and
  * send). Server names come from clients, so an address that is not publicly routable is refused
- * unless the operator named that host in the configuration. The check runs inside the connection's
- * DNS lookup, so the address that was checked is the address connected to (no rebinding window).
+ * unless the operator named that exact origin (scheme, host and port) in the configuration. The
+ * check runs inside the connection's DNS lookup, so the address that was checked is the address
+ * connected to (no rebinding window).
  */
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
 
-import { splitServerName } from './server-name.js';
+import { FEDERATION_PORT, httpsOrigin, splitServerName } from './server-name.js';
 
 /** Error code of a refused destination; callers classify it as "unresolvable", never retry it. */
 export const OUTBOUND_REFUSED = 'ERR_LASTWILL_OUTBOUND_REFUSED';
@@ -103,14 +104,30 @@ export function isPublicAddress(address: string): boolean {
   return !nonPublicV6.check(address.replace(/%.*$/, ''), 'ipv6');
 }
 
-/** The host of a server name or URL host, for comparing with the operator's named hosts. */
-function hostKey(serverNameOrHost: string): string {
-  return splitServerName(serverNameOrHost)?.host ?? serverNameOrHost.toLowerCase();
+/**
+ * The origins a server name itself is reached at: with an explicit port that one (federation and
+ * .well-known both live there), otherwise `https://host` for .well-known and the default
+ * federation port.
+ */
+function originsOfServerName(name: string): string[] {
+  const parsed = splitServerName(name);
+  if (!parsed) return [];
+  if (parsed.port !== undefined) return [httpsOrigin(parsed.host, parsed.port)];
+  return [httpsOrigin(parsed.host, 443), httpsOrigin(parsed.host, FEDERATION_PORT)];
+}
+
+/**
+ * scheme://host[:port] in the form `URL.origin` gives (lowercase, default port dropped); nothing
+ * for what is not an origin (the config schema refuses such names before they get here).
+ */
+function canonicalOrigins(origins: Iterable<string>): string[] {
+  return [...origins].flatMap((origin) => (URL.canParse(origin) ? [new URL(origin).origin] : []));
 }
 
 export interface GuardConfig {
   full_access_homeservers: readonly string[];
   cs_api_url_overrides: Readonly<Record<string, string>>;
+  federation_url_overrides: Readonly<Record<string, string>>;
 }
 
 type Lookup = typeof dnsLookup;
@@ -119,44 +136,78 @@ export class OutboundGuard {
   private readonly named: ReadonlySet<string>;
 
   /**
-   * @param namedHosts - hosts (server names, override URL hosts) the operator vouched for
+   * @param namedOrigins - origins (scheme, host and port) the operator vouched for
    * @param resolve - the DNS resolver; injectable for tests
    */
   constructor(
-    namedHosts: Iterable<string>,
+    namedOrigins: Iterable<string>,
     private readonly resolve: Lookup = dnsLookup,
   ) {
-    this.named = new Set([...namedHosts].map(hostKey));
-  }
-
-  /** Hosts named by the operator: full-access servers (not `*`) and every override, key and URL. */
-  static fromConfig(config: GuardConfig, resolve?: Lookup): OutboundGuard {
-    const hosts = config.full_access_homeservers.filter((s) => s !== '*');
-    for (const [server, url] of Object.entries(config.cs_api_url_overrides)) {
-      hosts.push(server, new URL(url).hostname);
-    }
-    return new OutboundGuard(hosts, resolve);
-  }
-
-  isNamed(host: string): boolean {
-    return this.named.has(hostKey(host));
-  }
-
-  /** Throws OutboundRefusedError when `host` is an IP literal that may not be contacted. */
-  checkLiteral(host: string): void {
-    const bare = host.replace(/^\[(.*)\]$/, '$1');
-    if (isIP(bare) !== 0 && !isPublicAddress(bare) && !this.isNamed(bare)) throw new OutboundRefusedError(bare);
+    this.named = new Set(canonicalOrigins(namedOrigins));
   }
 
   /**
-   * A `net.connect` lookup that resolves and refuses the whole answer if any address is not public
-   * (a mixed answer is how rebinding attacks are staged).
+   * Exactly the origins the operator named: every override URL's origin, and the origins of every
+   * server name it named (full-access servers other than `*`, override keys). A named host is not
+   * trusted on any other port or scheme: otherwise naming `127.0.0.1:8008` would let any
+   * homeserver's .well-known point the agent at every port of 127.0.0.1.
    */
-  readonly lookup: LookupFunction = (hostname, options, callback) => {
+  static fromConfig(config: GuardConfig, resolve?: Lookup): OutboundGuard {
+    const overrides = [config.cs_api_url_overrides, config.federation_url_overrides];
+    const servers = [
+      ...config.full_access_homeservers.filter((s) => s !== '*'),
+      ...overrides.flatMap((o) => Object.keys(o)),
+    ];
+    const origins = [
+      ...servers.flatMap(originsOfServerName),
+      ...overrides.flatMap((o) => Object.values(o).map((url) => new URL(url).origin)),
+    ];
+    return new OutboundGuard(origins, resolve);
+  }
+
+  /** Whether the operator named this origin (`URL.origin` form), so any address it has may be used. */
+  isNamed(origin: string): boolean {
+    return this.named.has(origin);
+  }
+
+  /**
+   * Throws OutboundRefusedError when a URL of an unnamed origin has an IP literal host that may not
+   * be contacted (literals never reach the DNS lookup below).
+   */
+  checkLiteral(url: URL): void {
+    if (this.isNamed(url.origin)) return;
+    const bare = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    if (isIP(bare) !== 0 && !isPublicAddress(bare)) throw new OutboundRefusedError(bare);
+  }
+
+  /**
+   * Resolves when requests to `url` would be let through, rejects with OutboundRefusedError (or the
+   * DNS error) otherwise: so an address learnt from a .well-known document is refused when it is
+   * learnt, not only when it is first used.
+   */
+  async admits(url: URL): Promise<void> {
+    this.checkLiteral(url);
+    if (this.isNamed(url.origin) || isIP(url.hostname.replace(/^\[(.*)\]$/, '$1')) !== 0) return;
+    await new Promise<void>((resolve, reject) =>
+      this.lookup(url.hostname, { all: true }, (err) => (err ? reject(err) : resolve())),
+    );
+  }
+
+  /**
+   * The `net.connect` lookup for unnamed origins: resolves, and refuses the whole answer if any
+   * address is not public (a mixed answer is how rebinding attacks are staged).
+   */
+  readonly lookup: LookupFunction = (hostname, options, callback) => this.lookupWith(true, hostname, options, callback);
+
+  /** The lookup for named origins: the same resolver, any address. */
+  readonly namedLookup: LookupFunction = (hostname, options, callback) =>
+    this.lookupWith(false, hostname, options, callback);
+
+  private lookupWith(publicOnly: boolean, ...[hostname, options, callback]: Parameters<LookupFunction>): void {
     this.resolve(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, '', 0);
       const list = addresses as unknown as LookupAddress[];
-      if (!this.isNamed(hostname) && list.some((a) => !isPublicAddress(a.address))) {
+      if (publicOnly && list.some((a) => !isPublicAddress(a.address))) {
         return callback(new OutboundRefusedError(hostname), '', 0);
       }
       if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, list);
@@ -164,5 +215,5 @@ export class OutboundGuard {
       if (!first) return callback(Object.assign(new Error('no addresses'), { code: 'ENOTFOUND' }), '', 0);
       return callback(null, first.address, first.family);
     });
-  };
+  }
 }

@@ -1,9 +1,11 @@
 /**
- * The one HTTP client for homeserver calls: one undici Agent (keep-alive, a per-origin connection
- * cap so one slow homeserver cannot take every socket), fixed timeouts, the SSRF guard in the
- * connection's DNS lookup, and no redirects. Origins come from unauthenticated clients' server
- * names, so the Agent's habit of dropping an origin's pool once its last connection closes is what
- * keeps the client's memory bounded: an origin costs nothing after its idle timeout.
+ * The one HTTP client for homeserver calls: undici keep-alive pools with a per-origin connection
+ * cap (so one slow homeserver cannot take every socket), fixed timeouts, the SSRF guard, and no
+ * redirects. Origins the operator named go through a pool that may connect anywhere; every other
+ * origin through one whose DNS lookup refuses non-public addresses. Origins come from
+ * unauthenticated clients' server names, so undici's habit of dropping an origin's pool once its
+ * last connection closes is what keeps the client's memory bounded: an origin costs nothing after
+ * its idle timeout.
  */
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
@@ -39,21 +41,27 @@ export interface OutboundRequest {
 }
 
 export class OutboundHttp {
-  private readonly agent: Agent;
+  /** For origins the operator named: any address. */
+  private readonly named: Agent;
+  /** For every other origin: public addresses only. */
+  private readonly guarded: Agent;
   private closed = false;
 
   constructor(private readonly opts: OutboundHttpOptions) {
     const idleMs = opts.idleMs ?? DEFAULT_IDLE_MS;
-    this.agent = new Agent({
-      connections: opts.maxConnectionsPerOrigin,
-      keepAliveTimeout: idleMs,
-      keepAliveMaxTimeout: idleMs,
-      connect: {
-        timeout: opts.timeoutMs,
-        rejectUnauthorized: !opts.insecureTls,
-        lookup: opts.guard.lookup,
-      },
-    });
+    const pool = (lookup: OutboundGuard['lookup']) =>
+      new Agent({
+        connections: opts.maxConnectionsPerOrigin,
+        keepAliveTimeout: idleMs,
+        keepAliveMaxTimeout: idleMs,
+        connect: {
+          timeout: opts.timeoutMs,
+          rejectUnauthorized: !opts.insecureTls,
+          lookup,
+        },
+      });
+    this.named = pool(opts.guard.namedLookup);
+    this.guarded = pool(opts.guard.lookup);
   }
 
   /**
@@ -67,10 +75,11 @@ export class OutboundHttp {
   request(url: URL, req: OutboundRequest): Promise<OutboundResponse> {
     if (this.closed) return Promise.reject(new Error('outbound client closed'));
     try {
-      this.opts.guard.checkLiteral(url.hostname);
+      this.opts.guard.checkLiteral(url);
     } catch (err) {
       return Promise.reject(err);
     }
+    const pool = this.opts.guard.isNamed(url.origin) ? this.named : this.guarded;
     const max = this.opts.maxBodyBytes ?? 64 * 1024;
     return new Promise<OutboundResponse>((resolve, reject) => {
       const chunks: Buffer[] = [];
@@ -96,7 +105,7 @@ export class OutboundHttp {
           reject(err);
         },
       };
-      this.agent.dispatch(
+      pool.dispatch(
         {
           origin: url.origin,
           path: `${url.pathname}${url.search}`,
@@ -111,14 +120,19 @@ export class OutboundHttp {
     });
   }
 
+  /** Resolves when requests to `url` would pass the SSRF guard; rejects otherwise. */
+  admits(url: URL): Promise<void> {
+    return this.opts.guard.admits(url);
+  }
+
   /** Origins that currently hold a connection pool. */
   openOrigins(): string[] {
-    return Object.keys(this.agent.stats);
+    return [...Object.keys(this.named.stats), ...Object.keys(this.guarded.stats)];
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.agent.destroy().catch(() => undefined);
+    await Promise.all([this.named, this.guarded].map((pool) => pool.destroy().catch(() => undefined)));
   }
 }
 

@@ -1,5 +1,6 @@
-// The homeserver side of the agent in-process: SSRF guard, discovery, OpenID over HTTP and TLS,
-// and restart/send classification, against the loopback fake homeserver.
+// The homeserver side of the agent in-process: SSRF guard, discovery, OpenID over TLS, and
+// restart/send classification, against the loopback fake homeserver (federation over TLS at its
+// server name, the client API on a separate plain listener).
 import type { lookup as dnsLookup } from 'node:dns';
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -38,17 +39,15 @@ describe('isPublicAddress', () => {
 const toLoopback = ((_host: string, _opts: unknown, cb: (e: null, a: Array<{ address: string; family: number }>) => void) =>
   cb(null, [{ address: '127.0.0.1', family: 4 }])) as unknown as typeof dnsLookup;
 
+/** Federation over TLS at its server name, the client API on a separate plain listener. */
 let hs: FakeHomeserver;
-let tlsHs: FakeHomeserver;
 const clients: OutboundHttp[] = [];
 
 beforeAll(async () => {
   hs = await startFakeHomeserver();
-  tlsHs = await startFakeHomeserver({ tls: true });
 });
 afterAll(async () => {
   await hs.close();
-  await tlsHs.close();
 });
 afterEach(async () => {
   await Promise.all(clients.splice(0).map((c) => c.close()));
@@ -56,10 +55,18 @@ afterEach(async () => {
 
 function setup(
   overrides: Record<string, string>,
-  opts: { insecure?: boolean; named?: string[]; idleMs?: number; maxBodyBytes?: number; directory?: Partial<DirectoryOptions> } = {},
+  opts: {
+    insecure?: boolean;
+    named?: string[];
+    federationOverrides?: Record<string, string>;
+    idleMs?: number;
+    maxBodyBytes?: number;
+    directory?: Partial<DirectoryOptions>;
+  } = {},
 ) {
+  const federationOverrides = opts.federationOverrides ?? {};
   const guard = OutboundGuard.fromConfig(
-    { full_access_homeservers: opts.named ?? [], cs_api_url_overrides: overrides },
+    { full_access_homeservers: opts.named ?? [], cs_api_url_overrides: overrides, federation_url_overrides: federationOverrides },
     toLoopback,
   );
   const http = new OutboundHttp({
@@ -72,7 +79,7 @@ function setup(
     ...(opts.maxBodyBytes !== undefined ? { maxBodyBytes: opts.maxBodyBytes } : {}),
   });
   clients.push(http);
-  const directory = new HomeserverDirectory({ http, overrides, cacheTtlMs: 60_000, ...opts.directory });
+  const directory = new HomeserverDirectory({ http, overrides, federationOverrides, cacheTtlMs: 60_000, ...opts.directory });
   return {
     http,
     directory,
@@ -93,30 +100,76 @@ describe('outbound guard', () => {
     async (address) => {
       const guard = new OutboundGuard([], answering(address, 6));
       expect(await lookupVia(guard, 'evil.test')).toMatchObject({ code: 'ERR_LASTWILL_OUTBOUND_REFUSED' });
-      expect(() => guard.checkLiteral(`[${address}]`)).toThrow(/not a public address/);
+      expect(() => guard.checkLiteral(new URL(`https://[${address}]/`))).toThrow(/not a public address/);
     },
   );
 
   it('lets a NAT64 answer for a public address through', async () => {
     const guard = new OutboundGuard([], answering('64:ff9b::808:808', 6));
     expect(await lookupVia(guard, 'dns64.test')).toBeNull();
-    expect(() => guard.checkLiteral('[64:ff9b::808:808]')).not.toThrow();
+    expect(() => guard.checkLiteral(new URL('https://[64:ff9b::808:808]/'))).not.toThrow();
   });
 
+  it('names exactly the origins the operator named: scheme, host and port', () => {
+    const guard = OutboundGuard.fromConfig({
+      full_access_homeservers: ['*', 'example.com', 'ported.example:8009', '[::1]:99'],
+      cs_api_url_overrides: { 'internal.example': 'http://127.0.0.1:8008/' },
+      federation_url_overrides: { 'fed.example': 'https://10.0.0.7:8448' },
+    });
+    for (const origin of [
+      'https://example.com', // .well-known
+      'https://example.com:8448', // federation's default port
+      'https://ported.example:8009',
+      'https://[::1]:99',
+      'http://127.0.0.1:8008',
+      'https://internal.example',
+      'https://internal.example:8448',
+      'https://10.0.0.7:8448',
+      'https://fed.example',
+    ]) {
+      expect([origin, guard.isNamed(origin)]).toEqual([origin, true]);
+    }
+    for (const origin of [
+      'http://127.0.0.1:8009', // another port of a named host
+      'https://127.0.0.1:8008', // another scheme
+      'http://127.0.0.1',
+      'https://example.com:8443',
+      'http://example.com',
+      'https://ported.example',
+      'https://ported.example:8448',
+      'https://10.0.0.7',
+    ]) {
+      expect([origin, guard.isNamed(origin)]).toEqual([origin, false]);
+    }
+    expect(() => guard.checkLiteral(new URL('http://127.0.0.1:8008/x'))).not.toThrow();
+    expect(() => guard.checkLiteral(new URL('http://127.0.0.1:8009/x'))).toThrow(/not a public address/);
+  });
 
   it('refuses a server name that resolves to loopback unless it is named', async () => {
     const { openid } = setup({});
     hs.addOpenIdToken('tok-guard', '@a:evil.test');
     const before = hs.requests.length;
-    await expect(openid.verify(`evil.test:${hs.port}`, 'tok-guard')).rejects.toMatchObject({ errcode: 'M_UNAUTHORIZED' });
-    await expect(openid.verify(`127.0.0.1:${hs.port}`, 'tok-guard')).rejects.toMatchObject({ errcode: 'M_UNAUTHORIZED' });
+    await expect(openid.verify(`evil.test:${hs.federationPort}`, 'tok-guard')).rejects.toMatchObject({ errcode: 'M_UNAUTHORIZED' });
+    await expect(openid.verify(`127.0.0.1:${hs.federationPort}`, 'tok-guard')).rejects.toMatchObject({ errcode: 'M_UNAUTHORIZED' });
+    expect(hs.requests.length).toBe(before);
+  });
+
+  it('refuses another port of a host that is named only on one port', async () => {
+    // The client listener's host and port are named by the override; the federation port is not.
+    const { openid, http } = setup({ 'cs.test': hs.url }, { insecure: true });
+    hs.addOpenIdToken('tok-port', `@a:127.0.0.1:${hs.federationPort}`);
+    const before = hs.requests.length;
+    await expect(openid.verify(`127.0.0.1:${hs.federationPort}`, 'tok-port')).rejects.toMatchObject({ errcode: 'M_UNAUTHORIZED' });
+    await expect(http.request(new URL('/x', `http://localhost:${hs.port}`), { method: 'GET' })).rejects.toMatchObject({
+      code: 'ERR_LASTWILL_OUTBOUND_REFUSED',
+    });
     expect(hs.requests.length).toBe(before);
   });
 
   it('classifies a refused homeserver URL as unresolvable, without contacting it', async () => {
     const { actions } = setup({});
     const before = hs.requests.length;
-    expect(await actions.perform('send', { serverName: `127.0.0.1:${hs.port}`, delayId: 'd-guard' })).toMatchObject({
+    expect(await actions.perform('send', { serverName: `127.0.0.1:${hs.federationPort}`, delayId: 'd-guard' })).toMatchObject({
       kind: 'unresolvable',
     });
     expect(hs.requests.length).toBe(before);
@@ -124,23 +177,39 @@ describe('outbound guard', () => {
 });
 
 describe('OpenID', () => {
-  it('verifies through an override over plain http', async () => {
-    const { openid } = setup({ 'hs.test': hs.url });
-    hs.addOpenIdToken('tok-1', '@alice:hs.test');
-    expect(await openid.verify('hs.test', 'tok-1')).toBe('@alice:hs.test');
+  it('verifies at the federation listener of the server name, over TLS', async () => {
+    const { openid } = setup({}, { named: [hs.serverName], insecure: true });
+    hs.addOpenIdToken('tok-1', `@alice:${hs.serverName}`);
+    expect(await openid.verify(hs.serverName, 'tok-1')).toBe(`@alice:${hs.serverName}`);
+    expect(hs.userInfoRequests().at(-1)).toMatchObject({ listener: 'federation', status: 200 });
+  });
+
+  it('never moves the check to the client API named by a CS-API override', async () => {
+    const { openid } = setup({ [hs.serverName]: hs.url }, { insecure: true });
+    hs.addOpenIdToken('tok-cs', `@carol:${hs.serverName}`);
+    const before = hs.requests.length;
+    expect(await openid.verify(hs.serverName, 'tok-cs')).toBe(`@carol:${hs.serverName}`);
+    expect(hs.requests.slice(before).map((r) => r.listener)).toEqual(['federation']);
+  });
+
+  it('follows an explicit federation override', async () => {
+    // The federation listener is reached through a name that federation resolution would not find.
+    const { openid } = setup({}, { federationOverrides: { 'fed.test': hs.federationUrl }, insecure: true });
+    hs.addOpenIdToken('tok-fed', '@dave:fed.test');
+    expect(await openid.verify('fed.test', 'tok-fed')).toBe('@dave:fed.test');
   });
 
   it('rejects an unknown token and a sub of another server', async () => {
-    const { openid } = setup({ 'hs.test': hs.url });
+    const { openid } = setup({}, { named: [hs.serverName], insecure: true });
     hs.addOpenIdToken('tok-2', '@mallory:other.test');
-    await expect(openid.verify('hs.test', 'nope')).rejects.toMatchObject({ status: 401, errcode: 'M_UNAUTHORIZED' });
-    await expect(openid.verify('hs.test', 'tok-2')).rejects.toMatchObject({ status: 401 });
+    await expect(openid.verify(hs.serverName, 'nope')).rejects.toMatchObject({ status: 401, errcode: 'M_UNAUTHORIZED' });
+    await expect(openid.verify(hs.serverName, 'tok-2')).rejects.toMatchObject({ status: 401 });
   });
 
   it.each(['hs.test/x', 'hs.test:1:2', 'user@hs.test', '', 'hs test', '[not-v6]:80'])(
     'rejects the malformed server name %j with 401 without any request',
     async (name) => {
-      const { openid } = setup({ 'hs.test': hs.url, [name]: hs.url });
+      const { openid } = setup({ 'hs.test': hs.url }, { federationOverrides: { 'hs.test': hs.federationUrl, [name]: hs.federationUrl } });
       hs.addOpenIdToken('tok-bad-name', `@a:${name}`);
       const before = hs.requests.length;
       await expect(openid.verify(name, 'tok-bad-name')).rejects.toMatchObject({ status: 401, errcode: 'M_UNAUTHORIZED' });
@@ -149,65 +218,76 @@ describe('OpenID', () => {
   );
 
   it('refuses a self-signed certificate unless verification is skipped', async () => {
-    tlsHs.addOpenIdToken('tok-3', '@bob:tls.test');
-    await expect(setup({ 'tls.test': tlsHs.url }).openid.verify('tls.test', 'tok-3')).rejects.toMatchObject({ status: 401 });
-    expect(await setup({ 'tls.test': tlsHs.url }, { insecure: true }).openid.verify('tls.test', 'tok-3')).toBe('@bob:tls.test');
+    hs.addOpenIdToken('tok-3', `@bob:${hs.serverName}`);
+    await expect(setup({}, { named: [hs.serverName] }).openid.verify(hs.serverName, 'tok-3')).rejects.toMatchObject({ status: 401 });
+    expect(await setup({}, { named: [hs.serverName], insecure: true }).openid.verify(hs.serverName, 'tok-3')).toBe(`@bob:${hs.serverName}`);
   });
 });
 
 describe('discovery', () => {
-  it('reads m.homeserver.base_url of a named server and caches it', async () => {
-    const { directory } = setup({}, { named: ['127.0.0.1'] });
-    const plainName = `127.0.0.1:${hs.port}`;
-    hs.setClientWellKnown({ 'm.homeserver': { base_url: `${hs.url}/` } });
-    // The .well-known is fetched over https, which the plain fake does not speak: unresolvable.
-    await expect(directory.clientBaseUrl(plainName)).rejects.toThrow();
-    hs.setClientWellKnown(undefined);
-    const tls = setup({}, { named: ['127.0.0.1'], insecure: true }).directory;
-    const name = `127.0.0.1:${tlsHs.port}`;
-    expect(await tls.clientBaseUrl(name)).toBe(tlsHs.url);
-    const count = tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length;
-    await tls.clientBaseUrl(name);
-    expect(tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length).toBe(count);
+  const wellKnownCount = () => hs.requests.filter((r) => r.path === '/.well-known/matrix/client').length;
+  /**
+   * A directory over https to the fake's federation listener, for any of `names` (all resolve to
+   * loopback); the client listener the .well-known announces is named too (by an override of
+   * another server), as the guard lets a .well-known point only at named or public origins.
+   */
+  const tlsDirectory = (names: string[], options: Partial<DirectoryOptions> = {}) =>
+    setup({ 'client-listener.test': hs.url }, { named: names, insecure: true, directory: options }).directory;
+  const announceClientApi = () => hs.setClientWellKnown({ 'm.homeserver': { base_url: `${hs.url}/` } });
+  afterEach(() => hs.setClientWellKnown(undefined));
+
+  it('reads m.homeserver.base_url at the server name and caches it', async () => {
+    announceClientApi();
+    const directory = tlsDirectory([hs.serverName]);
+    expect(await directory.clientBaseUrl(hs.serverName)).toBe(hs.url);
+    const count = wellKnownCount();
+    await directory.clientBaseUrl(hs.serverName);
+    expect(wellKnownCount()).toBe(count);
   });
 
-  const wellKnownCount = () => tlsHs.requests.filter((r) => r.path === '/.well-known/matrix/client').length;
-  /** A directory over https to the TLS fake, for any of `names` (all resolve to loopback). */
-  const tlsDirectory = (names: string[], options: Partial<DirectoryOptions> = {}) =>
-    setup({}, { named: names, insecure: true, directory: options }).directory;
+  it('refuses a .well-known that announces an unnamed private origin', async () => {
+    announceClientApi();
+    const directory = setup({}, { named: [hs.serverName], insecure: true }).directory;
+    await expect(directory.clientBaseUrl(hs.serverName)).rejects.toMatchObject({ code: 'ERR_LASTWILL_OUTBOUND_REFUSED' });
+    const viaDns = setup({}, { named: [hs.serverName], insecure: true }).directory;
+    hs.setClientWellKnown({ 'm.homeserver': { base_url: `http://internal.test:${hs.port}` } });
+    await expect(viaDns.clientBaseUrl(hs.serverName)).rejects.toMatchObject({ code: 'ERR_LASTWILL_OUTBOUND_REFUSED' });
+  });
+
+  it('finds no client API where the server name serves no .well-known (as a Synapse federation listener)', async () => {
+    await expect(tlsDirectory([hs.serverName]).clientBaseUrl(hs.serverName)).rejects.toThrow(/404/);
+  });
 
   it('shares one in-flight .well-known lookup among concurrent callers', async () => {
-    const directory = tlsDirectory(['shared.test']);
+    announceClientApi();
+    const name = `shared.test:${hs.federationPort}`;
+    const directory = tlsDirectory([name]);
     const before = wellKnownCount();
-    const bases = await Promise.all(Array.from({ length: 20 }, () => directory.clientBaseUrl(`shared.test:${tlsHs.port}`)));
-    expect(new Set(bases)).toEqual(new Set([tlsHs.url]));
+    const bases = await Promise.all(Array.from({ length: 20 }, () => directory.clientBaseUrl(name)));
+    expect(new Set(bases)).toEqual(new Set([hs.url]));
     expect(wellKnownCount()).toBe(before + 1);
   });
 
   it('remembers a failed lookup briefly, then asks again', async () => {
     let now = 1_000_000;
-    const directory = tlsDirectory(['broken.test'], { now: () => now, failureTtlMs: 60_000 });
-    const name = `broken.test:${tlsHs.port}`;
-    tlsHs.setClientWellKnown({ 'm.homeserver': {} });
-    try {
-      const before = wellKnownCount();
-      await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
-      now += 59_000;
-      await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
-      expect(wellKnownCount()).toBe(before + 1);
-      tlsHs.setClientWellKnown(undefined);
-      now += 2_000;
-      expect(await directory.clientBaseUrl(name)).toBe(tlsHs.url);
-      expect(wellKnownCount()).toBe(before + 2);
-    } finally {
-      tlsHs.setClientWellKnown(undefined);
-    }
+    const name = `broken.test:${hs.federationPort}`;
+    const directory = tlsDirectory([name], { now: () => now, failureTtlMs: 60_000 });
+    hs.setClientWellKnown({ 'm.homeserver': {} });
+    const before = wellKnownCount();
+    await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
+    now += 59_000;
+    await expect(directory.clientBaseUrl(name)).rejects.toThrow(/base_url/);
+    expect(wellKnownCount()).toBe(before + 1);
+    announceClientApi();
+    now += 2_000;
+    expect(await directory.clientBaseUrl(name)).toBe(hs.url);
+    expect(wellKnownCount()).toBe(before + 2);
   });
 
   it('keeps a bounded cache, dropping the least recently used server', async () => {
-    const names = ['a.test', 'b.test', 'c.test'];
-    const directory = tlsDirectory(names, { maxEntries: 2 });
-    const [a, b, c] = names.map((n) => `${n}:${tlsHs.port}`) as [string, string, string];
+    announceClientApi();
+    const [a, b, c] = ['a.test', 'b.test', 'c.test'].map((n) => `${n}:${hs.federationPort}`) as [string, string, string];
+    const directory = tlsDirectory([a, b, c], { maxEntries: 2 });
     for (const name of [a, b, a, c]) await directory.clientBaseUrl(name);
     const before = wellKnownCount();
     await directory.clientBaseUrl(a);
@@ -222,6 +302,12 @@ describe('discovery', () => {
     expect(await directory.federationOrigin('example.com:8449')).toBe('https://example.com:8449');
     expect(await directory.federationOrigin('10.0.0.1')).toBe('https://10.0.0.1:8448');
     expect(await directory.federationOrigin('[::1]:99')).toBe('https://[::1]:99');
+  });
+
+  it('resolves federation independently of the CS-API override', async () => {
+    const { directory } = setup({ 'example.com:8449': 'http://10.0.0.9:8008' });
+    expect(await directory.federationOrigin('example.com:8449')).toBe('https://example.com:8449');
+    expect(await directory.clientBaseUrl('example.com:8449')).toBe('http://10.0.0.9:8008');
   });
 });
 
@@ -313,17 +399,17 @@ describe('outbound connections', () => {
     const error = 'x'.repeat(2000);
     hs.script(id, 'send', [{ status: 500, body: { errcode: 'M_UNKNOWN', error }, headers: { 'x-extra': 'yes' } }], { status: 500, body: { errcode: 'M_UNKNOWN', error } });
     const url = new URL(`/_matrix/client/unstable/org.matrix.msc4140/delayed_events/${id}/send`, hs.url);
-    const { http } = setup({}, { named: ['127.0.0.1'] });
+    const { http } = setup({ 'hs.test': hs.url });
     const res = await http.request(url, { method: 'POST', body: '{}' });
     expect(res).toMatchObject({ status: 500, headers: { 'x-extra': 'yes' } });
     expect(JSON.parse(res.text)).toEqual({ errcode: 'M_UNKNOWN', error });
-    const small = setup({}, { named: ['127.0.0.1'], maxBodyBytes: 1000 }).http;
+    const small = setup({ 'hs.test': hs.url }, { maxBodyBytes: 1000 }).http;
     await expect(small.request(url, { method: 'POST', body: '{}' })).rejects.toThrow('response body too large');
   });
 
 
   it('drops an origin once its connections have been idle', async () => {
-    const { http } = setup({}, { named: ['127.0.0.1'], idleMs: 200 });
+    const { http } = setup({ 'hs.test': hs.url }, { idleMs: 200 });
     const res = await http.request(new URL('/.well-known/matrix/server', hs.url), { method: 'GET' });
     expect(res.status).toBe(404);
     expect(http.openOrigins()).toEqual([hs.url]);

@@ -1,7 +1,13 @@
-// A loopback Matrix homeserver fake with the wire shapes the agent depends on: federation OpenID
-// userinfo, .well-known/matrix/{client,server}, and MSC4140 delayed_events restart/send (path and
-// action-in-body forms). Answers are scriptable per delay id (status, Retry-After, hang) and every
-// request is recorded so tests assert on what actually reached the homeserver.
+// A loopback Matrix homeserver fake laid out like a real deployment (Synapse with separate
+// listeners, and lk-jwt-service's own integration tests): the federation API, with OpenID userinfo,
+// on its own TLS listener whose address is the server name (`127.0.0.1:<port>`, explicit port, so
+// federation resolution goes straight there), and the client-server API with MSC4140
+// delayed_events restart/send (path and action-in-body forms) on a separate plain-HTTP listener
+// that only an operator override can point at. Neither listener answers the other's API, as
+// Synapse's listeners do not. `.well-known/matrix/{client,server}` are served at the server name's
+// origin only when a test sets them (Synapse's federation listener serves neither). Answers are
+// scriptable per delay id (status, Retry-After, hang) and every request is recorded, with the
+// listener it reached, so tests assert on what actually reached the homeserver.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -17,7 +23,11 @@ export type DelayedAction = 'restart' | 'send';
 /** One scripted answer: a status with optional body/headers, or `hang` (never answer). */
 export type ScriptedAnswer = { status: number; body?: unknown; headers?: Record<string, string> } | 'hang';
 
+export type Listener = 'federation' | 'client';
+
 export interface RecordedRequest {
+  /** Which listener the request reached. */
+  listener: Listener;
   method: string;
   path: string;
   /** For delayed-event management requests. */
@@ -31,17 +41,17 @@ export interface RecordedRequest {
   at: number;
 }
 
-export interface FakeHomeserverOptions {
-  /** Serve over HTTPS with a self-signed certificate generated for 127.0.0.1/localhost. */
-  tls?: boolean;
-}
-
 export interface FakeHomeserver {
-  /** Base URL (http:// or https://127.0.0.1:port). */
+  /** `127.0.0.1:<federation port>`: the Matrix server name, resolved the federation way. */
+  readonly serverName: string;
+  /** Client-server API base URL (plain http), what LIVEKIT_CS_API_URL_OVERRIDES names. */
   readonly url: string;
   readonly port: number;
-  /** PEM of the self-signed certificate when `tls` is set (for NODE_EXTRA_CA_CERTS). */
-  readonly certFile?: string;
+  /** `https://127.0.0.1:<port>`: the federation listener, self-signed. */
+  readonly federationUrl: string;
+  readonly federationPort: number;
+  /** PEM of the federation listener's self-signed certificate (for NODE_EXTRA_CA_CERTS). */
+  readonly certFile: string;
   readonly requests: RecordedRequest[];
   /** Makes `accessToken` resolve to `userId` at openid/userinfo. */
   addOpenIdToken(accessToken: string, userId: string): void;
@@ -54,8 +64,12 @@ export interface FakeHomeserver {
   expireToken(token: string): void;
   /** While down, every delayed-event request gets 503 (an outage behind a proxy). */
   setDown(down: boolean): void;
-  /** What `.well-known/matrix/client` announces (default: this server's own URL). */
+  /** What `https://<server name>/.well-known/matrix/client` serves (undefined: 404). */
   setClientWellKnown(doc: unknown | undefined): void;
+  /** What `https://<server name>/.well-known/matrix/server` serves (undefined: 404). */
+  setServerWellKnown(doc: unknown | undefined): void;
+  /** OpenID userinfo lookups, in arrival order. */
+  userInfoRequests(): RecordedRequest[];
   /** Delayed-event requests for one id (and action), in arrival order. */
   actionRequests(delayId: string, action?: DelayedAction): RecordedRequest[];
   waitForRequests(delayId: string, action: DelayedAction, count: number, timeoutMs?: number): Promise<RecordedRequest[]>;
@@ -63,6 +77,7 @@ export interface FakeHomeserver {
 }
 
 const DELAYED_PREFIX = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events/';
+const USERINFO_PATH = '/_matrix/federation/v1/openid/userinfo';
 
 /** Generates a throwaway self-signed certificate valid for 127.0.0.1 and localhost. */
 export function makeSelfSignedCert(): { dir: string; keyFile: string; certFile: string } {
@@ -78,15 +93,14 @@ export function makeSelfSignedCert(): { dir: string; keyFile: string; certFile: 
   return { dir, keyFile, certFile };
 }
 
-export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Promise<FakeHomeserver> {
+export async function startFakeHomeserver(): Promise<FakeHomeserver> {
   const tokens = new Map<string, string>();
   const scripts = new Map<string, { answers: ScriptedAnswer[]; fallback: ScriptedAnswer }>();
   const requests: RecordedRequest[] = [];
   const expiredTokens = new Set<string>();
   const hanging = new Set<ServerResponse>();
   let down = false;
-  let clientWellKnown: unknown | undefined;
-  let baseUrl = '';
+  const wellKnown: Record<'client' | 'server', unknown> = { client: undefined, server: undefined };
 
   const answer = (res: ServerResponse, a: ScriptedAnswer): number => {
     if (a === 'hang') {
@@ -98,10 +112,11 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
     return a.status;
   };
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function handle(listener: Listener, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readBody(req);
     const url = new URL(req.url ?? '/', 'http://fake');
     const rec: RecordedRequest = {
+      listener,
       method: req.method ?? 'GET',
       path: url.pathname,
       body,
@@ -114,71 +129,79 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
       rec.status = status;
       sendJson(res, status, json, headers);
     };
+    const unrecognized = () => reply(404, { errcode: 'M_UNRECOGNIZED', error: 'Unrecognized request' });
 
-    if (url.pathname === '/_matrix/federation/v1/openid/userinfo' && req.method === 'GET') {
-      const sub = tokens.get(url.searchParams.get('access_token') ?? '');
-      return sub ? reply(200, { sub }) : reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Unknown token' });
-    }
-    if (url.pathname === '/.well-known/matrix/client') {
-      return reply(200, clientWellKnown ?? { 'm.homeserver': { base_url: baseUrl } });
-    }
-    if (url.pathname === '/.well-known/matrix/server') {
-      return reply(404, { errcode: 'M_NOT_FOUND', error: 'No delegation' });
-    }
-    if (url.pathname.startsWith(DELAYED_PREFIX) && req.method === 'POST') {
-      const rest = url.pathname.slice(DELAYED_PREFIX.length).split('/');
-      const delayId = decodeURIComponent(rest[0] ?? '');
-      let action = rest[1];
-      rec.form = 'path';
-      if (action === undefined) {
-        rec.form = 'body';
-        try {
-          action = (JSON.parse(body) as { action?: string }).action;
-        } catch {
-          action = undefined;
-        }
+    if (listener === 'federation') {
+      if (url.pathname === USERINFO_PATH && req.method === 'GET') {
+        const sub = tokens.get(url.searchParams.get('access_token') ?? '');
+        return sub ? reply(200, { sub }) : reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Unknown token' });
       }
-      rec.delayId = delayId;
-      if (action !== undefined) rec.action = action;
-      if (down) return reply(503, { errcode: 'M_UNKNOWN', error: 'Service unavailable' });
-      if (expiredTokens.has(req.headers.authorization?.replace(/^Bearer /, '') ?? '')) {
-        return reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: false });
+      const which = /^\/\.well-known\/matrix\/(client|server)$/.exec(url.pathname)?.[1] as 'client' | 'server' | undefined;
+      if (which !== undefined) {
+        const doc = wellKnown[which];
+        return doc === undefined ? reply(404, { errcode: 'M_NOT_FOUND', error: 'Not found' }) : reply(200, doc);
       }
-      if (action !== 'restart' && action !== 'send') {
-        return reply(400, { errcode: 'M_INVALID_PARAM', error: 'bad action' });
-      }
-      const script = scripts.get(`${action}\0${delayId}`);
-      const next = script ? (script.answers.shift() ?? script.fallback) : { status: 200, body: {} };
-      rec.status = answer(res, next);
-      return;
+      return unrecognized();
     }
-    return reply(404, { errcode: 'M_UNRECOGNIZED', error: 'Unrecognized request' });
+
+    if (!url.pathname.startsWith(DELAYED_PREFIX) || req.method !== 'POST') return unrecognized();
+    const rest = url.pathname.slice(DELAYED_PREFIX.length).split('/');
+    const delayId = decodeURIComponent(rest[0] ?? '');
+    let action = rest[1];
+    rec.form = 'path';
+    if (action === undefined) {
+      rec.form = 'body';
+      try {
+        action = (JSON.parse(body) as { action?: string }).action;
+      } catch {
+        action = undefined;
+      }
+    }
+    rec.delayId = delayId;
+    if (action !== undefined) rec.action = action;
+    if (down) return reply(503, { errcode: 'M_UNKNOWN', error: 'Service unavailable' });
+    if (expiredTokens.has(req.headers.authorization?.replace(/^Bearer /, '') ?? '')) {
+      return reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: false });
+    }
+    if (action !== 'restart' && action !== 'send') {
+      return reply(400, { errcode: 'M_INVALID_PARAM', error: 'bad action' });
+    }
+    const script = scripts.get(`${action}\0${delayId}`);
+    const next = script ? (script.answers.shift() ?? script.fallback) : { status: 200, body: {} };
+    rec.status = answer(res, next);
   }
 
-  const cert = opts.tls ? makeSelfSignedCert() : undefined;
-  const listener = (req: IncomingMessage, res: ServerResponse) => {
-    handle(req, res).catch(() => res.destroy());
+  const listen = (listener: Listener) => (req: IncomingMessage, res: ServerResponse) => {
+    handle(listener, req, res).catch(() => res.destroy());
   };
-  const server: Server = cert
-    ? createHttpsServer({ key: readFileSync(cert.keyFile), cert: readFileSync(cert.certFile) }, listener)
-    : createHttpServer(listener);
-  const port = await listenLoopback(server);
-  baseUrl = `${cert ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const cert = makeSelfSignedCert();
+  const federation: Server = createHttpsServer(
+    { key: readFileSync(cert.keyFile), cert: readFileSync(cert.certFile) },
+    listen('federation'),
+  );
+  const client: Server = createHttpServer(listen('client'));
+  const federationPort = await listenLoopback(federation);
+  const port = await listenLoopback(client);
 
   const actionRequests = (delayId: string, action?: DelayedAction) =>
     requests.filter((r) => r.delayId === delayId && (action === undefined || r.action === action));
 
   return {
-    url: baseUrl,
+    serverName: `127.0.0.1:${federationPort}`,
+    url: `http://127.0.0.1:${port}`,
     port,
-    ...(cert ? { certFile: cert.certFile } : {}),
+    federationUrl: `https://127.0.0.1:${federationPort}`,
+    federationPort,
+    certFile: cert.certFile,
     requests,
     addOpenIdToken: (t, u) => void tokens.set(t, u),
     script: (delayId, action, answers, fallback = { status: 200, body: {} }) =>
       void scripts.set(`${action}\0${delayId}`, { answers: [...answers], fallback }),
     expireToken: (token) => void expiredTokens.add(token),
     setDown: (d) => void (down = d),
-    setClientWellKnown: (doc) => void (clientWellKnown = doc),
+    setClientWellKnown: (doc) => void (wellKnown.client = doc),
+    setServerWellKnown: (doc) => void (wellKnown.server = doc),
+    userInfoRequests: () => requests.filter((r) => r.path === USERINFO_PATH),
     actionRequests,
     waitForRequests: (delayId, action, count, timeoutMs = 30_000) =>
       waitFor(
@@ -191,8 +214,8 @@ export async function startFakeHomeserver(opts: FakeHomeserverOptions = {}): Pro
       ),
     async close() {
       for (const res of hanging) res.destroy();
-      await closeServer(server);
-      if (cert) rmSync(cert.dir, { recursive: true, force: true });
+      await Promise.all([closeServer(federation), closeServer(client)]);
+      rmSync(cert.dir, { recursive: true, force: true });
     },
   };
 }

@@ -1,14 +1,26 @@
 // A loopback LiveKit SFU fake: the Twirp RoomService calls the agent makes (ListParticipants,
 // GetParticipant, CreateRoom), each checking the Bearer JWT against the API secret and the grant
 // the real server requires, with scriptable participants; and genuinely signed webhooks built
-// from @livekit/protocol's WebhookEvent (the SDK subclass drops `event`).
+// from @livekit/protocol's WebhookEvent (the SDK subclass drops `event`). Like LiveKit's Twirp
+// server it speaks both encodings: JSON (the Node SDK, so lastwill) and protobuf (the Go SDK, so
+// lk-jwt-service); errors are JSON either way, as Twirp specifies.
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 
-import { DisconnectReason, ParticipantInfo, ParticipantInfo_State, Room, WebhookEvent } from '@livekit/protocol';
+import {
+  CreateRoomRequest,
+  DisconnectReason,
+  ListParticipantsRequest,
+  ListParticipantsResponse,
+  ParticipantInfo,
+  ParticipantInfo_State,
+  Room,
+  RoomParticipantIdentity,
+  WebhookEvent,
+} from '@livekit/protocol';
 import { AccessToken, TokenVerifier } from 'livekit-server-sdk';
 
-import { closeServer, listenLoopback, readBody, sendJson } from './http-util.js';
+import { closeServer, listenLoopback, readBody, readBodyBytes, sendJson } from './http-util.js';
 
 export interface FakeParticipant {
   identity: string;
@@ -73,32 +85,54 @@ export async function startFakeSfu(creds: { key: string; secret: string }): Prom
   const verifier = new TokenVerifier(creds.key, creds.secret);
   let failing = false;
 
-  const participantJson = (p: FakeParticipant) =>
+  const participantInfo = (p: FakeParticipant) =>
     new ParticipantInfo({
       sid: p.sid,
       identity: p.identity,
       state: ParticipantInfo_State.ACTIVE,
       joinedAt: BigInt(Math.floor((p.joinedAtMs ?? Date.now()) / 1000)),
       joinedAtMs: BigInt(p.joinedAtMs ?? Date.now()),
-    }).toJson();
+    });
+
+  /** The request's fields, from whichever encoding it came in; undefined when it does not decode. */
+  function decodeRequest(method: string, raw: Buffer, protobuf: boolean): { room?: string; name?: string; identity?: string } | undefined {
+    try {
+      if (!protobuf) return JSON.parse(raw.toString('utf8')) as { room?: string; name?: string; identity?: string };
+      switch (method) {
+        case 'ListParticipants':
+          return ListParticipantsRequest.fromBinary(raw);
+        case 'GetParticipant':
+          return RoomParticipantIdentity.fromBinary(raw);
+        case 'CreateRoom':
+          return CreateRoomRequest.fromBinary(raw);
+        default:
+          return {};
+      }
+    } catch {
+      return undefined;
+    }
+  }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const text = await readBody(req);
+    const raw = await readBodyBytes(req);
     const method = (req.url ?? '').replace(/^\/twirp\/livekit\.RoomService\//, '');
-    let body: { room?: string; name?: string; identity?: string } = {};
-    try {
-      body = JSON.parse(text) as typeof body;
-    } catch {
-      /* answered below */
-    }
+    const protobuf = req.headers['content-type'] === 'application/protobuf';
+    const body = decodeRequest(method, raw, protobuf) ?? {};
     const room = body.room ?? body.name ?? '';
     const call: TwirpCall = { method, room, status: 0 };
     calls.push(call);
-    const twirp = (status: number, json: unknown) => {
+    // `json` where LiveKit's JSON differs from protobuf-es' (it writes empty lists, for one).
+    const twirp = (status: number, message: { toJson(): unknown; toBinary(): Uint8Array }, json = message.toJson()) => {
       call.status = status;
-      sendJson(res, status, json);
+      if (!protobuf) return sendJson(res, status, json);
+      const bytes = message.toBinary();
+      res.writeHead(status, { 'content-type': 'application/protobuf', 'content-length': String(bytes.length) });
+      res.end(bytes);
     };
-    const twirpError = (status: number, code: string, msg: string) => twirp(status, { code, msg });
+    const twirpError = (status: number, code: string, msg: string) => {
+      call.status = status;
+      sendJson(res, status, { code, msg });
+    };
 
     const auth = req.headers.authorization;
     if (!auth?.startsWith('Bearer ')) return twirpError(401, 'unauthenticated', 'missing token');
@@ -116,16 +150,17 @@ export async function startFakeSfu(creds: { key: string; secret: string }): Prom
         if (!video.roomAdmin || video.room !== room) return twirpError(403, 'permission_denied', 'no roomAdmin grant');
         const members = rooms.get(room);
         if (method === 'ListParticipants') {
-          return twirp(200, { participants: [...(members?.values() ?? [])].map(participantJson) });
+          const participants = [...(members?.values() ?? [])].map(participantInfo);
+          return twirp(200, new ListParticipantsResponse({ participants }), { participants: participants.map((p) => p.toJson()) });
         }
         const p = members?.get(body.identity ?? '');
-        return p ? twirp(200, participantJson(p)) : twirpError(404, 'not_found', 'participant not found');
+        return p ? twirp(200, participantInfo(p)) : twirpError(404, 'not_found', 'participant not found');
       }
       case 'CreateRoom': {
         if (!video.roomCreate) return twirpError(403, 'permission_denied', 'no roomCreate grant');
         createdRooms.push(room);
         if (!rooms.has(room)) rooms.set(room, new Map());
-        return twirp(200, new Room({ sid: `RM_${room.slice(0, 8)}`, name: room, emptyTimeout: 300, departureTimeout: 20 }).toJson());
+        return twirp(200, new Room({ sid: `RM_${room.slice(0, 8)}`, name: room, emptyTimeout: 300, departureTimeout: 20 }));
       }
       default:
         return twirpError(404, 'bad_route', 'no such method');

@@ -1,30 +1,47 @@
-// Black-box: the lk-jwt-service-compatible HTTP contract of `lastwill agent`, run as a child
-// process with lk-jwt-service environment variables against the loopback fakes.
+// Black-box: the lk-jwt-service-compatible HTTP contract of the service under test (lastwill agent,
+// or another program named by LASTWILL_BLACKBOX_SERVICE; see harness.ts), run as a child process
+// with lk-jwt-service environment variables against the loopback fakes in the reference topology.
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 
 import { TokenVerifier } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
-import { legacyIdentity, legacyRoomAlias, participantIdentity, roomAlias } from '../../src/livekit/identity.js';
-import { REPO_ROOT } from '../e2e/support/proc.js';
-import { CREDS, http, newUser, openIdToken, SERVER_NAME, startWorld, tokenBody, type World } from './support/harness.js';
+import { legacyIdentity, legacyRoomAlias, participantIdentity, roomAlias } from '../../../src/livekit/identity.js';
+import { type FakeHomeserver, startFakeHomeserver } from '../../fakes/fake-homeserver.js';
+import {
+  CREDS,
+  differs,
+  http,
+  legacyBody,
+  newUser,
+  openIdToken,
+  SERVICE_COMMAND,
+  startWorld,
+  tokenBody,
+  type User,
+  type World,
+} from './harness.js';
 
-const RESTRICTED = 'restricted.test';
 const HS_SECRET = 'homeserver-shared-secret-0123456789';
 let w: World;
+/** Reachable (an override names its client API) but not full-access. */
+let restricted: FakeHomeserver;
+/** Full-access, but nothing names its client API and it serves no .well-known/matrix/client. */
+let noClientApi: FakeHomeserver;
+/** Full-access, its client API found through its .well-known only. */
+let discovered: FakeHomeserver;
 
 beforeAll(async () => {
-  w = await startWorld();
-  // The restricted server is reachable (named by an override) but has no full access.
-  w.env.LIVEKIT_CS_API_URL_OVERRIDES = `${SERVER_NAME}=${w.hs.url},${RESTRICTED}=${w.hs.url}`;
-  w.env.LASTWILL_AGENT_HOMESERVER_SECRET = HS_SECRET;
-  await w.agent.proc.kill();
-  await w.restartAgent();
+  w = await startWorld({ LASTWILL_AGENT_HOMESERVER_SECRET: HS_SECRET }, [
+    { fullAccess: false, override: true },
+    { fullAccess: true, override: false },
+    { fullAccess: true, override: false },
+  ]);
+  [restricted, noClientApi, discovered] = w.others as [FakeHomeserver, FakeHomeserver, FakeHomeserver];
 });
 afterAll(() => w?.close());
 afterEach((ctx) => {
-  if (ctx.task.result?.state === 'fail') console.log(`--- agent log ---\n${w.agent.logs()}`);
+  if (ctx.task.result?.state === 'fail') console.log(`--- service log ---\n${w.agent.logs()}`);
 });
 
 const CORS = {
@@ -37,15 +54,92 @@ function expectCors(headers: Headers): void {
   for (const [k, v] of Object.entries(CORS)) expect(headers.get(k)).toBe(v);
 }
 
-const restrictedUser = () => {
-  const u = newUser(w.hs, 'r');
-  const userId = u.userId.replace(`:${SERVER_NAME}`, `:${RESTRICTED}`);
-  w.hs.addOpenIdToken(u.token, userId);
-  return { userId, token: u.token };
-};
-const restrictedBody = (u: { userId: string; token: string }, extra: Record<string, unknown> = {}) => ({
-  ...tokenBody(u, extra),
-  openid_token: openIdToken(u.token, RESTRICTED),
+const USERINFO = '/_matrix/federation/v1/openid/userinfo';
+const withDelay = (delayId: string) => ({ delay_id: delayId, delay_timeout: 60_000 });
+
+describe('the reference topology: federation on its own TLS listener, the client API behind an override', () => {
+  it('verifies OpenID at the federation listener, never at the client API the override names', async () => {
+    const before = w.hs.requests.length;
+    const res = await w.agent.post('/get_token', tokenBody(newUser(w.hs)));
+    expect(res.status).toBe(200);
+    const seen = w.hs.requests.slice(before);
+    expect(seen.filter((r) => r.path === USERINFO).map((r) => [r.listener, r.status])).toEqual([['federation', 200]]);
+    expect(seen.filter((r) => r.listener === 'client')).toEqual([]);
+  });
+
+  it('sends restarts and sends to the client API the override names', async () => {
+    const u = newUser(w.hs);
+    const ids = { roomId: '!topology:hs.test', device: 'TOPO', member: 'topo' };
+    w.sfu.join(roomAlias(ids.roomId, 'm.call#ROOM'), { identity: participantIdentity(u.userId, ids.device, ids.member), sid: 'PA_topo' });
+    expect((await w.agent.post('/delegate_delayed_leave', tokenBody(u, withDelay('topo-delay'), ids))).status).toBe(200);
+    const [restart] = await w.hs.waitForRequests('topo-delay', 'restart', 1);
+    expect(restart!.listener).toBe('client');
+  });
+
+  it.each(['/get_token', '/sfu/get'])(
+    '%s resolves the client API before creating the room: unresolvable is 400 M_BAD_JSON and leaves no room',
+    async (route) => {
+      const u = newUser(noClientApi);
+      const body = route === '/get_token' ? tokenBody(u, withDelay(`unresolvable${route}`)) : legacyBody(u, withDelay(`unresolvable${route}`));
+      const rooms = w.sfu.createdRooms.length;
+      const res = await w.agent.post(route, body);
+      expect([res.status, res.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+      expectCors(res.headers);
+      expect(w.sfu.createdRooms.length).toBe(rooms);
+      // Without delegation the same user gets a token and a room: only the delegation needed the client API.
+      const plain = { ...body };
+      delete plain.delay_id;
+      delete plain.delay_timeout;
+      expect((await w.agent.post(route, plain)).status).toBe(200);
+      expect(w.sfu.createdRooms.length).toBe(rooms + 1);
+    },
+  );
+
+  differs('outbound guard').each(['127.0.0.1', 'localhost'])(
+    'refuses a server %s:<port> on another port of a host the operator named, without contacting it',
+    async (host) => {
+    const stranger = await startFakeHomeserver();
+    try {
+      const u = newUser(stranger);
+      const res = await w.agent.post('/get_token', { ...tokenBody(u), openid_token: openIdToken(u.token, `${host}:${stranger.federationPort}`) });
+      expect([res.status, res.json?.errcode]).toEqual([401, 'M_UNAUTHORIZED']);
+      expect(stranger.requests).toEqual([]);
+    } finally {
+      await stranger.close();
+    }
+  },
+  );
+
+  differs('outbound guard')("refuses a named server's .well-known pointing at an unnamed port of a named host", async () => {
+    const stranger = await startFakeHomeserver();
+    discovered.setClientWellKnown({ 'm.homeserver': { base_url: stranger.url } });
+    try {
+      const res = await w.agent.post('/delegate_delayed_leave', tokenBody(newUser(discovered), withDelay('wk-stranger')));
+      expect([res.status, res.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+      // The same server's own .well-known was read: only the address it named was refused.
+      expect(discovered.requests.filter((r) => r.path === '/.well-known/matrix/client')).toHaveLength(1);
+      expect(stranger.requests).toEqual([]);
+    } finally {
+      discovered.setClientWellKnown(undefined);
+      await stranger.close();
+    }
+  });
+});
+
+describe('TLS verification of the federation listener (self-signed here)', () => {
+  it.each([
+    ['unset', undefined, 401],
+    ['set to another value', 'yes', 401],
+    ['set to the sentinel', 'YES_I_KNOW_WHAT_I_AM_DOING', 200],
+  ])('with LIVEKIT_INSECURE_SKIP_VERIFY_TLS %s, a token request answers %i', async (_n, value, status) => {
+    const world = await startWorld({ LIVEKIT_INSECURE_SKIP_VERIFY_TLS: value ?? '' });
+    try {
+      const res = await world.agent.post('/get_token', tokenBody(newUser(world.hs)));
+      expect(res.status).toBe(status);
+    } finally {
+      await world.close();
+    }
+  });
 });
 
 describe('POST /get_token', () => {
@@ -58,11 +152,12 @@ describe('POST /get_token', () => {
     const grants = await new TokenVerifier(CREDS.key, CREDS.secret).verify(res.json.jwt);
     const room = roomAlias('!r1:hs.test', 's1');
     expect(grants.sub).toBe(participantIdentity(u.userId, 'D1', 'm1'));
-    expect(grants.video).toMatchObject({ room, roomJoin: true, roomCreate: false, canPublish: true, canSubscribe: true });
+    expect(grants.video).toMatchObject({ room, roomJoin: true, canPublish: true, canSubscribe: true, canUpdateOwnMetadata: true });
+    expect(grants.video?.roomCreate ?? false).toBe(false);
     expect(w.sfu.createdRooms).toContain(room);
   });
 
-  it('ignores unknown extra fields (deliberately lenient)', async () => {
+  differs('unknown JSON fields')('ignores unknown extra fields (deliberately lenient)', async () => {
     const res = await w.agent.post('/get_token', tokenBody(newUser(w.hs), { some_future_field: { x: 1 } }));
     expect(res.status).toBe(200);
   });
@@ -104,7 +199,7 @@ describe('POST /get_token', () => {
   });
 
   it('rejects an unknown OpenID token with 401 M_UNAUTHORIZED', async () => {
-    const body = tokenBody({ userId: '@x:hs.test', token: 'not-a-token' });
+    const body = tokenBody({ userId: `@x:${w.hs.serverName}`, token: 'not-a-token', serverName: w.hs.serverName });
     const res = await w.agent.post('/get_token', body);
     expect(res.status).toBe(401);
     expect(res.json.errcode).toBe('M_UNAUTHORIZED');
@@ -132,12 +227,12 @@ describe('POST /get_token', () => {
   });
 
   it('gives a restricted homeserver a token but no room, and refuses its delay fields', async () => {
-    const u = restrictedUser();
+    const u = newUser(restricted);
     const before = w.sfu.createdRooms.length;
-    const ok = await w.agent.post('/get_token', restrictedBody(u, {}));
+    const ok = await w.agent.post('/get_token', tokenBody(u));
     expect(ok.status).toBe(200);
     expect(w.sfu.createdRooms.length).toBe(before);
-    const refused = await w.agent.post('/get_token', restrictedBody(u, { delay_id: 'r-delay', delay_timeout: 5000 }));
+    const refused = await w.agent.post('/get_token', tokenBody(u, { delay_id: 'r-delay', delay_timeout: 5000 }));
     expect(refused.status).toBe(400);
     expect(refused.json.errcode).toBe('M_BAD_JSON');
   });
@@ -171,13 +266,14 @@ describe('POST /delegate_delayed_leave', () => {
   });
 
   it('refuses a restricted homeserver with 403 M_FORBIDDEN', async () => {
-    const res = await w.agent.post('/delegate_delayed_leave', restrictedBody(restrictedUser(), { delay_id: 'd', delay_timeout: 1000 }));
+    const res = await w.agent.post('/delegate_delayed_leave', tokenBody(newUser(restricted), { delay_id: 'd', delay_timeout: 1000 }));
     expect(res.status).toBe(403);
     expect(res.json.errcode).toBe('M_FORBIDDEN');
   });
 
   it('rejects a bad OpenID token with 401', async () => {
-    const res = await w.agent.post('/delegate_delayed_leave', tokenBody({ userId: '@x:hs.test', token: 'bad' }, { delay_id: 'd', delay_timeout: 1000 }));
+    const bad: User = { userId: `@x:${w.hs.serverName}`, token: 'bad', serverName: w.hs.serverName };
+    const res = await w.agent.post('/delegate_delayed_leave', tokenBody(bad, { delay_id: 'd', delay_timeout: 1000 }));
     expect(res.status).toBe(401);
   });
 });
@@ -185,7 +281,7 @@ describe('POST /delegate_delayed_leave', () => {
 describe('POST /sfu/get (legacy)', () => {
   it('hashes [room, m.call#ROOM], uses mxid:device and skips the claimed-user check', async () => {
     const u = newUser(w.hs);
-    const res = await w.agent.post('/sfu/get', { room: '!legacy:hs.test', openid_token: openIdToken(u.token), device_id: 'LD' });
+    const res = await w.agent.post('/sfu/get', legacyBody(u));
     expect(res.status).toBe(200);
     const grants = await new TokenVerifier(CREDS.key, CREDS.secret).verify(res.json.jwt);
     expect(grants.sub).toBe(legacyIdentity(u.userId, 'LD'));
@@ -194,7 +290,7 @@ describe('POST /sfu/get (legacy)', () => {
 
   it('accepts an empty device_id', async () => {
     const u = newUser(w.hs);
-    const res = await w.agent.post('/sfu/get', { room: '!legacy:hs.test', openid_token: openIdToken(u.token), device_id: '' });
+    const res = await w.agent.post('/sfu/get', legacyBody(u, { device_id: '' }));
     expect(res.status).toBe(200);
   });
 
@@ -204,7 +300,7 @@ describe('POST /sfu/get (legacy)', () => {
     ['a lone delay_id', (b: any) => (b.delay_id = 'x'), 'M_BAD_JSON'],
     ['device_id of the wrong type', (b: any) => (b.device_id = 7), 'M_NOT_JSON'],
   ])('rejects %s', async (_n, mutate, errcode) => {
-    const body: any = { room: '!legacy:hs.test', openid_token: openIdToken(newUser(w.hs).token), device_id: 'D' };
+    const body: any = legacyBody(newUser(w.hs));
     mutate(body);
     const res = await w.agent.post('/sfu/get', body);
     expect(res.status).toBe(400);
@@ -231,17 +327,21 @@ describe('CORS and method handling', () => {
     },
   );
 
-  it('answers OPTIONS elsewhere like any other method, without CORS', async () => {
+  it('answers OPTIONS on /healthz like any other method, 405 without CORS', async () => {
     const healthz = await http(`${w.agent.url}/healthz`, { method: 'OPTIONS' });
     expect(healthz.status).toBe(405);
     expect(healthz.text).toBe('');
+    expect(healthz.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  differs('error bodies')('answers OPTIONS elsewhere with a Matrix error, without CORS', async () => {
     const metrics = await http(`${w.agent.url}/metrics`, { method: 'OPTIONS' });
     expect(metrics.status).toBe(405);
     expect(metrics.json.errcode).toBe('M_UNRECOGNIZED');
     const unknown = await http(`${w.agent.url}/nowhere`, { method: 'OPTIONS' });
     expect(unknown.status).toBe(404);
     expect(unknown.json.errcode).toBe('M_UNRECOGNIZED');
-    for (const res of [healthz, metrics, unknown]) expect(res.headers.get('access-control-allow-origin')).toBeNull();
+    for (const res of [metrics, unknown]) expect(res.headers.get('access-control-allow-origin')).toBeNull();
   });
 });
 
@@ -255,11 +355,11 @@ describe('operations endpoints', () => {
     }
   });
 
-  it('/readyz is 200 once started', async () => {
+  differs('additions')('/readyz is 200 once started', async () => {
     expect((await http(`${w.agent.url}/readyz`)).status).toBe(200);
   });
 
-  it('/metrics exposes the documented families without user data', async () => {
+  differs('additions')('/metrics exposes the documented families without user data', async () => {
     const text = (await http(`${w.agent.url}/metrics`)).text;
     for (const name of [
       'lastwill_agent_jobs',
@@ -270,13 +370,13 @@ describe('operations endpoints', () => {
     ]) {
       expect(text).toContain(`# TYPE ${name}`);
     }
-    expect(text).not.toContain('hs.test');
+    expect(text).not.toContain(w.hs.serverName);
     expect(text).not.toContain('dl-ok');
   });
 });
 
 describe('webhook authentication', () => {
-  it.each([
+  differs('forged webhooks').each([
     ['a tampered body', { tamper: true }],
     ['a wrong secret', { secret: 'not-the-secret-0123456789abcdef' }],
     ['no Authorization', { unsigned: true }],
@@ -292,27 +392,15 @@ describe('webhook authentication', () => {
   });
 });
 
-describe('SSRF guard', () => {
-  it.each(['127.0.0.1', 'localhost'])('refuses a server name %s:<port> that was never named', async (host) => {
-    const u = newUser(w.hs);
-    const before = w.hs.requests.length;
-    const res = await w.agent.post('/get_token', {
-      ...tokenBody(u),
-      openid_token: openIdToken(u.token, `${host}:${w.hs.port}`),
-    });
-    expect(res.status).toBe(401);
-    expect(w.hs.requests.length).toBe(before);
-  });
-});
-
 describe('POST /_lastwill/v1/delegations (homeserver forward)', () => {
+  const it = differs('additions');
   const body = (delayId: string) => ({
     livekit_room: 'fwd-room',
     identity: 'fwd-identity',
     delay_id: delayId,
     delay_timeout: 60_000,
-    server_name: SERVER_NAME,
-    user_id: '@fwd:hs.test',
+    server_name: w.hs.serverName,
+    user_id: `@fwd:${w.hs.serverName}`,
     scoped_token: 'scoped-fwd',
   });
 
@@ -348,17 +436,30 @@ describe('POST /_lastwill/v1/delegations (homeserver forward)', () => {
 });
 
 describe('configuration errors', () => {
-  it.each([
-    [{ LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS: '-3' }, 'sanity_check_interval_seconds'],
-    [{ LIVEKIT_JWT_BIND: ':8080', LIVEKIT_JWT_PORT: '8080' }, 'LIVEKIT_JWT_PORT'],
-    [{ LIVEKIT_LOG_LEVEL: 'chatty' }, 'log_level'],
-  ])('`lastwill agent` exits non-zero naming the key for %o', (env, key) => {
-    const r = spawnSync(process.execPath, [join(REPO_ROOT, 'dist/cli.js'), 'agent'], {
-      env: { PATH: process.env.PATH ?? '', ...env },
+  /** Runs the service with a valid environment plus `env`; it must stop by itself. */
+  function startWith(env: Record<string, string>) {
+    const [command, ...args] = SERVICE_COMMAND;
+    const valid = { LIVEKIT_URL: w.env.LIVEKIT_URL!, LIVEKIT_KEY: CREDS.key, LIVEKIT_SECRET: CREDS.secret, LIVEKIT_FULL_ACCESS_HOMESERVERS: '*' };
+    const r = spawnSync(command, args, {
+      env: { PATH: process.env.PATH ?? '', LIVEKIT_JWT_BIND: '127.0.0.1:0', ...valid, ...env },
       encoding: 'utf8',
-      timeout: 20_000,
+      timeout: 10_000,
     });
-    expect(r.status).not.toBe(0);
-    expect(r.stderr).toContain(key);
+    return { exited: r.signal === null, status: r.status, output: `${r.stdout}${r.stderr}` };
+  }
+
+  it.each([
+    [{ LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS: '-3' }, 'LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS'],
+    [{ LIVEKIT_JWT_BIND: ':8080', LIVEKIT_JWT_PORT: '8080' }, 'LIVEKIT_JWT_PORT'],
+  ])('exits non-zero naming the variable for %o', (env, variable) => {
+    const r = startWith(env);
+    expect([r.exited, r.status === 0]).toEqual([true, false]);
+    expect(r.output).toContain(variable);
+  });
+
+  differs('strict configuration')('refuses an unknown log level instead of defaulting', () => {
+    const r = startWith({ LIVEKIT_LOG_LEVEL: 'chatty' });
+    expect([r.exited, r.status]).toEqual([true, 78]);
+    expect(r.output).toContain('LIVEKIT_LOG_LEVEL');
   });
 });

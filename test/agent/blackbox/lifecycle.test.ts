@@ -1,18 +1,19 @@
-// Black-box: what reaches the user's homeserver, end to end. The agent runs as a child process;
-// LiveKit is the fake SFU (signed webhooks, RoomService), the homeserver is the fake that records
-// every restart and send. Waits are generous; only orderings and counts are asserted.
+// Black-box: what reaches the user's homeserver, end to end. The service under test (lastwill
+// agent, or another program named by LASTWILL_BLACKBOX_SERVICE; see harness.ts) runs as a child
+// process; LiveKit is the fake SFU (signed webhooks, RoomService), the homeserver is the fake that
+// records every restart and send. Waits are generous; only orderings and counts are asserted.
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { participantIdentity, roomAlias } from '../../src/livekit/identity.js';
-import type { WebhookInit } from '../fakes/fake-sfu.js';
-import { newUser, startWorld, tokenBody, type World } from './support/harness.js';
+import { legacyIdentity, legacyRoomAlias, participantIdentity, roomAlias } from '../../../src/livekit/identity.js';
+import type { WebhookInit } from '../../fakes/fake-sfu.js';
+import { differs, legacyBody, newUser, startWorld, tokenBody, type User, type World } from './harness.js';
 
 let w: World | undefined;
 
 afterEach(async (ctx) => {
-  if (ctx.task.result?.state === 'fail' && w) console.log(`--- agent log ---\n${w.agent.logs()}`);
+  if (ctx.task.result?.state === 'fail' && w) console.log(`--- service log ---\n${w.agent.logs()}`);
   await w?.close();
   w = undefined;
 });
@@ -25,23 +26,28 @@ interface Member {
 
 let memberCounter = 0;
 
-/** Delegates a delayed leave for a fresh user via /delegate_delayed_leave (or /get_token). */
-async function delegate(world: World, delayTimeout: number, opts: { route?: string; delayId?: string; member?: Member } = {}): Promise<Member> {
+type Route = '/delegate_delayed_leave' | '/get_token' | '/sfu/get';
+
+/** Delegates a delayed leave for a fresh user via one of the three routes (default /delegate_delayed_leave). */
+async function delegate(world: World, delayTimeout: number, opts: { route?: Route; delayId?: string } = {}): Promise<Member> {
   const n = ++memberCounter;
   const user = newUser(world.hs);
   const delayId = opts.delayId ?? `delay-${n}-${Math.random().toString(36).slice(2)}`;
+  const delay = { delay_id: delayId, delay_timeout: delayTimeout };
   const ids = { roomId: `!call${n}:hs.test`, slotId: 'm.call#ROOM', device: `DEV${n}`, member: `member${n}` };
-  const res = await world.agent.post(opts.route ?? '/delegate_delayed_leave', tokenBody(user, { delay_id: delayId, delay_timeout: delayTimeout }, ids));
+  const route = opts.route ?? '/delegate_delayed_leave';
+  if (route === '/sfu/get') {
+    const res = await world.agent.post(route, legacyBody(user, { room: ids.roomId, device_id: ids.device, ...delay }));
+    expect(res.status).toBe(200);
+    return { room: legacyRoomAlias(ids.roomId), identity: legacyIdentity(user.userId, ids.device), delayId };
+  }
+  const res = await world.agent.post(route, tokenBody(user, delay, ids));
   expect(res.status).toBe(200);
-  return {
-    room: roomAlias(ids.roomId, ids.slotId),
-    identity: participantIdentity(user.userId, ids.device, ids.member),
-    delayId,
-  };
+  return { room: roomAlias(ids.roomId, ids.slotId), identity: participantIdentity(user.userId, ids.device, ids.member), delayId };
 }
 
 /** Re-delegates the same (room, identity) with a new delay id, as a client does on DelayIdChanged. */
-async function redelegate(world: World, tokenFor: { user: { userId: string; token: string }; ids: Record<string, string> }, delayId: string) {
+async function redelegate(world: World, tokenFor: { user: User; ids: Record<string, string> }, delayId: string) {
   return world.agent.post('/delegate_delayed_leave', tokenBody(tokenFor.user, { delay_id: delayId, delay_timeout: 60_000 }, tokenFor.ids));
 }
 
@@ -71,6 +77,26 @@ async function expectNoMore(world: World, delayId: string, action: 'restart' | '
   expect(world.hs.actionRequests(delayId, action)).toHaveLength(count);
 }
 
+describe.each(['/delegate_delayed_leave', '/get_token', '/sfu/get'] as const)('a delegation through %s', (route) => {
+  it('sends when the participant never connects', async () => {
+    w = await startWorld();
+    const m = await delegate(w, 1500, { route });
+    await w.hs.waitForRequests(m.delayId, 'send', 1, 15_000);
+    expect(w.hs.actionRequests(m.delayId, 'restart')).toHaveLength(0);
+  });
+
+  it('restarts while the participant is present and sends once after it disconnects', async () => {
+    w = await startWorld();
+    const m = await delegate(w, 2000, { route });
+    await connect(w, m);
+    await w.hs.waitForRequests(m.delayId, 'restart', 2, 20_000);
+    w.sfu.leave(m.room, m.identity);
+    await hook(w, left(m, 'PA_1', 'CONNECTION_TIMEOUT'));
+    await w.hs.waitForRequests(m.delayId, 'send', 1);
+    await expectNoMore(w, m.delayId, 'send', 1);
+  });
+});
+
 describe('participant lifecycle', () => {
   it('sends when the participant never connects', async () => {
     w = await startWorld();
@@ -95,7 +121,7 @@ describe('participant lifecycle', () => {
     await expectNoMore(w, m.delayId, 'send', 1);
   });
 
-  it('sends soon after a connection aborted before connecting', async () => {
+  differs('abort grace')('sends soon after a connection aborted before connecting', async () => {
     w = await startWorld();
     const m = await delegate(w, 600_000);
     await hook(w, { event: 'participant_connection_aborted', room: m.room, identity: m.identity, sid: 'PA_ab', disconnectReason: 'SIGNAL_CLOSE' });
@@ -205,7 +231,7 @@ describe('participant lifecycle', () => {
     expect(w.hs.actionRequests(b.delayId, 'send')).toHaveLength(0);
   });
 
-  it('ignores the leave of a stale session after a rejoin', async () => {
+  differs('sessions by sid')('ignores the leave of a stale session after a rejoin', async () => {
     w = await startWorld();
     const m = await delegate(w, 60_000);
     await connect(w, m, 'PA_old');
@@ -228,7 +254,16 @@ describe('participant lifecycle', () => {
     await hook(w, init);
     await w.hs.waitForRequests(m.delayId, 'send', 1);
     await expectNoMore(w, m.delayId, 'send', 1);
-    expect(await w.agent.metric('lastwill_agent_webhooks_total', { verdict: 'duplicate' })).toBe(1);
+  });
+
+  differs('additions')('counts a resent webhook as a duplicate', async () => {
+    w = await startWorld();
+    const m = await delegate(w, 60_000);
+    const init = { ...joined(m, 'PA_1'), id: 'EV_dup_joined' };
+    await hook(w, init);
+    await hook(w, init);
+    await waitForMetric(w, 'lastwill_agent_webhooks_total', { verdict: 'duplicate' }, 1);
+    expect(await w.agent.metric('lastwill_agent_webhooks_total', { verdict: 'accepted' })).toBe(1);
   });
 
   it('catches a missed webhook with the sanity poll', async () => {
@@ -241,7 +276,7 @@ describe('participant lifecycle', () => {
 });
 
 describe('restarts of the agent', () => {
-  it('after SIGKILL, sends for a participant who left meanwhile and keeps the one who stayed', async () => {
+  differs('restore')('after SIGKILL, sends for a participant who left meanwhile and keeps the one who stayed', async () => {
     w = await startWorld();
     // A restored job restarts at its normal time (80 % of the delay after its last restart), so a
     // short delay brings that restart within the wait below.
@@ -258,7 +293,22 @@ describe('restarts of the agent', () => {
     await expectNoMore(w, stays.delayId, 'send', 0);
   });
 
-  it('SIGTERM sends nothing and keeps the jobs', async () => {
+  it('a connected job survives a SIGKILL: it keeps restarting, then sends on the disconnect', async () => {
+    w = await startWorld();
+    // Short, so the restored job's next scheduled restart falls within the wait below.
+    const m = await delegate(w, 10_000);
+    await connect(w, m);
+    await w.agent.proc.kill();
+    const restarts = w.hs.actionRequests(m.delayId, 'restart').length;
+    await w.restartAgent();
+    await w.hs.waitForRequests(m.delayId, 'restart', restarts + 1, 20_000);
+    expect(w.hs.actionRequests(m.delayId, 'send')).toHaveLength(0);
+    w.sfu.leave(m.room, m.identity);
+    await hook(w, left(m, 'PA_1'));
+    await w.hs.waitForRequests(m.delayId, 'send', 1);
+  });
+
+  differs('shutdown')('SIGTERM sends nothing and keeps the jobs', async () => {
     w = await startWorld();
     // Short, so the restored job's next scheduled restart falls within the wait below.
     const m = await delegate(w, 20_000);
@@ -273,23 +323,44 @@ describe('restarts of the agent', () => {
     expect(w.hs.actionRequests(m.delayId, 'send')).toHaveLength(0);
   });
 
-  it('expires a job whose event ran out while the agent was down, sends nothing, and purges it', async () => {
-    w = await startWorld({ LASTWILL_AGENT_ENGINE_TERMINAL_RETENTION_MS: '1000' });
+  it('drops a connected job whose event ran out while the agent was down, without any call', async () => {
+    w = await startWorld();
     const m = await delegate(w, 2000);
     await connect(w, m);
     await w.agent.proc.kill();
     w.sfu.leave(m.room, m.identity);
     await sleep(3000);
     const restarts = w.hs.actionRequests(m.delayId, 'restart').length;
-    const agent = await w.restartAgent();
-    for (let i = 0; i < 100; i++) {
-      if ((await agent.metric('lastwill_agent_job_transitions_total', { to: 'expired' })) >= 1) break;
-      await sleep(100);
-    }
-    expect(await agent.metric('lastwill_agent_job_transitions_total', { to: 'expired' })).toBe(1);
-    for (let i = 0; i < 100 && (await agent.metric('lastwill_agent_jobs')) > 0; i++) await sleep(100);
-    expect(await agent.metric('lastwill_agent_jobs')).toBe(0);
-    expect(w.hs.actionRequests(m.delayId, 'send')).toHaveLength(0);
+    await w.restartAgent();
+    await expectNoMore(w, m.delayId, 'send', 0);
     expect(w.hs.actionRequests(m.delayId, 'restart')).toHaveLength(restarts);
   });
+
+  it('drops a never-connected job whose wait ran out while the agent was down, without any call', async () => {
+    w = await startWorld();
+    const m = await delegate(w, 1500);
+    await w.agent.proc.kill();
+    await sleep(2500);
+    await w.restartAgent();
+    await expectNoMore(w, m.delayId, 'send', 0, 3000);
+    expect(w.hs.actionRequests(m.delayId)).toEqual([]);
+  });
+
+  differs('additions')('counts jobs dropped at a restore as expired, and purges them', async () => {
+    w = await startWorld({ LASTWILL_AGENT_ENGINE_TERMINAL_RETENTION_MS: '1000' });
+    await delegate(w, 1500);
+    const connected = await delegate(w, 2000);
+    await connect(w, connected);
+    await w.agent.proc.kill();
+    await sleep(3000);
+    await w.restartAgent();
+    await waitForMetric(w, 'lastwill_agent_job_transitions_total', { to: 'expired' }, 2);
+    await waitForMetric(w, 'lastwill_agent_jobs', {}, 0);
+  });
 });
+
+/** Waits (generously) until a metric's sum over the matching series reaches `value`. */
+async function waitForMetric(world: World, name: string, labels: Record<string, string>, value: number): Promise<void> {
+  for (let i = 0; i < 100 && (await world.agent.metric(name, labels)) !== value; i++) await sleep(100);
+  expect(await world.agent.metric(name, labels)).toBe(value);
+}
