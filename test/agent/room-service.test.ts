@@ -34,7 +34,7 @@ describe('LiveKitRooms.listParticipants', () => {
       { identity: 'alice', sid: 'PA_1', joinedAtMs: 1_700_000_000_123 },
     ]);
     expect(await r.listParticipants('room-b')).toEqual([]);
-    // The fake answers 403 unless the token's grant names the request's room.
+    // The fake (like LiveKit) answers 401 unless the token's grant names the request's room.
     expect(s.calls.map((c) => [c.method, c.room, c.status])).toEqual([
       ['ListParticipants', 'room-a', 200],
       ['ListParticipants', 'room-b', 200],

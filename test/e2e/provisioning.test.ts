@@ -1,6 +1,9 @@
 // Smoke test for the e2e support: a real LiveKit server with real WebRTC participants, and a
 // real Synapse with MSC4140. Provisions what it needs (scripts/provision-*.sh) into .cache/.
 // Skips with a reason when Go/Python are missing, except with CI=true where it fails.
+import { readFileSync } from 'node:fs';
+
+import { Agent } from 'undici';
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { AccessToken } from 'livekit-server-sdk';
 import { DisconnectReason } from '@livekit/protocol';
@@ -168,11 +171,18 @@ describe.skipIf(!!synapsePy.skip)(`Synapse ${synapsePy.skip ? `(skipped: ${synap
     const openid = (await oid.json()) as { access_token: string; token_type: string; matrix_server_name: string; expires_in: number };
     expect(openid.token_type).toBe('Bearer');
     expect(openid.matrix_server_name).toBe(hs.serverName);
-    const info = await fetch(`${hs.baseUrl}/_matrix/federation/v1/openid/userinfo?access_token=${encodeURIComponent(openid.access_token)}`);
+    // Userinfo is served at the federation listener (TLS, the server name's port), not the client one.
+    const federation = new Agent({ connect: { ca: readFileSync(hs.caFile) } });
+    const userinfo = (base: string, token: string) =>
+      fetch(`${base}/_matrix/federation/v1/openid/userinfo?access_token=${encodeURIComponent(token)}`, {
+        dispatcher: federation,
+      } as RequestInit);
+    const info = await userinfo(`https://${hs.serverName}`, openid.access_token);
     expect(info.status).toBe(200);
     expect(await info.json()).toEqual({ sub: alice.userId });
-    const bad = await fetch(`${hs.baseUrl}/_matrix/federation/v1/openid/userinfo?access_token=nope`);
-    expect(bad.status).toBe(401);
+    expect((await userinfo(hs.federationUrl, 'nope')).status).toBe(401);
+    expect((await userinfo(hs.baseUrl, openid.access_token)).status).toBe(404);
+    await federation.close();
   }, 120_000);
 
   it('survives restart() with the same database', async () => {

@@ -8,14 +8,12 @@
 // origin only when a test sets them (Synapse's federation listener serves neither). Answers are
 // scriptable per delay id (status, Retry-After, hang) and every request is recorded, with the
 // listener it reached, so tests assert on what actually reached the homeserver.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 import { waitFor } from '../e2e/support/proc.js';
+import { makeSelfSignedCert } from '../support/tls.js';
 import { closeServer, listenLoopback, readBody, sendJson } from './http-util.js';
 
 export type DelayedAction = 'restart' | 'send';
@@ -78,20 +76,6 @@ export interface FakeHomeserver {
 
 const DELAYED_PREFIX = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events/';
 const USERINFO_PATH = '/_matrix/federation/v1/openid/userinfo';
-
-/** Generates a throwaway self-signed certificate valid for 127.0.0.1 and localhost. */
-export function makeSelfSignedCert(): { dir: string; keyFile: string; certFile: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'lastwill-cert-'));
-  const keyFile = join(dir, 'key.pem');
-  const certFile = join(dir, 'cert.pem');
-  execFileSync(
-    'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '1',
-      '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
-    { stdio: 'ignore' },
-  );
-  return { dir, keyFile, certFile };
-}
 
 export async function startFakeHomeserver(): Promise<FakeHomeserver> {
   const tokens = new Map<string, string>();

@@ -147,7 +147,7 @@ export async function startFakeSfu(creds: { key: string; secret: string }): Prom
     switch (method) {
       case 'ListParticipants':
       case 'GetParticipant': {
-        if (!video.roomAdmin || video.room !== room) return twirpError(403, 'permission_denied', 'no roomAdmin grant');
+        if (!video.roomAdmin || video.room !== room) return twirpError(401, 'unauthenticated', 'permissions denied');
         const members = rooms.get(room);
         if (method === 'ListParticipants') {
           const participants = [...(members?.values() ?? [])].map(participantInfo);
@@ -157,7 +157,7 @@ export async function startFakeSfu(creds: { key: string; secret: string }): Prom
         return p ? twirp(200, participantInfo(p)) : twirpError(404, 'not_found', 'participant not found');
       }
       case 'CreateRoom': {
-        if (!video.roomCreate) return twirpError(403, 'permission_denied', 'no roomCreate grant');
+        if (!video.roomCreate) return twirpError(401, 'unauthenticated', 'permissions denied');
         createdRooms.push(room);
         if (!rooms.has(room)) rooms.set(room, new Map());
         return twirp(200, new Room({ sid: `RM_${room.slice(0, 8)}`, name: room, emptyTimeout: 300, departureTimeout: 20 }));

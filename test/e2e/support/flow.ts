@@ -178,8 +178,15 @@ export function curl(method: string, url: string, opts: { token?: string; body?:
 export interface MatrixServer {
   kind: HomeserverKind;
   label: string;
+  /** The client-server API (what the agent's CS-API override names). */
   baseUrl: string;
   serverName: string;
+  /**
+   * How the agent reaches the federation API for the OpenID check: federation resolution of the
+   * server name, trusting this CA (Synapse's TLS federation listener), or an explicit federation
+   * override (the bundled homeserver serves userinfo on its one plain listener, as `lastwill all` wires it).
+   */
+  federation: { caFile: string } | { overrideUrl: string };
   registerUser(name: string): Promise<RegisteredUser>;
   /** How to start this server by hand, for the demo. */
   runCommand: string;
@@ -244,6 +251,7 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
     label: 'lastwill homeserver',
     baseUrl,
     serverName,
+    federation: { overrideUrl: baseUrl },
     registerUser: (name) => registerWithSharedSecret(baseUrl, secret, name),
     runCommand: envCommand(settings, 'npx node dist/cli.js homeserver'),
     logs: () => proc.logs(),
@@ -260,8 +268,8 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
 export interface AgentOptions {
   port: number;
   livekit: Pick<LiveKitServer, 'url' | 'apiKey' | 'apiSecret'>;
-  /** Server name -> loopback base URL (LIVEKIT_CS_API_URL_OVERRIDES); all are full-access. */
-  homeservers: Record<string, string>;
+  /** The homeserver whose users delegate (full-access; its client API named by an override). */
+  homeserver: Pick<MatrixServer, 'serverName' | 'baseUrl' | 'federation'>;
   /** Enables the server-to-server delegation endpoint the bundled homeserver forwards MSC4195 to. */
   homeserverSecret?: string;
 }
@@ -287,17 +295,19 @@ export interface AgentProcess {
 }
 
 export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
+  const hs = opts.homeserver;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-e2e-agent-'));
   const url = `http://127.0.0.1:${opts.port}`;
   const env: Record<string, string> = {
     LIVEKIT_URL: opts.livekit.url,
     LIVEKIT_KEY: opts.livekit.apiKey,
     LIVEKIT_SECRET: opts.livekit.apiSecret,
-    LIVEKIT_FULL_ACCESS_HOMESERVERS: Object.keys(opts.homeservers).join(','),
+    LIVEKIT_FULL_ACCESS_HOMESERVERS: hs.serverName,
     LIVEKIT_JWT_BIND: `127.0.0.1:${opts.port}`,
-    LIVEKIT_CS_API_URL_OVERRIDES: Object.entries(opts.homeservers)
-      .map(([name, base]) => `${name}=${base}`)
-      .join(','),
+    LIVEKIT_CS_API_URL_OVERRIDES: `${hs.serverName}=${hs.baseUrl}`,
+    ...('caFile' in hs.federation
+      ? { NODE_EXTRA_CA_CERTS: hs.federation.caFile }
+      : { LASTWILL_AGENT_FEDERATION_URL_OVERRIDES: `${hs.serverName}=${hs.federation.overrideUrl}` }),
     LASTWILL_AGENT_DATA_DIR: dataDir,
     LIVEKIT_LOG_LEVEL: 'debug',
     ...(opts.homeserverSecret ? { LASTWILL_AGENT_HOMESERVER_SECRET: opts.homeserverSecret } : {}),
@@ -439,6 +449,7 @@ export async function startFlowStack(opts: {
         label: `Synapse ${syn.version}`,
         baseUrl: syn.baseUrl,
         serverName: syn.serverName,
+        federation: { caFile: syn.caFile },
         registerUser: (name) => syn.registerUser(name),
         runCommand: `.cache/synapse-venv/bin/python -m synapse.app.homeserver -c ${syn.configFile}`,
         logs: () => syn.logs(),
@@ -461,7 +472,7 @@ export async function startFlowStack(opts: {
     const agent = await createAgent({
       port: agentPort,
       livekit: lk,
-      homeservers: { [hs.serverName]: hs.baseUrl },
+      homeserver: hs,
       ...(hs.kind === 'bundled' ? { homeserverSecret: agentSecret } : {}),
     });
     cleanups.push(() => agent.dispose());

@@ -1,14 +1,17 @@
 // A real Synapse (pinned by scripts/provision-synapse.sh, venv in .cache/synapse-venv) with
-// MSC4140 delayed events enabled, on a free 127.0.0.1 port, all state in a temp dir.
+// MSC4140 delayed events enabled, on free 127.0.0.1 ports, all state in a temp dir: the client API
+// on a plain listener, federation (with OpenID userinfo) on a TLS listener of its own.
 //
 //   const py = await ensureSynapse();                  // {path} or {skip}; throws when CI=true
-//   const hs = await startSynapse();                   // hs.baseUrl, hs.serverName ('localhost')
+//   const hs = await startSynapse();                   // hs.baseUrl, hs.serverName ('localhost:<fed port>')
 //   const u = await hs.registerUser('alice');          // shared-secret admin API (HMAC-SHA1 mac)
 //   await hs.restart();  await hs.stop();  hs.kill();  hs.logs();
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+
+import { makeSelfSignedCert } from '../../support/tls.js';
 import {
   REPO_ROOT,
   execFileText,
@@ -51,9 +54,16 @@ export interface RegisteredUser {
 }
 
 export interface SynapseServer {
+  /** The client listener (plain http): client API only, as with separate listeners or workers. */
   baseUrl: string;
+  /** `localhost:<federation port>`: resolved the federation way, it leads to the TLS listener. */
   serverName: string;
   port: number;
+  /** `https://localhost:<port>`: the federation listener (federation API with OpenID userinfo). */
+  federationUrl: string;
+  federationPort: number;
+  /** The federation listener's self-signed certificate (PEM), for NODE_EXTRA_CA_CERTS. */
+  caFile: string;
   dir: string;
   configFile: string;
   registrationSharedSecret: string;
@@ -69,7 +79,6 @@ export interface SynapseServer {
 }
 
 export interface StartSynapseOptions {
-  serverName?: string;
   /** Extra top-level config keys merged over the generated config. */
   extraConfig?: Record<string, unknown>;
   readyTimeoutMs?: number;
@@ -111,9 +120,14 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
   const py = await ensureSynapse();
   if (!py.path) throw new PrerequisiteMissing(py.skip);
   const python = py.path;
-  const serverName = opts.serverName ?? 'localhost';
   const dir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-synapse-'));
   const port = await freeTcpPort();
+  const federationPort = await freeTcpPort();
+  // The layout of a real deployment (and of lk-jwt-service's own integration tests): federation,
+  // with OpenID userinfo, on its own TLS listener, named by the server name's explicit port; the
+  // client API on another listener that only an operator override points at.
+  const serverName = `localhost:${federationPort}`;
+  const cert = makeSelfSignedCert(dir);
   const secret = randomBytes(16).toString('hex');
   const configFile = path.join(dir, 'homeserver.yaml');
   const signingKey = path.join(dir, 'signing.key');
@@ -127,17 +141,18 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
     media_store_path: path.join(dir, 'media_store'),
     database: { name: 'sqlite3', args: { database: path.join(dir, 'homeserver.db') } },
     listeners: [
+      { port, bind_addresses: ['127.0.0.1'], type: 'http', tls: false, x_forwarded: false, resources: [{ names: ['client'], compress: false }] },
       {
-        port,
+        port: federationPort,
         bind_addresses: ['127.0.0.1'],
         type: 'http',
-        tls: false,
-        x_forwarded: false,
-        // `openid` serves /_matrix/federation/v1/openid/userinfo without a federation listener
-        resources: [{ names: ['client', 'openid'], compress: false }],
+        tls: true,
+        resources: [{ names: ['federation'], compress: false }],
       },
     ],
-    // No outbound traffic: no key servers, no stats, no federation listener.
+    tls_certificate_path: cert.certFile,
+    tls_private_key_path: cert.keyFile,
+    // No outbound traffic: no key servers, no stats; the federation listener is on loopback only.
     trusted_key_servers: [],
     suppress_key_server_warning: true,
     enable_metrics: false,
@@ -216,6 +231,9 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
     baseUrl,
     serverName,
     port,
+    federationUrl: `https://localhost:${federationPort}`,
+    federationPort,
+    caFile: cert.certFile,
     dir,
     configFile,
     registrationSharedSecret: secret,
