@@ -93,6 +93,19 @@ describe('lastwill CLI', () => {
       body: JSON.stringify({ room_id: '!nope:localhost', slot_id: 's', member_id: 'm', delay_id: 'x' }),
     });
     expect(probe.body.errcode).toBe('M_INVALID_PARAM');
+    // The agent verifies the bundled homeserver's OpenID tokens (where federation resolution of
+    // `localhost` would not find them) and takes a delegation from its users.
+    const openid = await json(`${hs}/_matrix/client/v3/user/${encodeURIComponent(reg.body.user_id)}/openid/request_token`, {
+      method: 'POST',
+      headers: auth,
+      body: '{}',
+    });
+    const member = { id: 'm1', claimed_user_id: reg.body.user_id, claimed_device_id: reg.body.device_id };
+    const delegated = await json(`${agent}/delegate_delayed_leave`, {
+      method: 'POST',
+      body: JSON.stringify({ room_id: '!r:localhost', slot_id: 'm.call#ROOM', openid_token: openid.body, member, delay_id: 'd', delay_timeout: 60_000 }),
+    });
+    expect([delegated.status, delegated.body]).toEqual([200, {}]);
 
     // A long poll in flight when SIGTERM arrives is answered, then the process exits 143.
     const sync = json(`${hs}/_matrix/client/v3/sync?timeout=20000`, { headers: auth });
