@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 
-import { fail } from '../lib/errors.js';
+import { fail, type MatrixError } from '../lib/errors.js';
 import { atomically, transaction } from '../lib/sqlite.js';
 import type { Clock } from '../lib/timer-heap.js';
 import type { EventToSend, RoomEngine } from './contracts.js';
@@ -186,11 +186,21 @@ export class Rooms implements RoomEngine {
     return this.store.membershipOf(roomId, userId);
   }
 
-  /** Reading a room needs current membership; an unknown room and a foreign room look alike. */
+  /** Acting in a room needs current membership; an unknown room and a foreign room look alike. */
   requireJoined(roomId: string, userId: string): void {
-    if (this.store.membershipOf(roomId, userId) !== 'join') {
-      throw fail.forbidden('You are not joined to this room');
-    }
+    if (this.store.membershipOf(roomId, userId) !== 'join') throw notJoined();
+  }
+
+  /**
+   * How far the user may read the room (Synapse's rule for departed users): everything while
+   * joined (undefined), up to and including their leave event once they left or were kicked and
+   * have not forgotten the room. Banned users, forgotten rooms and strangers get 403.
+   */
+  readableUpTo(roomId: string, userId: string): number | undefined {
+    const own = this.store.membershipRowOf(roomId, userId);
+    if (own?.membership === 'join') return undefined;
+    if (own?.membership === 'leave' && !this.store.isForgotten(userId, roomId)) return own.stream;
+    throw notJoined();
   }
 
   stateEvent(roomId: string, type: string, stateKey: string): EventRow | undefined {
@@ -326,9 +336,14 @@ export class Rooms implements RoomEngine {
       if (ev.type === 'm.room.power_levels' || ev.type === 'm.room.create') this.levelsCache.delete(ev.roomId);
       const membership = ev.type === 'm.room.member' ? String(ev.content.membership) : null;
       this.store.upsertState(ev.roomId, ev.type, ev.stateKey, eventId, stream, membership);
+      if (membership !== null) this.store.unforgetRoom(ev.stateKey, ev.roomId);
       const info = { roomId: ev.roomId, type: ev.type, stateKey: ev.stateKey, sender: ev.sender };
       for (const listener of this.stateListeners) listener(info);
     }
     return eventId;
   }
+}
+
+function notJoined(): MatrixError {
+  return fail.forbidden('You are not joined to this room');
 }

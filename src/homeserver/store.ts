@@ -73,6 +73,11 @@ CREATE TABLE IF NOT EXISTS openid_tokens (
   user_id TEXT NOT NULL,
   expires_ts INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten_rooms (
+  user_id TEXT NOT NULL,
+  room_id TEXT NOT NULL,
+  PRIMARY KEY (user_id, room_id)
+);
 CREATE TABLE IF NOT EXISTS presence (
   user_id TEXT PRIMARY KEY,
   presence TEXT NOT NULL,
@@ -92,6 +97,7 @@ export const CORE_TABLES = [
   'filters',
   'txns',
   'openid_tokens',
+  'forgotten_rooms',
   'presence',
 ] as const;
 
@@ -118,7 +124,9 @@ export interface EventRow {
 export interface MembershipRow {
   room_id: string;
   membership: string;
+  /** Stream position of the membership event. */
   stream: number;
+  event_id: string;
 }
 
 export interface AccountDataRow {
@@ -170,11 +178,29 @@ export class CoreStore {
          WHERE c.room_id = ? AND c.type = ? ORDER BY c.stream`,
       ),
       membershipOf: prep(
-        "SELECT membership FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND state_key = ?",
+        "SELECT membership, stream FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND state_key = ?",
       ),
       membershipsOfUser: prep(
-        "SELECT room_id, membership, stream FROM current_state WHERE state_key = ? AND type = 'm.room.member'",
+        `SELECT room_id, membership, stream, event_id FROM current_state
+         WHERE state_key = ? AND type = 'm.room.member'`,
       ),
+      // The newest state event per (type, state_key) in a stream range: the room's state as of
+      // `upTo` (with `after` 0), or what changed in a range. Walks the room's events once.
+      stateBetween: prep(
+        `SELECT e.* FROM events e JOIN (
+           SELECT MAX(stream) AS stream FROM events
+           WHERE room_id = ? AND state_key IS NOT NULL AND stream > ? AND stream <= ?
+           GROUP BY type, state_key
+         ) newest ON e.stream = newest.stream
+         ORDER BY e.stream`,
+      ),
+      stateEventAt: prep(
+        `SELECT * FROM events WHERE room_id = ? AND type = ? AND state_key = ? AND stream <= ?
+         ORDER BY stream DESC LIMIT 1`,
+      ),
+      forgetRoom: prep('INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?, ?)'),
+      unforgetRoom: prep('DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?'),
+      isForgotten: prep('SELECT 1 AS x FROM forgotten_rooms WHERE user_id = ? AND room_id = ?'),
       maxEventStream: prep('SELECT COALESCE(MAX(stream), 0) AS m FROM events'),
       maxAccountDataStream: prep('SELECT COALESCE(MAX(stream), 0) AS m FROM account_data'),
       eventsBackward: prep(
@@ -296,7 +322,11 @@ export class CoreStore {
     return this.all('roomStateOfType', roomId, type);
   }
   membershipOf(roomId: string, userId: string): string | undefined {
-    return this.get<{ membership: string }>('membershipOf', roomId, userId)?.membership;
+    return this.membershipRowOf(roomId, userId)?.membership;
+  }
+  /** The user's current membership in the room and the stream position of its event. */
+  membershipRowOf(roomId: string, userId: string): { membership: string; stream: number } | undefined {
+    return this.get('membershipOf', roomId, userId);
   }
   membershipsOfUser(userId: string): MembershipRow[] {
     return this.all('membershipsOfUser', userId);
@@ -317,6 +347,14 @@ export class CoreStore {
   countEventsBetween(roomId: string, after: number, upTo: number): number {
     return this.get<{ n: number }>('countEventsBetween', roomId, after, upTo)!.n;
   }
+  /** The room's state as of position `upTo`, or with `after` > 0 only what changed after it. */
+  stateBetween(roomId: string, after: number, upTo: number): EventRow[] {
+    return this.all('stateBetween', roomId, after, upTo);
+  }
+  /** The state event at (type, state_key) as of position `upTo`. */
+  stateEventAt(roomId: string, type: string, stateKey: string, upTo: number): EventRow | undefined {
+    return this.get('stateEventAt', roomId, type, stateKey, upTo);
+  }
   /** Current state entries that changed after `after`. */
   stateChangedSince(roomId: string, after: number): EventRow[] {
     return this.all('stateEventsBetween', roomId, after);
@@ -330,6 +368,17 @@ export class CoreStore {
   }
   accountDataSince(userId: string, after: number, upTo: number): AccountDataRow[] {
     return this.all('accountDataSince', userId, after, upTo);
+  }
+
+  forgetRoom(userId: string, roomId: string): void {
+    this.run('forgetRoom', userId, roomId);
+  }
+  /** A new membership brings a forgotten room back. */
+  unforgetRoom(userId: string, roomId: string): void {
+    this.run('unforgetRoom', userId, roomId);
+  }
+  isForgotten(userId: string, roomId: string): boolean {
+    return this.get('isForgotten', userId, roomId) !== undefined;
   }
 
   insertFilter(userId: string, filter: string): number {

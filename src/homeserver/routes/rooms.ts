@@ -106,6 +106,7 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     await optionalBody(ctx, anyObject);
     const membership = rooms.membership(roomId, r.userId);
     if (membership === 'join' || membership === 'invite') throw fail.badJson('You must leave the room first');
+    if (membership !== undefined) store.forgetRoom(r.userId, roomId);
     return { body: {} };
   });
   for (const [action, membership] of [
@@ -181,25 +182,35 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     const r = auth.requester(ctx);
     const { roomId, type, stateKey } = pathParams(ctx, stateParams);
     const { format } = queryParams(ctx, z.object({ format: z.enum(['content', 'event']).default('content') }));
-    rooms.requireJoined(roomId, r.userId);
-    const row = rooms.stateEvent(roomId, type, stateKey);
+    const upTo = rooms.readableUpTo(roomId, r.userId);
+    const row =
+      upTo === undefined ? rooms.stateEvent(roomId, type, stateKey) : store.stateEventAt(roomId, type, stateKey, upTo);
     if (!row) throw fail.notFound('Event not found');
     const ev = toClientEvent(row, r.userId, s.clock.now());
     return { body: format === 'event' ? ev : ev.content };
   });
+  /** The room's state (of one type, if given) as the user may see it: current while joined, else as of the leave. */
+  const readableState = (roomId: string, userId: string, type?: string) => {
+    const upTo = rooms.readableUpTo(roomId, userId);
+    if (upTo === undefined) return type === undefined ? store.roomState(roomId) : store.roomStateOfType(roomId, type);
+    const rows = store.stateBetween(roomId, 0, upTo);
+    return type === undefined ? rows : rows.filter((row) => row.type === type);
+  };
   router.add('GET', `${CS_ROOMS}/state`, (ctx) => {
     const r = auth.requester(ctx);
     const { roomId } = pathParams(ctx, roomParam);
-    rooms.requireJoined(roomId, r.userId);
     const now = s.clock.now();
-    return { body: store.roomState(roomId).map((row) => toClientEvent(row, r.userId, now)) };
+    return { body: readableState(roomId, r.userId).map((row) => toClientEvent(row, r.userId, now)) };
   });
   router.add('GET', `${CS_ROOMS}/event/:eventId`, (ctx) => {
     const r = auth.requester(ctx);
     const { roomId, eventId } = pathParams(ctx, z.object({ roomId: roomIdSchema, eventId: z.string().max(255) }));
-    rooms.requireJoined(roomId, r.userId);
+    const upTo = rooms.readableUpTo(roomId, r.userId);
     const row = store.getEvent(eventId);
-    if (!row || row.room_id !== roomId) throw fail.notFound('Event not found');
+    // Like Synapse, an event the user may not see is as unknown as one that does not exist.
+    if (!row || row.room_id !== roomId || (upTo !== undefined && row.stream > upTo)) {
+      throw fail.notFound('Event not found');
+    }
     return { body: toClientEvent(row, r.userId, s.clock.now()) };
   });
   router.add('GET', `${CS_ROOMS}/members`, (ctx) => {
@@ -213,10 +224,8 @@ export function registerRoomRoutes(router: Router, s: Services): void {
         at: z.string().max(255).optional(),
       }),
     );
-    rooms.requireJoined(roomId, r.userId);
     const now = s.clock.now();
-    const chunk = store
-      .roomStateOfType(roomId, 'm.room.member')
+    const chunk = readableState(roomId, r.userId, 'm.room.member')
       .filter((row) => {
         const m = (JSON.parse(row.content) as { membership?: string }).membership;
         const wanted = q.membership === undefined || m === q.membership;
@@ -241,18 +250,18 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     const r = auth.requester(ctx);
     const { roomId } = pathParams(ctx, roomParam);
     const q = queryParams(ctx, messagesQuery);
-    rooms.requireJoined(roomId, r.userId);
+    // A departed user's history ends with their leave, whichever way they page.
+    const newest = rooms.readableUpTo(roomId, r.userId) ?? s.notifier.current;
     const limit = Math.min(Math.max(q.limit ?? 10, 1), 1000);
-    const current = s.notifier.current;
     const now = s.clock.now();
     let rows;
     let start: number;
     if (q.dir === 'b') {
-      start = Math.min(q.from ?? current, current);
+      start = Math.min(q.from ?? newest, newest);
       rows = store.eventsBackward(roomId, start, q.to ?? 0, limit + 1);
     } else {
       start = q.from ?? 0;
-      rows = store.eventsForward(roomId, start, Math.min(q.to ?? current, current), limit + 1);
+      rows = store.eventsForward(roomId, start, Math.min(q.to ?? newest, newest), limit + 1);
     }
     const more = rows.length > limit;
     const page = rows.slice(0, limit);

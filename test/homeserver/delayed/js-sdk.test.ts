@@ -2,17 +2,35 @@
  * matrix-js-sdk (unmodified) against the module: every delayed-event call it has, and a syncing
  * client that sees the room state change when a delayed event fires.
  */
-import { ClientEvent, createClient, type MatrixClient, RoomStateEvent, UpdateDelayedEventAction } from 'matrix-js-sdk';
+import {
+  ClientEvent,
+  createClient,
+  Direction,
+  type MatrixClient,
+  RoomStateEvent,
+  UpdateDelayedEventAction,
+} from 'matrix-js-sdk';
 import type { Logger } from 'matrix-js-sdk/lib/logger.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { waitFor } from '../../e2e/support/proc.js';
 import { type Session, startWithRoom, type TestHomeserver } from '../harness.js';
-import { ALICE_AND_BOB, MANY_MANAGEMENT_CALLS, roomPath, timeline } from './support.js';
+import { ALICE_AND_BOB, MANY_MANAGEMENT_CALLS, openRoom, roomPath, timeline } from './support.js';
 
 const CALL_MEMBER = 'org.matrix.msc3401.call.member';
 
 const noop = (): void => undefined;
+
+/** Starts the client and resolves once its first sync is processed. */
+async function startSyncing(c: MatrixClient, initialSyncLimit: number): Promise<void> {
+  const ready = new Promise<void>((resolve) => {
+    c.on(ClientEvent.Sync, (state) => {
+      if (state === 'PREPARED') resolve();
+    });
+  });
+  await c.startClient({ initialSyncLimit });
+  await ready;
+}
 /** The SDK logs every sync step; tests read assertions, not that. */
 const quietLogger: Logger = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, getChild: () => quietLogger };
 
@@ -84,13 +102,7 @@ describe('matrix-js-sdk', () => {
   it('a syncing client sees the state change when a delayed leave fires', async () => {
     const watcher = clientFor(bob);
     try {
-      const ready = new Promise<void>((resolve) => {
-        watcher.on(ClientEvent.Sync, (state) => {
-          if (state === 'PREPARED') resolve();
-        });
-      });
-      await watcher.startClient({ initialSyncLimit: 5 });
-      await ready;
+      await startSyncing(watcher, 5);
       const key = `_${alice.userId}_leave`;
       await client.sendStateEvent(roomId, CALL_MEMBER as any, { joined: true } as any, key);
       await waitFor(
@@ -107,6 +119,47 @@ describe('matrix-js-sdk', () => {
       expect(watcher.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER, key)?.getSender()).toBe(alice.userId);
     } finally {
       watcher.stopClient();
+    }
+  });
+
+  it('a delayed kick moves the room to leave in the kicked user’s client, whose history still reaches the kick', async () => {
+    const kickRoom = await openRoom(t, alice, [bob]);
+    for (let i = 1; i <= 6; i++) await client.sendTextMessage(kickRoom, `before ${i}`);
+    const kicked = clientFor(bob);
+    try {
+      // A short window, so the older messages are reachable only through /messages.
+      await startSyncing(kicked, 2);
+      expect(kicked.getRoom(kickRoom)?.getMyMembership()).toBe('join');
+      const kick = await client._unstable_sendDelayedStateEvent(
+        kickRoom,
+        { delay: 300 },
+        'm.room.member' as any,
+        { membership: 'leave', reason: 'time is up' } as any,
+        bob.userId,
+      );
+      expect(kick.delay_id).toBeTypeOf('string');
+      await waitFor('the kicked client to see its membership end', () => kicked.getRoom(kickRoom)?.getMyMembership() === 'leave');
+      await client.sendTextMessage(kickRoom, 'after the kick');
+
+      const room = kicked.getRoom(kickRoom)!;
+      const live = room.getLiveTimeline();
+      while (live.getPaginationToken(Direction.Backward) !== null) {
+        await kicked.scrollback(room, 30);
+      }
+      const texts = live
+        .getEvents()
+        .filter((e) => e.getType() === 'm.room.message')
+        .map((e) => e.getContent().body);
+      expect(texts).toEqual([1, 2, 3, 4, 5, 6].map((i) => `before ${i}`));
+      const last = live.getEvents().at(-1)!;
+      expect([last.getType(), last.getStateKey(), last.getSender(), last.getContent().membership]).toEqual([
+        'm.room.member',
+        bob.userId,
+        alice.userId,
+        'leave',
+      ]);
+    } finally {
+      kicked.stopClient();
     }
   });
 });
