@@ -9,7 +9,7 @@ import { fail, type MatrixError } from '../lib/errors.js';
 import { atomically, transaction } from '../lib/sqlite.js';
 import type { Clock } from '../lib/timer-heap.js';
 import type { EventToSend, RoomEngine } from './contracts.js';
-import { checkTypeAndKey, serialiseContent } from './events.js';
+import { checkTypeAndKey, serialiseContent, stickyExpiresAt } from './events.js';
 import { newEventId, newRoomId, parseUserId } from './ids.js';
 import type { StreamNotifier } from './notifier.js';
 import {
@@ -26,6 +26,8 @@ export const SUPPORTED_ROOM_VERSIONS = ['1', '2', '3', '4', '5', '6', '7', '8', 
 export const DEFAULT_ROOM_VERSION = '10';
 
 const MEMBERSHIPS = new Set(['join', 'invite', 'leave', 'ban', 'knock']);
+/** Expired rows are ignored by every read; deleting them is only housekeeping. */
+const STICKY_PRUNE_EVERY_MS = 60_000;
 
 type StateListener = (ev: { roomId: string; type: string; stateKey: string; sender: string }) => void;
 
@@ -50,6 +52,8 @@ export class Rooms implements RoomEngine {
    * when a write fails, since a rolled-back change may have been read inside its transaction.
    */
   private readonly levelsCache = new Map<string, PowerLevels>();
+  /** When `recordSticky` next deletes expired sticky rows. */
+  private nextStickyPrune = 0;
 
   constructor(
     private readonly store: CoreStore,
@@ -321,6 +325,8 @@ export class Rooms implements RoomEngine {
     const stream = this.notifier.next();
     // A membership event also concerns its member, who may not be in the room yet.
     this.notifier.touch(ev.roomId, ev.type === 'm.room.member' ? ev.stateKey : undefined);
+    const now = this.clock.now();
+    const originServerTs = ev.originServerTs ?? now;
     this.store.insertEvent({
       stream,
       event_id: eventId,
@@ -329,9 +335,13 @@ export class Rooms implements RoomEngine {
       type: ev.type,
       state_key: ev.stateKey ?? null,
       content,
-      origin_server_ts: ev.originServerTs ?? this.clock.now(),
+      origin_server_ts: originServerTs,
       delay_id: ev.delayId ?? null,
+      sticky_duration_ms: ev.stickyDurationMs ?? null,
     });
+    if (ev.stickyDurationMs !== undefined) {
+      this.recordSticky(stream, ev.roomId, originServerTs, ev.stickyDurationMs, now);
+    }
     if (ev.stateKey !== undefined) {
       if (ev.type === 'm.room.power_levels' || ev.type === 'm.room.create') this.levelsCache.delete(ev.roomId);
       const membership = ev.type === 'm.room.member' ? String(ev.content.membership) : null;
@@ -341,6 +351,20 @@ export class Rooms implements RoomEngine {
       for (const listener of this.stateListeners) listener(info);
     }
     return eventId;
+  }
+
+  /**
+   * Indexes a sticky event for /sync while it stays sticky (one already expired, e.g. a delayed
+   * event sent long after its due time, is an ordinary event), and now and then forgets expired ones.
+   */
+  private recordSticky(stream: number, roomId: string, originServerTs: number, durationMs: number, now: number): void {
+    const expiresAt = stickyExpiresAt(originServerTs, durationMs);
+    if (expiresAt <= now) return;
+    this.store.insertSticky(stream, roomId, expiresAt);
+    if (now >= this.nextStickyPrune) {
+      this.store.pruneSticky(now);
+      this.nextStickyPrune = now + STICKY_PRUNE_EVERY_MS;
+    }
   }
 }
 

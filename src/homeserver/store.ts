@@ -4,6 +4,8 @@
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from 'node:sqlite';
 
+import { addColumnIfMissing } from '../lib/sqlite.js';
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS users (
   user_id TEXT PRIMARY KEY,
@@ -35,9 +37,19 @@ CREATE TABLE IF NOT EXISTS events (
   state_key TEXT,
   content TEXT NOT NULL,
   origin_server_ts INTEGER NOT NULL,
-  delay_id TEXT
+  delay_id TEXT,
+  sticky_duration_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_room ON events(room_id, stream);
+-- MSC4354 sticky events while they are sticky: what /sync delivers beside the timeline. Rows past
+-- expires_at are ignored at once and deleted now and then.
+CREATE TABLE IF NOT EXISTS sticky_events (
+  stream INTEGER PRIMARY KEY,
+  room_id TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sticky_events_room ON sticky_events(room_id, stream);
+CREATE INDEX IF NOT EXISTS sticky_events_expiry ON sticky_events(expires_at);
 CREATE TABLE IF NOT EXISTS current_state (
   room_id TEXT NOT NULL,
   type TEXT NOT NULL,
@@ -92,6 +104,7 @@ export const CORE_TABLES = [
   'access_tokens',
   'rooms',
   'events',
+  'sticky_events',
   'current_state',
   'account_data',
   'filters',
@@ -119,6 +132,8 @@ export interface EventRow {
   content: string;
   origin_server_ts: number;
   delay_id: string | null;
+  /** MSC4354: the sticky duration the sender asked for; null for a normal event. */
+  sticky_duration_ms: number | null;
 }
 
 export interface MembershipRow {
@@ -141,6 +156,7 @@ export class CoreStore {
 
   constructor(readonly db: DatabaseSync) {
     db.exec(SCHEMA);
+    addColumnIfMissing(db, 'events', 'sticky_duration_ms', 'INTEGER');
     const prep = (sql: string) => db.prepare(sql);
     this.s = {
       insertUser: prep(
@@ -156,8 +172,15 @@ export class CoreStore {
       insertRoom: prep('INSERT INTO rooms (room_id, creator, room_version, created_ts) VALUES (?, ?, ?, ?)'),
       roomExists: prep('SELECT 1 AS x FROM rooms WHERE room_id = ?'),
       insertEvent: prep(
-        `INSERT INTO events (stream, event_id, room_id, sender, type, state_key, content, origin_server_ts, delay_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO events (stream, event_id, room_id, sender, type, state_key, content, origin_server_ts, delay_id,
+           sticky_duration_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      insertSticky: prep('INSERT INTO sticky_events (stream, room_id, expires_at) VALUES (?, ?, ?)'),
+      pruneSticky: prep('DELETE FROM sticky_events WHERE expires_at <= ?'),
+      stickyBetween: prep(
+        `SELECT e.* FROM sticky_events s JOIN events e ON e.stream = s.stream
+         WHERE s.room_id = ? AND s.stream > ? AND s.stream <= ? AND s.expires_at > ? ORDER BY s.stream`,
       ),
       getEvent: prep('SELECT * FROM events WHERE event_id = ?'),
       upsertState: prep(
@@ -297,7 +320,19 @@ export class CoreStore {
       row.content,
       row.origin_server_ts,
       row.delay_id,
+      row.sticky_duration_ms,
     );
+  }
+  /** Records a sticky event (already inserted at `stream`) until it expires. */
+  insertSticky(stream: number, roomId: string, expiresAt: number): void {
+    this.run('insertSticky', stream, roomId, expiresAt);
+  }
+  pruneSticky(now: number): void {
+    this.run('pruneSticky', now);
+  }
+  /** The room's events with `after < stream <= upTo` that are still sticky at `now`, oldest first. */
+  stickyBetween(roomId: string, after: number, upTo: number, now: number): EventRow[] {
+    return this.all('stickyBetween', roomId, after, upTo, now);
   }
   getEvent(eventId: string): EventRow | undefined {
     return this.get('getEvent', eventId);

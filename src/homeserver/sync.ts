@@ -3,7 +3,7 @@
  * since the token, each with a timeline window, the state clients need and account data.
  */
 import type { Clock } from '../lib/timer-heap.js';
-import { type ClientEvent, toClientEvent, toStrippedState } from './events.js';
+import { type ClientEvent, STICKY, toClientEvent, toStrippedState } from './events.js';
 import type { StreamNotifier } from './notifier.js';
 import type { AccountDataRow, CoreStore, EventRow, MembershipRow } from './store.js';
 
@@ -113,6 +113,11 @@ export class SyncBuilder {
     if (!incremental || opts.fullState) stateRows = this.store.roomState(roomId);
     else if (limited) stateRows = this.store.stateChangedSince(roomId, since);
     else stateRows = [];
+    // MSC4354: sticky events the window skipped still reach the client, once, beside the timeline
+    // (an unlimited window holds every event of the range, sticky ones included).
+    const sticky = limited
+      ? this.store.stickyBetween(roomId, after, upTo, now).filter((r) => !inTimeline.has(r.event_id))
+      : [];
     return {
       summary: {},
       state: {
@@ -122,6 +127,9 @@ export class SyncBuilder {
       ephemeral: { events: [] },
       account_data: { events: toAccountData(roomData) },
       unread_notifications: { notification_count: 0, highlight_count: 0 },
+      ...(sticky.length > 0
+        ? { [STICKY.syncSection]: { events: sticky.map((r) => toClientEvent(r, userId, now)) } }
+        : {}),
     };
   }
 

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 
 import { fail } from '../../lib/errors.js';
+import { STICKY } from '../events.js';
 import type { DelayedRow } from './store.js';
 
 /** Seed page sizes: 10 finalised events per batch (recommended), 100 scheduled ones (our choice). */
@@ -29,6 +30,8 @@ function delayedEventFields(row: DelayedRow): Record<string, unknown> {
     delay_ms: row.delay_ms,
     scheduled_at: scheduledAt(row),
     content: JSON.parse(row.content) as unknown,
+    // Our choice (Synapse lists no such field): the sticky duration in the form the sent event will carry it.
+    ...(row.sticky_duration_ms !== null ? { [STICKY.field]: { duration_ms: row.sticky_duration_ms } } : {}),
   };
 }
 

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { fail } from '../../lib/errors.js';
 import type { RequestContext, Router } from '../../lib/http.js';
 import type { Requester } from '../contracts.js';
-import { toClientEvent } from '../events.js';
+import { STICKY, stickyDurationFor, toClientEvent } from '../events.js';
 import type { Remember } from '../txns.js';
 import {
   anyObject,
@@ -21,6 +21,7 @@ import {
   queryParams,
   roomIdSchema,
   type Services,
+  stickyQuery,
   streamToken,
   tokenOfPosition,
   userIdSchema,
@@ -52,6 +53,9 @@ const createRoomBody = z.object({
 const roomParam = z.object({ roomId: roomIdSchema });
 const reasonBody = z.object({ reason: z.string().max(1024).optional() });
 const targetBody = z.object({ user_id: userIdSchema, reason: z.string().max(1024).optional() });
+
+/** `?org.matrix.msc4140.delay=` (a non-negative integer, 0 accepted like Synapse) and the sticky duration. */
+const sendQuery = stickyQuery.extend({ [DELAY_PARAM]: intString(Number.MAX_SAFE_INTEGER).optional() });
 
 const messagesQuery = z.object({
   from: streamToken.optional(),
@@ -127,14 +131,20 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     });
   }
 
-  /** Shared by /send and /state: immediate send, or MSC4140 scheduling when `delay` is given. */
+  /**
+   * Shared by /send and /state: immediate send, or MSC4140 scheduling when `delay` is given; either
+   * may be an MSC4354 sticky event.
+   */
   const sendOrSchedule = async (
     ctx: RequestContext,
     requester: Requester,
     target: { roomId: string; type: string; stateKey?: string },
-    delayMs: number | undefined,
     remember?: Remember,
   ): Promise<Record<string, unknown>> => {
+    const query = queryParams(ctx, sendQuery);
+    const delayMs = query[DELAY_PARAM];
+    const stickyDurationMs = stickyDurationFor(target.type, query[STICKY.param]);
+    const sticky = stickyDurationMs !== undefined ? { stickyDurationMs } : {};
     const content = await body(ctx, stateContent);
     if (delayMs !== undefined) {
       const { delayId } = await s.delayed.schedule({
@@ -142,12 +152,13 @@ export function registerRoomRoutes(router: Router, s: Services): void {
         ...target,
         content,
         delayMs,
+        ...sticky,
         form: 'query',
         ...(remember ? { inCommit: (id: string) => remember({ delay_id: id }) } : {}),
       });
       return { delay_id: delayId };
     }
-    const { eventId } = rooms.sendEvent({ ...target, sender: requester.userId, content }, (id) =>
+    const { eventId } = rooms.sendEvent({ ...target, sender: requester.userId, content, ...sticky }, (id) =>
       remember?.({ event_id: id }),
     );
     return { event_id: eventId };
@@ -159,12 +170,11 @@ export function registerRoomRoutes(router: Router, s: Services): void {
       ctx,
       z.object({ roomId: roomIdSchema, type: eventTypeSchema, txnId: z.string().max(255).optional() }),
     );
-    const delayMs = parseDelay(ctx);
     const target = { roomId, type };
-    if (txnId === undefined) return { body: await sendOrSchedule(ctx, requester, target, delayMs) };
+    if (txnId === undefined) return { body: await sendOrSchedule(ctx, requester, target) };
     // Looked up before the body is read: a repeat may come without one (MSC4140 clients do that).
     const response = await s.txns.once(s.txns.key(requester, ctx.path), (remember) =>
-      sendOrSchedule(ctx, requester, target, delayMs, remember),
+      sendOrSchedule(ctx, requester, target, remember),
     );
     return { body: response };
   };
@@ -175,8 +185,7 @@ export function registerRoomRoutes(router: Router, s: Services): void {
   router.add('PUT', `${CS_ROOMS}/state/:type/:stateKey?`, async (ctx) => {
     const requester = auth.requester(ctx);
     const { roomId, type, stateKey } = pathParams(ctx, stateParams);
-    const delayMs = parseDelay(ctx);
-    return { body: await sendOrSchedule(ctx, requester, { roomId, type, stateKey }, delayMs) };
+    return { body: await sendOrSchedule(ctx, requester, { roomId, type, stateKey }) };
   });
   router.add('GET', `${CS_ROOMS}/state/:type/:stateKey?`, (ctx) => {
     const r = auth.requester(ctx);
@@ -316,14 +325,6 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     rooms.requireJoined(roomId, r.userId);
     return { body: {} };
   });
-}
-
-/** `?org.matrix.msc4140.delay=`: a non-negative integer string (0 accepted, like Synapse). */
-function parseDelay(ctx: RequestContext): number | undefined {
-  const raw = ctx.query.get(DELAY_PARAM);
-  if (raw === null) return undefined;
-  if (!/^\d{1,15}$/.test(raw)) throw fail.invalidParam(`${DELAY_PARAM} must be a non-negative integer`);
-  return Number(raw);
 }
 
 /** A join target that is not a room id is simply not a room here. */

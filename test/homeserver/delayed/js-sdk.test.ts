@@ -1,16 +1,19 @@
 /**
- * matrix-js-sdk (unmodified) against the module: every delayed-event call it has, and a syncing
- * client that sees the room state change when a delayed event fires.
+ * matrix-js-sdk (unmodified) against the module: every delayed-event call it has, a syncing
+ * client that sees the room state change when a delayed event fires, and a MatrixRTC membership
+ * published as MSC4354 sticky events whose delayed sticky leave ends it.
  */
 import {
   ClientEvent,
   createClient,
   Direction,
+  EventType,
   type MatrixClient,
   RoomStateEvent,
   UpdateDelayedEventAction,
 } from 'matrix-js-sdk';
-import type { Logger } from 'matrix-js-sdk/lib/logger.js';
+import { type Logger, logger as sdkRootLogger } from 'matrix-js-sdk/lib/logger.js';
+import { MatrixRTCSessionEvent } from 'matrix-js-sdk/lib/matrixrtc/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { waitFor } from '../../e2e/support/proc.js';
@@ -33,6 +36,10 @@ async function startSyncing(c: MatrixClient, initialSyncLimit: number): Promise<
 }
 /** The SDK logs every sync step; tests read assertions, not that. */
 const quietLogger: Logger = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, getChild: () => quietLogger };
+// MatrixRTC logs through the SDK's root logger rather than the client's: only its errors show.
+const sdkRoot = sdkRootLogger as unknown as { methodFactory: (method: string) => (...args: unknown[]) => void; rebuild(): void };
+sdkRoot.methodFactory = (method) => (method === 'error' ? (...args) => console.error(...args) : noop);
+sdkRoot.rebuild();
 
 describe('matrix-js-sdk', () => {
   let t: TestHomeserver;
@@ -41,8 +48,15 @@ describe('matrix-js-sdk', () => {
   let roomId: string;
   let client: MatrixClient;
 
-  const clientFor = (s: Session): MatrixClient =>
-    createClient({ baseUrl: t.url, accessToken: s.accessToken, userId: s.userId, deviceId: s.deviceId, logger: quietLogger });
+  const clientFor = (s: Session, fetchFn?: typeof fetch): MatrixClient =>
+    createClient({
+      baseUrl: t.url,
+      accessToken: s.accessToken,
+      userId: s.userId,
+      deviceId: s.deviceId,
+      logger: quietLogger,
+      ...(fetchFn ? { fetchFn } : {}),
+    });
 
   beforeAll(async () => {
     ({ t, roomId, users: { alice, bob } } = await startWithRoom({
@@ -160,6 +174,64 @@ describe('matrix-js-sdk', () => {
       ]);
     } finally {
       kicked.stopClient();
+    }
+  });
+
+  it('a MatrixRTC membership sent as sticky events (unstableSendStickyEvents) ends with its delayed sticky leave', async () => {
+    const callRoom = await openRoom(t, alice, [bob]);
+    let online = true;
+    const sent: string[] = [];
+    const app = clientFor(alice, async (input, init) => {
+      if (!online) throw new TypeError('fetch failed (the app is gone)');
+      sent.push(`${init?.method ?? 'GET'} ${decodeURIComponent(String(input))}`);
+      return fetch(input, init);
+    });
+    const watcher = clientFor(bob);
+    try {
+      await startSyncing(watcher, 5);
+      await startSyncing(app, 5);
+      const memberId = `${alice.userId}:${alice.deviceId}`;
+      const watching = watcher.matrixRTC.getRoomSession(
+        await waitFor('the room at the watcher', () => watcher.getRoom(callRoom) ?? undefined),
+      );
+      const ended = new Promise<void>((resolve) => {
+        watching.on(MatrixRTCSessionEvent.MembershipsChanged, (before, after) => {
+          if (before.some((m) => m.sender === alice.userId) && !after.some((m) => m.sender === alice.userId)) resolve();
+        });
+      });
+      const session = app.matrixRTC.getRoomSession(
+        await waitFor('the room at the app', () => app.getRoom(callRoom) ?? undefined),
+      );
+      // The sticky form publishes the transport it uses (js-sdk 43 reads it unguarded).
+      const transport = { type: 'livekit', livekit_service_url: 'http://127.0.0.1:9' };
+      session.joinRTCSession(
+        { userId: alice.userId, deviceId: alice.deviceId, memberId },
+        [transport],
+        transport,
+        { unstableSendStickyEvents: true, delayedLeaveEventDelayMs: 1500, delayedLeaveEventRestartMs: 500, manageMediaKeys: false },
+      );
+      await waitFor('the watcher to see the membership', () =>
+        watching.memberships.some((m) => m.sender === alice.userId && m.deviceId === alice.deviceId),
+      );
+      // Both were sent as sticky events: the hangup scheduled, the membership published.
+      const stickySends = sent.filter((r) => r.startsWith('PUT') && r.includes(`/send/${EventType.RTCMembership}/`));
+      expect(stickySends.some((r) => r.includes('org.matrix.msc4140.delay=1500'))).toBe(true);
+      expect(stickySends.every((r) => r.includes('org.matrix.msc4354.sticky_duration_ms=3600000'))).toBe(true);
+      const room = watcher.getRoom(callRoom)!;
+      const joined = room._unstable_getKeyedStickyEvent(alice.userId, EventType.RTCMembership, memberId);
+      expect(joined?.getContent().application).toMatchObject({ type: 'm.call' });
+
+      // The app dies: nobody restarts the delayed leave any more, so it fires.
+      online = false;
+      app.stopClient();
+      await ended;
+      const left = room._unstable_getKeyedStickyEvent(alice.userId, EventType.RTCMembership, memberId);
+      expect(left?.getContent()).toEqual({ slot_id: 'm.call#ROOM', msc4354_sticky_key: memberId });
+      expect(left?.unstableStickyInfo?.duration_ms).toBe(3_600_000);
+    } finally {
+      online = false;
+      app.stopClient();
+      watcher.stopClient();
     }
   });
 });
