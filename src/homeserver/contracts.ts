@@ -50,6 +50,8 @@ export interface EventToSend {
   originServerTs?: number;
   /** The delay id this event came from: shown in `unsigned` to its sender only. */
   delayId?: string;
+  /** MSC4354: makes the event sticky for this long (capped at one hour when judged). */
+  stickyDurationMs?: number;
 }
 
 export interface RoomEngine {
@@ -93,6 +95,8 @@ export interface DelayedEvents {
     stateKey?: string;
     content: Record<string, unknown>;
     delayMs: number;
+    /** MSC4354: the event, once sent, is sticky for this long. */
+    stickyDurationMs?: number;
     /** Which wire form asked: the seed's query parameter or the dedicated PUT (generation C). */
     form: 'query' | 'dedicated';
     /**

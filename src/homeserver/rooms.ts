@@ -5,11 +5,11 @@
  */
 import type { Logger } from 'pino';
 
-import { fail } from '../lib/errors.js';
+import { fail, type MatrixError } from '../lib/errors.js';
 import { atomically, transaction } from '../lib/sqlite.js';
 import type { Clock } from '../lib/timer-heap.js';
 import type { EventToSend, RoomEngine } from './contracts.js';
-import { checkTypeAndKey, serialiseContent } from './events.js';
+import { checkTypeAndKey, serialiseContent, stickyExpiresAt } from './events.js';
 import { newEventId, newRoomId, parseUserId } from './ids.js';
 import type { StreamNotifier } from './notifier.js';
 import {
@@ -26,6 +26,8 @@ export const SUPPORTED_ROOM_VERSIONS = ['1', '2', '3', '4', '5', '6', '7', '8', 
 export const DEFAULT_ROOM_VERSION = '10';
 
 const MEMBERSHIPS = new Set(['join', 'invite', 'leave', 'ban', 'knock']);
+/** Expired rows are ignored by every read; deleting them is only housekeeping. */
+const STICKY_PRUNE_EVERY_MS = 60_000;
 
 type StateListener = (ev: { roomId: string; type: string; stateKey: string; sender: string }) => void;
 
@@ -50,6 +52,8 @@ export class Rooms implements RoomEngine {
    * when a write fails, since a rolled-back change may have been read inside its transaction.
    */
   private readonly levelsCache = new Map<string, PowerLevels>();
+  /** When `recordSticky` next deletes expired sticky rows. */
+  private nextStickyPrune = 0;
 
   constructor(
     private readonly store: CoreStore,
@@ -186,11 +190,21 @@ export class Rooms implements RoomEngine {
     return this.store.membershipOf(roomId, userId);
   }
 
-  /** Reading a room needs current membership; an unknown room and a foreign room look alike. */
+  /** Acting in a room needs current membership; an unknown room and a foreign room look alike. */
   requireJoined(roomId: string, userId: string): void {
-    if (this.store.membershipOf(roomId, userId) !== 'join') {
-      throw fail.forbidden('You are not joined to this room');
-    }
+    if (this.store.membershipOf(roomId, userId) !== 'join') throw notJoined();
+  }
+
+  /**
+   * How far the user may read the room (Synapse's rule for departed users): everything while
+   * joined (undefined), up to and including their leave event once they left or were kicked and
+   * have not forgotten the room. Banned users, forgotten rooms and strangers get 403.
+   */
+  readableUpTo(roomId: string, userId: string): number | undefined {
+    const own = this.store.membershipRowOf(roomId, userId);
+    if (own?.membership === 'join') return undefined;
+    if (own?.membership === 'leave' && !this.store.isForgotten(userId, roomId)) return own.stream;
+    throw notJoined();
   }
 
   stateEvent(roomId: string, type: string, stateKey: string): EventRow | undefined {
@@ -311,6 +325,8 @@ export class Rooms implements RoomEngine {
     const stream = this.notifier.next();
     // A membership event also concerns its member, who may not be in the room yet.
     this.notifier.touch(ev.roomId, ev.type === 'm.room.member' ? ev.stateKey : undefined);
+    const now = this.clock.now();
+    const originServerTs = ev.originServerTs ?? now;
     this.store.insertEvent({
       stream,
       event_id: eventId,
@@ -319,16 +335,39 @@ export class Rooms implements RoomEngine {
       type: ev.type,
       state_key: ev.stateKey ?? null,
       content,
-      origin_server_ts: ev.originServerTs ?? this.clock.now(),
+      origin_server_ts: originServerTs,
       delay_id: ev.delayId ?? null,
+      sticky_duration_ms: ev.stickyDurationMs ?? null,
     });
+    if (ev.stickyDurationMs !== undefined) {
+      this.recordSticky(stream, ev.roomId, originServerTs, ev.stickyDurationMs, now);
+    }
     if (ev.stateKey !== undefined) {
       if (ev.type === 'm.room.power_levels' || ev.type === 'm.room.create') this.levelsCache.delete(ev.roomId);
       const membership = ev.type === 'm.room.member' ? String(ev.content.membership) : null;
       this.store.upsertState(ev.roomId, ev.type, ev.stateKey, eventId, stream, membership);
+      if (membership !== null) this.store.unforgetRoom(ev.stateKey, ev.roomId);
       const info = { roomId: ev.roomId, type: ev.type, stateKey: ev.stateKey, sender: ev.sender };
       for (const listener of this.stateListeners) listener(info);
     }
     return eventId;
   }
+
+  /**
+   * Indexes a sticky event for /sync while it stays sticky (one already expired, e.g. a delayed
+   * event sent long after its due time, is an ordinary event), and now and then forgets expired ones.
+   */
+  private recordSticky(stream: number, roomId: string, originServerTs: number, durationMs: number, now: number): void {
+    const expiresAt = stickyExpiresAt(originServerTs, durationMs);
+    if (expiresAt <= now) return;
+    this.store.insertSticky(stream, roomId, expiresAt);
+    if (now >= this.nextStickyPrune) {
+      this.store.pruneSticky(now);
+      this.nextStickyPrune = now + STICKY_PRUNE_EVERY_MS;
+    }
+  }
+}
+
+function notJoined(): MatrixError {
+  return fail.forbidden('You are not joined to this room');
 }

@@ -4,6 +4,8 @@
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from 'node:sqlite';
 
+import { addColumnIfMissing } from '../lib/sqlite.js';
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS users (
   user_id TEXT PRIMARY KEY,
@@ -35,9 +37,19 @@ CREATE TABLE IF NOT EXISTS events (
   state_key TEXT,
   content TEXT NOT NULL,
   origin_server_ts INTEGER NOT NULL,
-  delay_id TEXT
+  delay_id TEXT,
+  sticky_duration_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_room ON events(room_id, stream);
+-- MSC4354 sticky events while they are sticky: what /sync delivers beside the timeline. Rows past
+-- expires_at are ignored at once and deleted now and then.
+CREATE TABLE IF NOT EXISTS sticky_events (
+  stream INTEGER PRIMARY KEY,
+  room_id TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sticky_events_room ON sticky_events(room_id, stream);
+CREATE INDEX IF NOT EXISTS sticky_events_expiry ON sticky_events(expires_at);
 CREATE TABLE IF NOT EXISTS current_state (
   room_id TEXT NOT NULL,
   type TEXT NOT NULL,
@@ -73,6 +85,11 @@ CREATE TABLE IF NOT EXISTS openid_tokens (
   user_id TEXT NOT NULL,
   expires_ts INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten_rooms (
+  user_id TEXT NOT NULL,
+  room_id TEXT NOT NULL,
+  PRIMARY KEY (user_id, room_id)
+);
 CREATE TABLE IF NOT EXISTS presence (
   user_id TEXT PRIMARY KEY,
   presence TEXT NOT NULL,
@@ -87,11 +104,13 @@ export const CORE_TABLES = [
   'access_tokens',
   'rooms',
   'events',
+  'sticky_events',
   'current_state',
   'account_data',
   'filters',
   'txns',
   'openid_tokens',
+  'forgotten_rooms',
   'presence',
 ] as const;
 
@@ -113,12 +132,16 @@ export interface EventRow {
   content: string;
   origin_server_ts: number;
   delay_id: string | null;
+  /** MSC4354: the sticky duration the sender asked for; null for a normal event. */
+  sticky_duration_ms: number | null;
 }
 
 export interface MembershipRow {
   room_id: string;
   membership: string;
+  /** Stream position of the membership event. */
   stream: number;
+  event_id: string;
 }
 
 export interface AccountDataRow {
@@ -133,6 +156,7 @@ export class CoreStore {
 
   constructor(readonly db: DatabaseSync) {
     db.exec(SCHEMA);
+    addColumnIfMissing(db, 'events', 'sticky_duration_ms', 'INTEGER');
     const prep = (sql: string) => db.prepare(sql);
     this.s = {
       insertUser: prep(
@@ -148,8 +172,15 @@ export class CoreStore {
       insertRoom: prep('INSERT INTO rooms (room_id, creator, room_version, created_ts) VALUES (?, ?, ?, ?)'),
       roomExists: prep('SELECT 1 AS x FROM rooms WHERE room_id = ?'),
       insertEvent: prep(
-        `INSERT INTO events (stream, event_id, room_id, sender, type, state_key, content, origin_server_ts, delay_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO events (stream, event_id, room_id, sender, type, state_key, content, origin_server_ts, delay_id,
+           sticky_duration_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      insertSticky: prep('INSERT INTO sticky_events (stream, room_id, expires_at) VALUES (?, ?, ?)'),
+      pruneSticky: prep('DELETE FROM sticky_events WHERE expires_at <= ?'),
+      stickyBetween: prep(
+        `SELECT e.* FROM sticky_events s JOIN events e ON e.stream = s.stream
+         WHERE s.room_id = ? AND s.stream > ? AND s.stream <= ? AND s.expires_at > ? ORDER BY s.stream`,
       ),
       getEvent: prep('SELECT * FROM events WHERE event_id = ?'),
       upsertState: prep(
@@ -170,11 +201,29 @@ export class CoreStore {
          WHERE c.room_id = ? AND c.type = ? ORDER BY c.stream`,
       ),
       membershipOf: prep(
-        "SELECT membership FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND state_key = ?",
+        "SELECT membership, stream FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND state_key = ?",
       ),
       membershipsOfUser: prep(
-        "SELECT room_id, membership, stream FROM current_state WHERE state_key = ? AND type = 'm.room.member'",
+        `SELECT room_id, membership, stream, event_id FROM current_state
+         WHERE state_key = ? AND type = 'm.room.member'`,
       ),
+      // The newest state event per (type, state_key) in a stream range: the room's state as of
+      // `upTo` (with `after` 0), or what changed in a range. Walks the room's events once.
+      stateBetween: prep(
+        `SELECT e.* FROM events e JOIN (
+           SELECT MAX(stream) AS stream FROM events
+           WHERE room_id = ? AND state_key IS NOT NULL AND stream > ? AND stream <= ?
+           GROUP BY type, state_key
+         ) newest ON e.stream = newest.stream
+         ORDER BY e.stream`,
+      ),
+      stateEventAt: prep(
+        `SELECT * FROM events WHERE room_id = ? AND type = ? AND state_key = ? AND stream <= ?
+         ORDER BY stream DESC LIMIT 1`,
+      ),
+      forgetRoom: prep('INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?, ?)'),
+      unforgetRoom: prep('DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?'),
+      isForgotten: prep('SELECT 1 AS x FROM forgotten_rooms WHERE user_id = ? AND room_id = ?'),
       maxEventStream: prep('SELECT COALESCE(MAX(stream), 0) AS m FROM events'),
       maxAccountDataStream: prep('SELECT COALESCE(MAX(stream), 0) AS m FROM account_data'),
       eventsBackward: prep(
@@ -271,7 +320,19 @@ export class CoreStore {
       row.content,
       row.origin_server_ts,
       row.delay_id,
+      row.sticky_duration_ms,
     );
+  }
+  /** Records a sticky event (already inserted at `stream`) until it expires. */
+  insertSticky(stream: number, roomId: string, expiresAt: number): void {
+    this.run('insertSticky', stream, roomId, expiresAt);
+  }
+  pruneSticky(now: number): void {
+    this.run('pruneSticky', now);
+  }
+  /** The room's events with `after < stream <= upTo` that are still sticky at `now`, oldest first. */
+  stickyBetween(roomId: string, after: number, upTo: number, now: number): EventRow[] {
+    return this.all('stickyBetween', roomId, after, upTo, now);
   }
   getEvent(eventId: string): EventRow | undefined {
     return this.get('getEvent', eventId);
@@ -296,7 +357,11 @@ export class CoreStore {
     return this.all('roomStateOfType', roomId, type);
   }
   membershipOf(roomId: string, userId: string): string | undefined {
-    return this.get<{ membership: string }>('membershipOf', roomId, userId)?.membership;
+    return this.membershipRowOf(roomId, userId)?.membership;
+  }
+  /** The user's current membership in the room and the stream position of its event. */
+  membershipRowOf(roomId: string, userId: string): { membership: string; stream: number } | undefined {
+    return this.get('membershipOf', roomId, userId);
   }
   membershipsOfUser(userId: string): MembershipRow[] {
     return this.all('membershipsOfUser', userId);
@@ -317,6 +382,14 @@ export class CoreStore {
   countEventsBetween(roomId: string, after: number, upTo: number): number {
     return this.get<{ n: number }>('countEventsBetween', roomId, after, upTo)!.n;
   }
+  /** The room's state as of position `upTo`, or with `after` > 0 only what changed after it. */
+  stateBetween(roomId: string, after: number, upTo: number): EventRow[] {
+    return this.all('stateBetween', roomId, after, upTo);
+  }
+  /** The state event at (type, state_key) as of position `upTo`. */
+  stateEventAt(roomId: string, type: string, stateKey: string, upTo: number): EventRow | undefined {
+    return this.get('stateEventAt', roomId, type, stateKey, upTo);
+  }
   /** Current state entries that changed after `after`. */
   stateChangedSince(roomId: string, after: number): EventRow[] {
     return this.all('stateEventsBetween', roomId, after);
@@ -330,6 +403,17 @@ export class CoreStore {
   }
   accountDataSince(userId: string, after: number, upTo: number): AccountDataRow[] {
     return this.all('accountDataSince', userId, after, upTo);
+  }
+
+  forgetRoom(userId: string, roomId: string): void {
+    this.run('forgetRoom', userId, roomId);
+  }
+  /** A new membership brings a forgotten room back. */
+  unforgetRoom(userId: string, roomId: string): void {
+    this.run('unforgetRoom', userId, roomId);
+  }
+  isForgotten(userId: string, roomId: string): boolean {
+    return this.get('isForgotten', userId, roomId) !== undefined;
   }
 
   insertFilter(userId: string, filter: string): number {

@@ -3,9 +3,9 @@
  * since the token, each with a timeline window, the state clients need and account data.
  */
 import type { Clock } from '../lib/timer-heap.js';
-import { type ClientEvent, toClientEvent, toStrippedState } from './events.js';
+import { type ClientEvent, STICKY, toClientEvent, toStrippedState } from './events.js';
 import type { StreamNotifier } from './notifier.js';
-import type { AccountDataRow, CoreStore, EventRow } from './store.js';
+import type { AccountDataRow, CoreStore, EventRow, MembershipRow } from './store.js';
 
 const INVITE_STATE_TYPES = new Set([
   'm.room.create',
@@ -22,6 +22,8 @@ export interface SyncOptions {
   since: number | undefined;
   timelineLimit: number;
   fullState: boolean;
+  /** The filter's `room.include_leave`: an initial sync also lists rooms the user left themselves. */
+  includeLeave: boolean;
 }
 
 export interface SyncResult {
@@ -65,13 +67,8 @@ export class SyncBuilder {
         if (room) join[m.room_id] = room;
       } else if (m.membership === 'invite' && changedSince) {
         invite[m.room_id] = { invite_state: { events: this.inviteState(m.room_id, userId) } };
-      } else if ((m.membership === 'leave' || m.membership === 'ban') && since !== undefined && changedSince) {
-        const events = this.store.eventsBackward(m.room_id, m.stream, since, opts.timelineLimit + 1);
-        leave[m.room_id] = {
-          state: { events: [] },
-          timeline: this.timeline(events, opts.timelineLimit, since, userId, now).timeline,
-          account_data: { events: toAccountData(roomData) },
-        };
+      } else if ((m.membership === 'leave' || m.membership === 'ban') && this.leaveShown(userId, m, since, opts)) {
+        leave[m.room_id] = this.leftRoom(userId, m, since, opts, roomData, now);
       }
     }
     const globalData = toAccountData(accountData.filter((a) => a.room_id === ''));
@@ -116,6 +113,11 @@ export class SyncBuilder {
     if (!incremental || opts.fullState) stateRows = this.store.roomState(roomId);
     else if (limited) stateRows = this.store.stateChangedSince(roomId, since);
     else stateRows = [];
+    // MSC4354: sticky events the window skipped still reach the client, once, beside the timeline
+    // (an unlimited window holds every event of the range, sticky ones included).
+    const sticky = limited
+      ? this.store.stickyBetween(roomId, after, upTo, now).filter((r) => !inTimeline.has(r.event_id))
+      : [];
     return {
       summary: {},
       state: {
@@ -125,6 +127,50 @@ export class SyncBuilder {
       ephemeral: { events: [] },
       account_data: { events: toAccountData(roomData) },
       unread_notifications: { notification_count: 0, highlight_count: 0 },
+      ...(sticky.length > 0
+        ? { [STICKY.syncSection]: { events: sticky.map((r) => toClientEvent(r, userId, now)) } }
+        : {}),
+    };
+  }
+
+  /**
+   * Synapse's rule: an incremental sync shows every room left since the token; an initial sync
+   * shows rooms the user was kicked or banned from, and rooms they left themselves only with
+   * `include_leave` (never forgotten ones).
+   */
+  private leaveShown(userId: string, m: MembershipRow, since: number | undefined, opts: SyncOptions): boolean {
+    if (since !== undefined) return m.stream > since;
+    if (this.store.isForgotten(userId, m.room_id)) return false;
+    return opts.includeLeave || m.membership === 'ban' || this.store.getEvent(m.event_id)?.sender !== userId;
+  }
+
+  /**
+   * A `rooms.leave` entry: the timeline since the token (or from the start) up to and including
+   * the leave, and the state as of the leave. That state is whole for an initial or full-state
+   * sync and for a room the user was not in at the token; otherwise only what changed in a gap.
+   */
+  private leftRoom(
+    userId: string,
+    m: MembershipRow,
+    since: number | undefined,
+    opts: SyncOptions,
+    roomData: AccountDataEntry[],
+    now: number,
+  ): Record<string, unknown> {
+    const after = since ?? 0;
+    const rows = this.store.eventsBackward(m.room_id, m.stream, after, opts.timelineLimit + 1);
+    const { timeline, limited, inTimeline } = this.timeline(rows, opts.timelineLimit, after, userId, now);
+    const whole =
+      since === undefined ||
+      opts.fullState ||
+      membershipOfRow(this.store.stateEventAt(m.room_id, 'm.room.member', userId, since)) !== 'join';
+    const stateRows = whole || limited ? this.store.stateBetween(m.room_id, whole ? 0 : after, m.stream) : [];
+    return {
+      state: {
+        events: stateRows.filter((r) => !inTimeline.has(r.event_id)).map((r) => toClientEvent(r, userId, now)),
+      },
+      timeline,
+      account_data: { events: toAccountData(roomData) },
     };
   }
 
@@ -156,6 +202,10 @@ export class SyncBuilder {
       .filter((r) => INVITE_STATE_TYPES.has(r.type) || (r.type === 'm.room.member' && r.state_key === userId))
       .map(toStrippedState);
   }
+}
+
+function membershipOfRow(row: EventRow | undefined): unknown {
+  return row && (JSON.parse(row.content) as { membership?: unknown }).membership;
 }
 
 function toAccountData(entries: AccountDataEntry[]): Array<{ type: string; content: unknown }> {

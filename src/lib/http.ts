@@ -4,7 +4,7 @@
  * throw a `MatrixError`; anything else thrown is a bug, answered 500 and logged with its stack.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 import type { Logger } from 'pino';
@@ -206,6 +206,17 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
   server.headersTimeout = 30_000;
   server.requestTimeout = 120_000;
   answerMalformedHttp(server);
+  /**
+   * Connections that have not begun a request. Node's closeIdleConnections() leaves them open, so
+   * one an HTTP client connected speculatively (or for a request it then aborted) held close()
+   * for the whole grace period.
+   */
+  const unused = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    unused.add(socket);
+    socket.once('close', () => unused.delete(socket));
+  });
+  server.on('request', (req: IncomingMessage) => unused.delete(req.socket));
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
@@ -287,6 +298,7 @@ export function createHttpApp(opts: HttpServerOptions): HttpApp {
       closing.abort();
       const done = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      for (const socket of unused) socket.destroy();
       const timer = setTimeout(() => server.closeAllConnections(), graceMs);
       try {
         await done;

@@ -27,6 +27,15 @@ export function openDatabase(path: string, synchronous: Synchronous = 'full'): D
   return db;
 }
 
+/**
+ * Adds a column that stores created by an older version lack (`CREATE TABLE IF NOT EXISTS` leaves
+ * their tables as they were). `definition` is the column's type and constraints.
+ */
+export function addColumnIfMissing(db: DatabaseSync, table: string, column: string, definition: string): void {
+  const columns = db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
+  if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+}
+
 /** The statements `beginImmediate` runs on one connection, prepared once. */
 interface BeginStatements {
   begin: StatementSync;

@@ -16,6 +16,8 @@ import {
   flowSkipReason,
   formatEntry,
   handOver,
+  SLOT_ID,
+  STICKY_MEMBERSHIP_MS,
   type HandOver,
   jwtPayload,
   type Metrics,
@@ -158,10 +160,21 @@ async function waitForRestart(call: Call, after: number, timeoutMs: number) {
   }
 }
 
-/** After the membership ended: the leave is a real state event and no longer scheduled. */
-async function expectHangupDelivered(s: Harness, call: Call): Promise<void> {
+/**
+ * After the membership ended: the leave is a real event (call member state, or with `sticky` the
+ * sticky `m.rtc.member` that replaces the membership) and no longer scheduled.
+ */
+async function expectHangupDelivered(s: Harness, call: Call, { sticky = false } = {}): Promise<void> {
   expect(call.membershipPresent()).toBe(false);
-  expect(await call.observer.stateContent(call.app.stateKey)).toEqual({});
+  const { app, observer } = call;
+  if (sticky) {
+    const leave = observer.stickyMembership(app.user.userId, app.memberId);
+    expect(leave?.getContent()).toEqual({ slot_id: SLOT_ID, msc4354_sticky_key: app.memberId });
+    expect(leave?.getSender()).toBe(app.user.userId);
+    expect(leave?.unstableStickyInfo?.duration_ms).toBe(STICKY_MEMBERSHIP_MS);
+  } else {
+    expect(await observer.stateContent(app.stateKey)).toEqual({});
+  }
   expect(await call.app.listing()).toBeUndefined();
   const c = await s.counters();
   expect(c.sendsOk).toBe(1);
@@ -353,6 +366,36 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${skipped(bundledS
     log(`4: new session's clean disconnect -> membership gone after ${secs(goneAt - t1)}`);
     expect(goneAt - t1).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
   }, 150_000);
+
+  it('5 (MSC4354): a membership published as sticky events ends with the delayed sticky leave the agent sends', async () => {
+    const call = await s.call({ stickyEvents: true });
+    const { app, observer } = call;
+    // js-sdk's unstableSendStickyEvents: a sticky m.rtc.member, no call member state.
+    const membership = observer.stickyMembership(app.user.userId, app.memberId);
+    expect(membership?.getContent()).toMatchObject({
+      slot_id: SLOT_ID,
+      member: { user_id: app.user.userId, device_id: app.user.deviceId, id: app.memberId },
+      msc4354_sticky_key: app.memberId,
+    });
+    expect(membership?.unstableStickyInfo?.duration_ms).toBe(STICKY_MEMBERSHIP_MS);
+    expect(await observer.stateContent(app.stateKey)).toBeUndefined();
+    // The hangup waits as a delayed sticky event.
+    expect(await app.listing()).toMatchObject({
+      type: 'org.matrix.msc4143.rtc.member',
+      delay_ms: DELEGATED_PRESET.delayedLeaveEventDelayMs,
+      msc4354_sticky: { duration_ms: STICKY_MEMBERSHIP_MS },
+      content: { slot_id: SLOT_ID, msc4354_sticky_key: app.memberId },
+    });
+
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 2_000);
+    const t0 = Date.now();
+    await h.participant.disconnect();
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`5 sticky: clean disconnect -> membership gone after ${secs(goneAt - t0)}`);
+    expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+    await expectHangupDelivered(s, call, { sticky: true });
+  }, 120_000);
 });
 
 describe.skipIf(!!synapseSkip)(`flow on Synapse${skipped(synapseSkip)}`, () => {

@@ -88,4 +88,43 @@ describe('matrix-js-sdk', () => {
     const failed = seen.filter((line) => !line.startsWith('200 ') && !line.includes('/rtc/transports'));
     expect(failed).toEqual([]);
   });
+
+  it('a client started later shows a room it was kicked from as left, and syncLeftRooms() adds one it left', async () => {
+    const carol = await t.register('carol');
+    const kickedFrom = await t.createRoom(alice.accessToken, { preset: 'public_chat', name: 'Kicked from' });
+    const leftBehind = await t.createRoom(alice.accessToken, { preset: 'public_chat', name: 'Left behind' });
+    for (const roomId of [kickedFrom, leftBehind]) {
+      await t.request('POST', `/_matrix/client/v3/join/${enc(roomId)}`, { token: carol.accessToken });
+    }
+    const kick = await t.request('POST', `/_matrix/client/v3/rooms/${enc(kickedFrom)}/kick`, {
+      token: alice.accessToken,
+      body: { user_id: carol.userId },
+    });
+    expect(kick.status).toBe(200);
+    await t.request('POST', `/_matrix/client/v3/rooms/${enc(leftBehind)}/leave`, { token: carol.accessToken });
+
+    const later = createClient({
+      baseUrl: t.url,
+      accessToken: carol.accessToken,
+      userId: carol.userId,
+      deviceId: carol.deviceId,
+      logger: quiet,
+    });
+    try {
+      const prepared = waitForSync(later, [SyncState.Prepared, SyncState.Syncing]);
+      await later.startClient({ initialSyncLimit: 5 });
+      await prepared;
+      const kickedRoom = later.getRoom(kickedFrom);
+      expect(kickedRoom?.getMyMembership()).toBe('leave');
+      expect(kickedRoom?.name).toBe('Kicked from');
+      expect(later.getRoom(leftBehind)).toBeNull();
+
+      const left = await later.syncLeftRooms();
+      expect(left.map((r) => r.roomId)).toEqual([leftBehind]);
+      expect(later.getRoom(leftBehind)?.getMyMembership()).toBe('leave');
+      expect(later.getRoom(leftBehind)?.name).toBe('Left behind');
+    } finally {
+      later.stopClient();
+    }
+  });
 });

@@ -91,8 +91,14 @@ describe('membership', () => {
     expect(joinedIds).toEqual([alice.userId, bob.userId].sort());
 
     expect((await t.request('POST', room(priv, '/leave'), { token: bob.accessToken })).status).toBe(200);
+    // A departed member still reads the room as it was when they left (Synapse), until they forget it.
     const afterLeave = await t.request('GET', room(priv, '/state'), { token: bob.accessToken });
-    expect(afterLeave.status).toBe(403);
+    expect(afterLeave.status).toBe(200);
+    expect(afterLeave.body.find((e: { state_key?: string }) => e.state_key === bob.userId).content.membership).toBe(
+      'leave',
+    );
+    expect((await t.request('POST', room(priv, '/forget'), { token: bob.accessToken })).status).toBe(200);
+    expect((await t.request('GET', room(priv, '/state'), { token: bob.accessToken })).status).toBe(403);
     const joinedRooms = await t.request('GET', '/_matrix/client/v3/joined_rooms', { token: bob.accessToken });
     expect(joinedRooms.body.joined_rooms).toContain(pub);
     expect(joinedRooms.body.joined_rooms).not.toContain(priv);

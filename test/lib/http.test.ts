@@ -1,3 +1,5 @@
+import { connect } from 'node:net';
+
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 
@@ -95,4 +97,16 @@ describe('createHttpApp', () => {
     await closing;
     app = undefined;
   });
+
+  it('does not wait for a connection that never sent a request', async () => {
+    const url = new URL(await serve(new Router()));
+    // What an HTTP client's aborted or speculative connect leaves behind.
+    const unused = connect(Number(url.port), url.hostname);
+    await new Promise((resolve) => unused.once('connect', resolve));
+    const ended = new Promise((resolve) => unused.once('close', resolve));
+    // Far beyond this test's timeout: only closing that connection lets close() return in time.
+    await app!.close(600_000);
+    app = undefined;
+    await ended;
+  }, 20_000);
 });

@@ -42,6 +42,8 @@ export interface ScheduledEvent {
   contentJson: string;
   delayMs: number;
   due: number;
+  /** MSC4354: sent as a sticky event of this duration. */
+  stickyDurationMs: number | undefined;
   /** False until the insert has committed; uncommitted rows are invisible to everything else. */
   committed: boolean;
 }
@@ -249,6 +251,7 @@ export class DelayedEngine {
       contentJson: contentText,
       delayMs,
       due: now + delayMs,
+      stickyDurationMs: req.stickyDurationMs,
       committed: false,
     };
     this.remember(ev);
@@ -264,6 +267,7 @@ export class DelayedEngine {
         delay_ms: delayMs,
         running_since: now,
         due_at: ev.due,
+        sticky_duration_ms: ev.stickyDurationMs ?? null,
       });
       req.inCommit?.(ev.delayId);
     });
@@ -468,6 +472,7 @@ export class DelayedEngine {
           content: JSON.parse(ev.contentJson) as Record<string, unknown>,
           originServerTs,
           delayId: ev.delayId,
+          ...(ev.stickyDurationMs !== undefined ? { stickyDurationMs: ev.stickyDurationMs } : {}),
         },
         (id) => {
           if (!this.record(ev, { status: 'sent', cause, eventId: id, originServerTs })) throw new NoLongerScheduled();
@@ -722,6 +727,7 @@ function fromRow(row: DelayedRow, pool: StringPool): ScheduledEvent {
     contentJson: row.content,
     delayMs: row.delay_ms,
     due: row.due_at,
+    stickyDurationMs: row.sticky_duration_ms ?? undefined,
     committed: true,
   };
 }

@@ -11,6 +11,7 @@ import { type Handler, jsonObject, type Method, parseWith, type RequestContext, 
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import type { Clock } from '../../lib/timer-heap.js';
 import type { Auth, Requester } from '../contracts.js';
+import { stickyDurationOf } from '../routes/common.js';
 import type { TxnCache } from '../txns.js';
 import { type DelayedAction, type DelayedEngine, SCOPED_TOKEN_MAX_IDS } from './engine.js';
 import type { DelayedRow } from './store.js';
@@ -202,6 +203,7 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
     const response = await txns.once(
       key,
       async (remember) => {
+        const stickyDurationMs = stickyDurationOf(ctx, eventType);
         const body = parseWith(dedicatedBody, await jsonObject(ctx), 'invalidParam');
         const delayId = await engine.schedule({
           requester,
@@ -210,6 +212,7 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
           ...(body.state_key !== undefined ? { stateKey: body.state_key } : {}),
           content: body.content,
           delayMs: body.delay_ms,
+          ...(stickyDurationMs !== undefined ? { stickyDurationMs } : {}),
           form: 'dedicated',
           inCommit: (id) => remember({ delay_id: id }),
         });

@@ -6,6 +6,8 @@
  */
 import type { DatabaseSync, StatementSync } from 'node:sqlite';
 
+import { addColumnIfMissing } from '../../lib/sqlite.js';
+
 /** Lifecycle of a delayed event; only `scheduled` rows are ever sent. */
 export type DelayedStatus = 'scheduled' | 'sent' | 'cancelled' | 'failed';
 
@@ -24,6 +26,8 @@ export interface DelayedRow {
   delay_ms: number;
   running_since: number;
   due_at: number;
+  /** MSC4354: the event is sent as a sticky event of this duration. */
+  sticky_duration_ms: number | null;
   status: DelayedStatus;
   cause: FinaliseCause | null;
   finalised_ts: number | null;
@@ -57,7 +61,8 @@ CREATE TABLE IF NOT EXISTS delayed_events (
   event_id TEXT,
   origin_server_ts INTEGER,
   error TEXT,
-  error_status INTEGER
+  error_status INTEGER,
+  sticky_duration_ms INTEGER
 );
 -- A user's scheduled events, for the listing and its count. due_at is left out on purpose: a
 -- restart then rewrites only the row's own page, not two index pages as well (12.5 WAL pages per
@@ -101,6 +106,7 @@ export type NewRow = Pick<
   | 'delay_ms'
   | 'running_since'
   | 'due_at'
+  | 'sticky_duration_ms'
 >;
 
 /** The outcome written when a row leaves the schedule. */
@@ -134,11 +140,12 @@ export class DelayedStore {
 
   constructor(readonly db: DatabaseSync) {
     db.exec(SCHEMA);
+    addColumnIfMissing(db, 'delayed_events', 'sticky_duration_ms', 'INTEGER');
     this.insertStmt = db.prepare(
       `INSERT INTO delayed_events (delay_id, user_id, device_id, room_id, type, state_key, content,
-         delay_ms, running_since, due_at, status)
+         delay_ms, running_since, due_at, sticky_duration_ms, status)
        VALUES ($delay_id, $user_id, $device_id, $room_id, $type, $state_key, $content,
-         $delay_ms, $running_since, $due_at, 'scheduled')`,
+         $delay_ms, $running_since, $due_at, $sticky_duration_ms, 'scheduled')`,
     );
     this.getStmt = db.prepare('SELECT * FROM delayed_events WHERE delay_id = ?');
     this.loadScheduledStmt = db.prepare(

@@ -5,23 +5,43 @@
 import { z } from 'zod';
 
 import { fail } from '../../lib/errors.js';
+import { STICKY } from '../events.js';
 import type { DelayedRow } from './store.js';
 
 /** Seed page sizes: 10 finalised events per batch (recommended), 100 scheduled ones (our choice). */
 export const SCHEDULED_PAGE = 100;
 export const FINALISED_PAGE = 10;
 
-/** The seed's scheduled-event item: `{delay_id, room_id, type, state_key?, delay, running_since, content}`. */
-export function scheduledItem(row: DelayedRow): Record<string, unknown> {
+/**
+ * When the event's timer started: its scheduling or its last restart. The seed calls it
+ * `running_since`, the latest text `scheduled_at`; both are this one value.
+ */
+function scheduledAt(row: DelayedRow): number {
+  return row.running_since;
+}
+
+/** What every generation says about a delayed event, in the latest text's names. */
+function delayedEventFields(row: DelayedRow): Record<string, unknown> {
   return {
     delay_id: row.delay_id,
     room_id: row.room_id,
     type: row.type,
     ...(row.state_key !== null ? { state_key: row.state_key } : {}),
-    delay: row.delay_ms,
-    running_since: row.running_since,
+    delay_ms: row.delay_ms,
+    scheduled_at: scheduledAt(row),
     content: JSON.parse(row.content) as unknown,
+    // Our choice (Synapse lists no such field): the sticky duration in the form the sent event will carry it.
+    ...(row.sticky_duration_ms !== null ? { [STICKY.field]: { duration_ms: row.sticky_duration_ms } } : {}),
   };
+}
+
+/**
+ * A listed delayed event (every list, and inside finalised/terminated entries): the single
+ * lookup's fields (latest text) plus the seed's `delay` and `running_since`, so clients of every
+ * generation find the names they read.
+ */
+export function scheduledItem(row: DelayedRow): Record<string, unknown> {
+  return { ...delayedEventFields(row), delay: row.delay_ms, running_since: scheduledAt(row) };
 }
 
 function outcomeFields(row: DelayedRow): Record<string, unknown> {
@@ -55,13 +75,7 @@ export function finalisedItem(row: DelayedRow): Record<string, unknown> {
 /** Generation-C single lookup: status is told by which of finalised_ts / event_id / error exist. */
 export function lookupItem(row: DelayedRow): Record<string, unknown> {
   return {
-    delay_id: row.delay_id,
-    room_id: row.room_id,
-    type: row.type,
-    ...(row.state_key !== null ? { state_key: row.state_key } : {}),
-    delay_ms: row.delay_ms,
-    scheduled_at: row.running_since,
-    content: JSON.parse(row.content) as unknown,
+    ...delayedEventFields(row),
     ...(row.finalised_ts !== null ? { finalised_ts: row.finalised_ts } : {}),
     ...(row.status === 'sent' && row.event_id !== null ? { event_id: row.event_id } : {}),
     ...(row.status === 'failed' && row.error !== null ? { error: JSON.parse(row.error) as unknown } : {}),

@@ -9,6 +9,7 @@ import type { Clock } from '../../lib/timer-heap.js';
 import type { Accounts } from '../accounts.js';
 import type { TokenAuth } from '../auth.js';
 import type { DelayedEvents } from '../contracts.js';
+import { STICKY, stickyDurationFor } from '../events.js';
 import type { StreamNotifier } from '../notifier.js';
 import type { Rooms } from '../rooms.js';
 import type { CoreStore } from '../store.js';
@@ -71,6 +72,18 @@ export const intString = (max: number) =>
     .regex(/^\d{1,16}$/, 'must be a non-negative integer')
     .transform(Number)
     .pipe(z.number().int().max(max));
+
+/**
+ * MSC4354's sticky duration, a query parameter wherever an event is sent or scheduled. Any
+ * non-negative integer, like Synapse: 0 makes an event that is never sticky, and more than an
+ * hour counts as an hour.
+ */
+export const stickyQuery = z.object({ [STICKY.param]: intString(Number.MAX_SAFE_INTEGER).optional() });
+
+/** The sticky duration a request asks for its event of `type` (none for membership events). */
+export function stickyDurationOf(ctx: RequestContext, type: string): number | undefined {
+  return stickyDurationFor(type, queryParams(ctx, stickyQuery)[STICKY.param]);
+}
 
 /** Pagination and sync tokens: `s<stream position>`. */
 export const streamToken = z

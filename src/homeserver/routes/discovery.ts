@@ -23,7 +23,8 @@ export function registerDiscoveryRoutes(router: Router, s: Services): void {
   const delayedEnabled = s.config.delayed_events.max_scheduled_per_user > 0;
   const versions = {
     versions: SPEC_VERSIONS,
-    unstable_features: { 'org.matrix.msc4140': delayedEnabled },
+    // MSC4354 sticky events are always on; matrix-js-sdk sends them only where this says so.
+    unstable_features: { 'org.matrix.msc4140': delayedEnabled, 'org.matrix.msc4354': true },
   };
   const delayedLimits = {
     max_delay_ms: s.config.max_delay_ms,

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { fail } from '../../lib/errors.js';
 import type { RequestContext, Router } from '../../lib/http.js';
 import type { Requester } from '../contracts.js';
-import { toClientEvent } from '../events.js';
+import { STICKY, stickyDurationFor, toClientEvent } from '../events.js';
 import type { Remember } from '../txns.js';
 import {
   anyObject,
@@ -21,6 +21,7 @@ import {
   queryParams,
   roomIdSchema,
   type Services,
+  stickyQuery,
   streamToken,
   tokenOfPosition,
   userIdSchema,
@@ -52,6 +53,9 @@ const createRoomBody = z.object({
 const roomParam = z.object({ roomId: roomIdSchema });
 const reasonBody = z.object({ reason: z.string().max(1024).optional() });
 const targetBody = z.object({ user_id: userIdSchema, reason: z.string().max(1024).optional() });
+
+/** `?org.matrix.msc4140.delay=` (a non-negative integer, 0 accepted like Synapse) and the sticky duration. */
+const sendQuery = stickyQuery.extend({ [DELAY_PARAM]: intString(Number.MAX_SAFE_INTEGER).optional() });
 
 const messagesQuery = z.object({
   from: streamToken.optional(),
@@ -106,6 +110,7 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     await optionalBody(ctx, anyObject);
     const membership = rooms.membership(roomId, r.userId);
     if (membership === 'join' || membership === 'invite') throw fail.badJson('You must leave the room first');
+    if (membership !== undefined) store.forgetRoom(r.userId, roomId);
     return { body: {} };
   });
   for (const [action, membership] of [
@@ -126,14 +131,20 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     });
   }
 
-  /** Shared by /send and /state: immediate send, or MSC4140 scheduling when `delay` is given. */
+  /**
+   * Shared by /send and /state: immediate send, or MSC4140 scheduling when `delay` is given; either
+   * may be an MSC4354 sticky event.
+   */
   const sendOrSchedule = async (
     ctx: RequestContext,
     requester: Requester,
     target: { roomId: string; type: string; stateKey?: string },
-    delayMs: number | undefined,
     remember?: Remember,
   ): Promise<Record<string, unknown>> => {
+    const query = queryParams(ctx, sendQuery);
+    const delayMs = query[DELAY_PARAM];
+    const stickyDurationMs = stickyDurationFor(target.type, query[STICKY.param]);
+    const sticky = stickyDurationMs !== undefined ? { stickyDurationMs } : {};
     const content = await body(ctx, stateContent);
     if (delayMs !== undefined) {
       const { delayId } = await s.delayed.schedule({
@@ -141,12 +152,13 @@ export function registerRoomRoutes(router: Router, s: Services): void {
         ...target,
         content,
         delayMs,
+        ...sticky,
         form: 'query',
         ...(remember ? { inCommit: (id: string) => remember({ delay_id: id }) } : {}),
       });
       return { delay_id: delayId };
     }
-    const { eventId } = rooms.sendEvent({ ...target, sender: requester.userId, content }, (id) =>
+    const { eventId } = rooms.sendEvent({ ...target, sender: requester.userId, content, ...sticky }, (id) =>
       remember?.({ event_id: id }),
     );
     return { event_id: eventId };
@@ -158,12 +170,11 @@ export function registerRoomRoutes(router: Router, s: Services): void {
       ctx,
       z.object({ roomId: roomIdSchema, type: eventTypeSchema, txnId: z.string().max(255).optional() }),
     );
-    const delayMs = parseDelay(ctx);
     const target = { roomId, type };
-    if (txnId === undefined) return { body: await sendOrSchedule(ctx, requester, target, delayMs) };
+    if (txnId === undefined) return { body: await sendOrSchedule(ctx, requester, target) };
     // Looked up before the body is read: a repeat may come without one (MSC4140 clients do that).
     const response = await s.txns.once(s.txns.key(requester, ctx.path), (remember) =>
-      sendOrSchedule(ctx, requester, target, delayMs, remember),
+      sendOrSchedule(ctx, requester, target, remember),
     );
     return { body: response };
   };
@@ -174,32 +185,41 @@ export function registerRoomRoutes(router: Router, s: Services): void {
   router.add('PUT', `${CS_ROOMS}/state/:type/:stateKey?`, async (ctx) => {
     const requester = auth.requester(ctx);
     const { roomId, type, stateKey } = pathParams(ctx, stateParams);
-    const delayMs = parseDelay(ctx);
-    return { body: await sendOrSchedule(ctx, requester, { roomId, type, stateKey }, delayMs) };
+    return { body: await sendOrSchedule(ctx, requester, { roomId, type, stateKey }) };
   });
   router.add('GET', `${CS_ROOMS}/state/:type/:stateKey?`, (ctx) => {
     const r = auth.requester(ctx);
     const { roomId, type, stateKey } = pathParams(ctx, stateParams);
     const { format } = queryParams(ctx, z.object({ format: z.enum(['content', 'event']).default('content') }));
-    rooms.requireJoined(roomId, r.userId);
-    const row = rooms.stateEvent(roomId, type, stateKey);
+    const upTo = rooms.readableUpTo(roomId, r.userId);
+    const row =
+      upTo === undefined ? rooms.stateEvent(roomId, type, stateKey) : store.stateEventAt(roomId, type, stateKey, upTo);
     if (!row) throw fail.notFound('Event not found');
     const ev = toClientEvent(row, r.userId, s.clock.now());
     return { body: format === 'event' ? ev : ev.content };
   });
+  /** The room's state (of one type, if given) as the user may see it: current while joined, else as of the leave. */
+  const readableState = (roomId: string, userId: string, type?: string) => {
+    const upTo = rooms.readableUpTo(roomId, userId);
+    if (upTo === undefined) return type === undefined ? store.roomState(roomId) : store.roomStateOfType(roomId, type);
+    const rows = store.stateBetween(roomId, 0, upTo);
+    return type === undefined ? rows : rows.filter((row) => row.type === type);
+  };
   router.add('GET', `${CS_ROOMS}/state`, (ctx) => {
     const r = auth.requester(ctx);
     const { roomId } = pathParams(ctx, roomParam);
-    rooms.requireJoined(roomId, r.userId);
     const now = s.clock.now();
-    return { body: store.roomState(roomId).map((row) => toClientEvent(row, r.userId, now)) };
+    return { body: readableState(roomId, r.userId).map((row) => toClientEvent(row, r.userId, now)) };
   });
   router.add('GET', `${CS_ROOMS}/event/:eventId`, (ctx) => {
     const r = auth.requester(ctx);
     const { roomId, eventId } = pathParams(ctx, z.object({ roomId: roomIdSchema, eventId: z.string().max(255) }));
-    rooms.requireJoined(roomId, r.userId);
+    const upTo = rooms.readableUpTo(roomId, r.userId);
     const row = store.getEvent(eventId);
-    if (!row || row.room_id !== roomId) throw fail.notFound('Event not found');
+    // Like Synapse, an event the user may not see is as unknown as one that does not exist.
+    if (!row || row.room_id !== roomId || (upTo !== undefined && row.stream > upTo)) {
+      throw fail.notFound('Event not found');
+    }
     return { body: toClientEvent(row, r.userId, s.clock.now()) };
   });
   router.add('GET', `${CS_ROOMS}/members`, (ctx) => {
@@ -213,10 +233,8 @@ export function registerRoomRoutes(router: Router, s: Services): void {
         at: z.string().max(255).optional(),
       }),
     );
-    rooms.requireJoined(roomId, r.userId);
     const now = s.clock.now();
-    const chunk = store
-      .roomStateOfType(roomId, 'm.room.member')
+    const chunk = readableState(roomId, r.userId, 'm.room.member')
       .filter((row) => {
         const m = (JSON.parse(row.content) as { membership?: string }).membership;
         const wanted = q.membership === undefined || m === q.membership;
@@ -241,18 +259,18 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     const r = auth.requester(ctx);
     const { roomId } = pathParams(ctx, roomParam);
     const q = queryParams(ctx, messagesQuery);
-    rooms.requireJoined(roomId, r.userId);
+    // A departed user's history ends with their leave, whichever way they page.
+    const newest = rooms.readableUpTo(roomId, r.userId) ?? s.notifier.current;
     const limit = Math.min(Math.max(q.limit ?? 10, 1), 1000);
-    const current = s.notifier.current;
     const now = s.clock.now();
     let rows;
     let start: number;
     if (q.dir === 'b') {
-      start = Math.min(q.from ?? current, current);
+      start = Math.min(q.from ?? newest, newest);
       rows = store.eventsBackward(roomId, start, q.to ?? 0, limit + 1);
     } else {
       start = q.from ?? 0;
-      rows = store.eventsForward(roomId, start, Math.min(q.to ?? current, current), limit + 1);
+      rows = store.eventsForward(roomId, start, Math.min(q.to ?? newest, newest), limit + 1);
     }
     const more = rows.length > limit;
     const page = rows.slice(0, limit);
@@ -307,14 +325,6 @@ export function registerRoomRoutes(router: Router, s: Services): void {
     rooms.requireJoined(roomId, r.userId);
     return { body: {} };
   });
-}
-
-/** `?org.matrix.msc4140.delay=`: a non-negative integer string (0 accepted, like Synapse). */
-function parseDelay(ctx: RequestContext): number | undefined {
-  const raw = ctx.query.get(DELAY_PARAM);
-  if (raw === null) return undefined;
-  if (!/^\d{1,15}$/.test(raw)) throw fail.invalidParam(`${DELAY_PARAM} must be a non-negative integer`);
-  return Number(raw);
 }
 
 /** A join target that is not a room id is simply not a room here. */

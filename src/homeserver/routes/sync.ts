@@ -34,7 +34,10 @@ const syncQuery = z.object({
 const filterSchema = z
   .object({
     room: z
-      .object({ timeline: z.object({ limit: z.number().int().min(0).optional() }).loose().optional() })
+      .object({
+        timeline: z.object({ limit: z.number().int().min(0).optional() }).loose().optional(),
+        include_leave: z.boolean().optional(),
+      })
       .loose()
       .optional(),
   })
@@ -83,6 +86,7 @@ export function registerSyncRoutes(router: Router, s: Services): void {
       since: q.since,
       timelineLimit: Math.min(filter.room?.timeline?.limit ?? DEFAULT_TIMELINE_LIMIT, 100),
       fullState: q.full_state === 'true',
+      includeLeave: filter.room?.include_leave === true,
     };
     const deadline = s.clock.now() + Math.min(q.timeout ?? 0, MAX_TIMEOUT_MS);
     for (;;) {

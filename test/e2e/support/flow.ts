@@ -23,7 +23,15 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { ClientEvent, createClient, type MatrixClient, type Room, SyncState } from 'matrix-js-sdk';
+import {
+  ClientEvent,
+  createClient,
+  EventType,
+  type MatrixClient,
+  type MatrixEvent,
+  type Room,
+  SyncState,
+} from 'matrix-js-sdk';
 import { logger as sdkRootLogger } from 'matrix-js-sdk/lib/logger.js';
 import {
   type MatrixRTCSession,
@@ -58,6 +66,8 @@ export const DELEGATED_PRESET = {
 export const SLOT_ID = 'm.call#ROOM';
 /** The legacy call member state event type that MembershipManager sends. */
 export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
+/** How long js-sdk 43 keeps a sticky membership sticky (MembershipManager's MEMBERSHIP_STICKY_DURATION_MS). */
+export const STICKY_MEMBERSHIP_MS = 3_600_000;
 export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
 const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 const MSC4195_DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
@@ -678,6 +688,10 @@ export interface Observer {
   waitGone(userId: string, deviceId: string, timeoutMs: number): Promise<number>;
   /** The call member state event's content, read over HTTP with the observer's token. */
   stateContent(stateKey: string): Promise<Record<string, unknown> | undefined>;
+  /** The current sticky `m.rtc.member` of that user and sticky key, as the observer's client holds it. */
+  stickyMembership(userId: string, stickyKey: string): MatrixEvent | undefined;
+  /** Its content. */
+  stickyContent(userId: string, stickyKey: string): Record<string, unknown> | undefined;
 }
 
 export interface Call {
@@ -697,12 +711,20 @@ export interface Call {
 export interface SetupCallOptions {
   delayedLeaveEventDelayMs?: number;
   delayedLeaveEventRestartMs?: number;
+  /**
+   * Publish the membership as MSC4354 sticky `m.rtc.member` events (js-sdk's
+   * `unstableSendStickyEvents`), the hangup as a delayed sticky event, instead of call member state.
+   */
+  stickyEvents?: boolean;
+}
+
+function roomPath(roomId: string): string {
+  return `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}`;
 }
 
 /** Paths of the app's call member state event (legacy `m.call.member` form, room-level slot). */
 function memberStatePath(roomId: string, stateKey: string): string {
-  const room = encodeURIComponent(roomId);
-  return `/_matrix/client/v3/rooms/${room}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
+  return `${roomPath(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
 }
 
 /** A second user's client that watches the call memberships through its own MatrixRTCSession. */
@@ -729,6 +751,8 @@ async function startObserver(
     for (const k of next) goneAt.delete(k);
     current = next;
   });
+  const stickyMembership = (userId: string, stickyKey: string) =>
+    room._unstable_getKeyedStickyEvent(userId, EventType.RTCMembership, stickyKey);
   return {
     user,
     client,
@@ -745,6 +769,8 @@ async function startObserver(
       });
       return r.status === 200 ? r.body : undefined;
     },
+    stickyMembership,
+    stickyContent: (userId, stickyKey) => stickyMembership(userId, stickyKey)?.getContent(),
     close: () => client.stopClient(),
   };
 }
@@ -759,7 +785,7 @@ async function startApp(
   user: RegisteredUser,
   roomId: string,
   observer: Observer,
-  timing: { delayMs: number; restartMs: number },
+  timing: { delayMs: number; restartMs: number; sticky: boolean },
 ): Promise<JoinedApp & { close(): void }> {
   const { hs, agent, timeline } = stack;
   const gate: NetworkGate = { online: true, answered: [] };
@@ -785,14 +811,17 @@ async function startApp(
       };
       session.on(MembershipManagerEvent.DelayIdChanged, onDelayId);
     });
+    const transport = { type: 'livekit', livekit_service_url: agent.url };
     session.joinRTCSession(
       { userId: user.userId, deviceId: user.deviceId, memberId },
-      [{ type: 'livekit', livekit_service_url: agent.url }],
-      undefined,
+      [transport],
+      // The sticky form publishes the transport it uses; js-sdk 43 needs it named there.
+      timing.sticky ? transport : undefined,
       {
         delayedLeaveEventDelayMs: timing.delayMs,
         delayedLeaveEventRestartMs: timing.restartMs,
         manageMediaKeys: false,
+        ...(timing.sticky ? { unstableSendStickyEvents: true } : {}),
       },
     );
     const delayId = await delayIdKnown;
@@ -824,21 +853,35 @@ async function startApp(
     const scheduled = await listing();
     if (!scheduled) throw new Error(`the homeserver does not list delay_id ${delayId} as scheduled`);
     const statePath = memberStatePath(roomId, stateKey);
+    const stickyPath = `${roomPath(roomId)}/send/${EventType.RTCMembership}/$(date +%s%N)`;
+    const sticky = `org.matrix.msc4354.sticky_duration_ms=${STICKY_MEMBERSHIP_MS}`;
+    const [scheduleHangup, publishMembership] = timing.sticky
+      ? [
+          curl('PUT', `$HS${stickyPath}?org.matrix.msc4140.delay=${timing.delayMs}&${sticky}`, {
+            token: '$ALICE_TOKEN',
+            body: { slot_id: SLOT_ID, msc4354_sticky_key: memberId },
+          }),
+          curl('PUT', `$HS${stickyPath}?${sticky}`, {
+            token: '$ALICE_TOKEN',
+            body: observer.stickyContent(user.userId, memberId) ?? {},
+          }),
+        ]
+      : [
+          curl('PUT', `$HS${statePath}?org.matrix.msc4140.delay=${timing.delayMs}`, {
+            token: '$ALICE_TOKEN',
+            body: {},
+          }),
+          curl('PUT', `$HS${statePath}`, {
+            token: '$ALICE_TOKEN',
+            body: (await observer.stateContent(stateKey)) ?? {},
+          }),
+        ];
     timeline.mark(
       'client',
       `joined the MatrixRTC session (joinRTCSession, delay ${timing.delayMs} ms, restart every ` +
-        `${timing.restartMs} ms): scheduled the hangup (delayed leave ${delayId}) and published the membership`,
-      [
-        curl('PUT', `$HS${statePath}?org.matrix.msc4140.delay=${timing.delayMs}`, {
-          token: '$ALICE_TOKEN',
-          body: {},
-        }),
-        curl('PUT', `$HS${statePath}`, {
-          token: '$ALICE_TOKEN',
-          body: (await observer.stateContent(stateKey)) ?? {},
-        }),
-        curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' }),
-      ],
+        `${timing.restartMs} ms${timing.sticky ? ', sticky events' : ''}): scheduled the hangup ` +
+        `(delayed leave ${delayId}) and published the membership`,
+      [scheduleHangup, publishMembership, curl('GET', `$HS${MSC4140}/delayed_events`, { token: '$ALICE_TOKEN' })],
     );
 
     const member = { id: memberId, claimed_user_id: user.userId, claimed_device_id: user.deviceId };
@@ -977,6 +1020,7 @@ export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): 
     app = await startApp(stack, alice, roomId, observer, {
       delayMs: opts.delayedLeaveEventDelayMs ?? DELEGATED_PRESET.delayedLeaveEventDelayMs,
       restartMs: opts.delayedLeaveEventRestartMs ?? DELEGATED_PRESET.delayedLeaveEventRestartMs,
+      sticky: opts.stickyEvents ?? false,
     });
   } catch (err) {
     observer.close();
@@ -1002,8 +1046,11 @@ export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): 
     membershipPresent: () => observer.sees(alice.userId, alice.deviceId),
     async waitMembershipGone(timeoutMs) {
       const at = await observer.waitGone(alice.userId, alice.deviceId, timeoutMs);
+      const check = opts.stickyEvents
+        ? `${roomPath(roomId)}/messages?dir=b&limit=1`
+        : memberStatePath(roomId, app.stateKey);
       timeline.mark('observer', `${bob.userId} saw ${alice.userId}'s membership end`, [
-        curl('GET', `$HS${memberStatePath(roomId, app.stateKey)}`, { token: '$BOB_TOKEN' }),
+        curl('GET', `$HS${check}`, { token: '$BOB_TOKEN' }),
       ]);
       return at;
     },

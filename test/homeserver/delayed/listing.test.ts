@@ -75,6 +75,8 @@ describe('listing', () => {
       state_key: 'k',
       delay: 2_000,
       running_since: start + 100,
+      delay_ms: 2_000,
+      scheduled_at: start + 100,
       content: { s: 1 },
     });
     const seed = await get(alice, `${V1}/delayed_events/scheduled`);
@@ -85,6 +87,33 @@ describe('listing', () => {
     const after = await get(alice, `${U}/delayed_events?status=scheduled`);
     expect(after.body.delayed_events.map((e: { delay_id: string }) => e.delay_id)).toEqual([ids.soon, ids.state, ids.mid, ids.late]);
     for (const id of Object.values(ids)) await act(t, id, 'cancel');
+  });
+
+  it('every listing item carries the single lookup’s delay_ms and scheduled_at, also after a restart', async () => {
+    const hal = await t.register('hal');
+    const room = await openRoom(t, hal);
+    const msg = await delayIdOf(scheduleMessage(t, hal, room, 8_000, { m: 1 }));
+    const state = await delayIdOf(scheduleState(t, hal, room, 9_000, { s: 1 }, 'com.example.state', 'h'));
+    clock.advance(1_500);
+    expect((await act(t, msg, 'restart')).status).toBe(200);
+    const lookup = async (id: string) => {
+      const one = (await get(hal, `${V1}/delayed_events/${enc(id)}`)).body;
+      return { ...one, delay: one.delay_ms, running_since: one.scheduled_at };
+    };
+    const expected = [await lookup(state), await lookup(msg)];
+    expect(expected[1]).toMatchObject({ delay_ms: 8_000, scheduled_at: clock.now() });
+    for (const prefix of [U, V1]) {
+      expect((await get(hal, `${prefix}/delayed_events`)).body.delayed_events, prefix).toEqual(expected);
+      expect((await get(hal, `${prefix}/delayed_events/scheduled`)).body.delayed_events, prefix).toEqual(expected);
+    }
+    // Finalised entries describe the event with the same fields.
+    const cancelled = await lookup(msg);
+    expect((await act(t, msg, 'cancel')).status).toBe(200);
+    const finalised = (await get(hal, `${U}/delayed_events?status=finalised`)).body.finalised;
+    expect(finalised[0].delayed_event).toEqual(cancelled);
+    const terminated = (await get(hal, `${U}/delayed_events/terminated`)).body.terminated_events;
+    expect(terminated[0].delayed_event).toEqual(cancelled);
+    await act(t, state, 'cancel');
   });
 
   it('filters by repeated delay_id', async () => {
