@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { legacyIdentity, legacyRoomAlias, participantIdentity, roomAlias } from '../../../src/livekit/identity.js';
+import { waitFor } from '../../e2e/support/proc.js';
 import type { WebhookInit } from '../../fakes/fake-sfu.js';
 import { differs, legacyBody, newUser, startWorld, tokenBody, type User, type World } from './harness.js';
 
@@ -270,7 +271,20 @@ describe('participant lifecycle', () => {
     w = await startWorld({ LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS: '1' });
     const m = await delegate(w, 60_000);
     await connect(w, m);
-    w.sfu.leave(m.room, m.identity); // no webhook
+    // Once LiveKit has been asked and has shown the participant present (lk-jwt-service polls
+    // only after that; see the next test), it vanishes without a webhook.
+    const seenPresent = () => w!.sfu.calls.some((c) => c.room === m.room && c.status === 200 && c.method !== 'CreateRoom');
+    await waitFor('a successful presence lookup', seenPresent, { timeoutMs: 20_000, intervalMs: 25 });
+    w.sfu.leave(m.room, m.identity);
+    await w.hs.waitForRequests(m.delayId, 'send', 1, 20_000);
+  });
+
+  differs('sanity poll')('polls a participant who joined by webhook and vanished before any lookup', async () => {
+    w = await startWorld({ LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS: '1' });
+    const m = await delegate(w, 60_000);
+    // Joined by webhook, gone from LiveKit before any lookup saw it, and its leave webhook lost.
+    await hook(w, joined(m, 'PA_1'));
+    await w.hs.waitForRequests(m.delayId, 'restart', 1);
     await w.hs.waitForRequests(m.delayId, 'send', 1, 20_000);
   });
 });
