@@ -42,6 +42,7 @@ import { OutboundGuard } from '../matrix/outbound-guard.js';
 import { OutboundHttp } from '../matrix/outbound-http.js';
 import type { Delegation, DelayedEventActions, JobEngine, PresenceLookup } from './contracts.js';
 import { createJobEngine, DEFAULT_ENGINE_SETTINGS, type EngineSettings, type JobEngineWithIntrospection } from './jobs/index.js';
+import { SqliteJobStore } from './jobs/sqlite-store.js';
 import { AgentMetrics } from './metrics.js';
 import { type DelayRequest, forwardedDelegation, parseLegacyRequest, parseTokenRequest, type OpenIdToken } from './requests.js';
 
@@ -141,8 +142,7 @@ export function buildAgent(deps: AgentDeps): Agent {
   let engine: JobEngineWithIntrospection | undefined;
   const metrics = new AgentMetrics(() => (started ? engine?.counts() : undefined));
   engine = createJobEngine({
-    dbPath: join(config.data_dir, 'agent.sqlite'),
-    synchronous: config.sqlite_synchronous,
+    store: new SqliteJobStore(join(config.data_dir, 'agent.sqlite'), config.sqlite_synchronous),
     ...(deps.clock ? { clock: deps.clock } : {}),
     ...(deps.random ? { random: deps.random } : {}),
     actions,

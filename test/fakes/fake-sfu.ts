@@ -20,7 +20,7 @@ import {
 } from '@livekit/protocol';
 import { AccessToken, TokenVerifier } from 'livekit-server-sdk';
 
-import { closeServer, listenLoopback, readBody, readBodyBytes, sendJson } from './http-util.js';
+import { closeServer, listenLoopback, readBodyBytes, sendJson } from './http-util.js';
 
 export interface FakeParticipant {
   identity: string;

@@ -1,9 +1,10 @@
 /**
- * The job engine. Everything that happens to a job arrives as an FSM signal (fsm.ts) and every
- * side effect is one of the table's actions, so this file is plumbing: classifying webhooks by
- * session, batching presence lookups per room, pacing restarts per homeserver, one timer heap for
- * every due time, and persisting each change: delegations through the group-commit writer,
- * progress in one commit per turn (see commitProgress).
+ * The job engine: it drives each job's FSM (fsm.ts). Everything that happens to a job arrives as
+ * a signal and every side effect is one of the table's actions, so this file is the plumbing
+ * between them: classifying webhooks by session, one timer heap for every due time, persisting
+ * each change, restoring jobs. Its parts: restart pacing per homeserver (pacing.ts), presence
+ * lookups and the sanity poll (presence.ts), the in-memory model (model.ts) and a store it only
+ * knows by its interface (store.ts).
  *
  * Memory: a job is one small object of scalars and shared references (its room and homeserver are
  * interned), at most three entries in a typed-array timer heap, one slot in a dense array, and no
@@ -11,13 +12,9 @@
  * time, delay id, scoped token) stays in the store, and the deadline lives in the timer heap only.
  * About 360 bytes per connected job, strings included (test/agent/jobs/memory.measure.ts).
  */
-import type { DatabaseSync, StatementSync } from 'node:sqlite';
-
 import type { Logger } from 'pino';
 
 import { fail } from '../../lib/errors.js';
-import { RateLimiter } from '../../lib/rate-limit.js';
-import { BatchWriter, openDatabase, transaction } from '../../lib/sqlite.js';
 import { type Clock, IntKeyIndex, systemClock, TimerHeap } from '../../lib/timer-heap.js';
 import type {
   JobState,
@@ -28,7 +25,6 @@ import type {
   JobEngine,
   ParticipantSession,
   ParticipantSignal,
-  PresenceLookup,
 } from '../contracts.js';
 import { Fifo } from './fifo.js';
 import {
@@ -44,114 +40,36 @@ import {
   step,
 } from './fsm.js';
 import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot } from './index.js';
-import { type JobRow, JobStore } from './store.js';
+import {
+  FROM_CONNECTED,
+  type Homeserver,
+  IN_FLIGHT,
+  Job,
+  type JobTimers,
+  PERSIST_QUEUED,
+  QUEUED,
+  RESTARTED,
+  Room,
+  TIMER_ACTION,
+  TIMER_DEADLINE,
+  TIMER_LOOKUP,
+  TIMERS,
+} from './model.js';
+import { RestartPacing } from './pacing.js';
+import { PresenceTracker } from './presence.js';
+import type { JobRow, JobStore } from './store.js';
 
 /**
- * Per-job timers live in `timers`, keyed job slot × TIMERS + timer. The engine's other timers live
- * in `heap`, keyed by negative numbers: the purge, the sanity poll, and one pacer wake-up per
- * homeserver (PACER_KEY_BASE − index).
+ * The engine's own timers live in `heap`, keyed by negative numbers: the purge, the sanity poll,
+ * and one pacer wake-up per homeserver (PACER_KEY_BASE − index). Per-job timers live in `timers`
+ * (see model.ts).
  */
-const TIMERS = 3;
-const TIMER_DEADLINE = 0;
-/**
- * The restart/send timer. While a restart waits in the homeserver's paced queue it holds the
- * moment the restart becomes urgent and bypasses the pacing.
- */
-const TIMER_ACTION = 1;
-const TIMER_LOOKUP = 2;
 const PURGE_KEY = -2;
 const POLL_KEY = -3;
 const PACER_KEY_BASE = -16;
 
-/** Job flags (one small integer instead of several booleans per job). */
-const RESTART_QUEUED = 1;
-const IN_FLIGHT = 2;
-const LOOKUP_QUEUED = 4;
-const FROM_CONNECTED = 8;
-const PERSIST_QUEUED = 16;
-/** The deadline was set by a successful restart (persisted as `restarted`). */
-const RESTARTED = 32;
-/** In its homeserver's urgent queue (see queueRestart). */
-const URGENT_QUEUED = 64;
-const QUEUED = RESTART_QUEUED | URGENT_QUEUED;
-
-/** Room lookups allowed in flight at once, so a restore of many rooms does not flood LiveKit. */
-const MAX_LOOKUPS_IN_FLIGHT = 32;
-/**
- * The sanity poll wakes at most once per tick and polls every room then due. A wake-up per room
- * (every 10 ms at 100 rooms/s) cost about three times the CPU of the same calls made together:
- * each one paid for the timer, the event loop turn and cold caches on its own.
- */
-const POLL_TICK_MS = 1000;
 /** Restarts come due up to this fraction early, so jobs created together drift apart. */
 const RESTART_JITTER = 0.05;
-/**
- * A queued restart whose deadline is closer than max(this fraction of the delay, URGENT_MIN_MS)
- * skips the pacing: pacing protects the homeserver from bursts, but a restart it holds back past
- * the deadline hangs up a participant who is still in the call. Only a real 429 (with its
- * Retry-After) still holds it back. With the default restartFraction (0.8) a periodic restart has
- * 20 % of the delay left when it comes due, so it queues for at most half of that before it goes.
- */
-const URGENT_FRACTION = 0.1;
-const URGENT_MIN_MS = 30_000;
-
-class Room {
-  readonly jobs = new Map<string, Job>();
-  /** In the engine's poll queue, due at `pollDue`. */
-  polled = false;
-  pollDue = 0;
-  /** Jobs waiting for this room's next listParticipants. */
-  batch: Job[] = [];
-  /** In the ready queue. */
-  ready = false;
-  /** A listParticipants for this room is in flight; the next batch waits for it. */
-  busy = false;
-  constructor(readonly name: string) {}
-}
-
-class Homeserver {
-  readonly queue = new Fifo<Job>();
-  /** Restarts past their urgency point that found no free in-flight slot; served first. */
-  readonly urgent = new Fifo<Job>();
-  restartsInFlight = 0;
-  pausedUntil = 0;
-  pauseTries = 0;
-  constructor(
-    readonly name: string,
-    readonly index: number,
-  ) {}
-}
-
-class Job {
-  state: JobState = 'waiting';
-  sid: string | undefined = undefined;
-  /** When the current session started (joinedAtMs, else the webhook's time, else ours). */
-  sinceMs: number | undefined = undefined;
-  /** The last session known to have ended, so its late or repeated events are recognised. */
-  endedSid: string | undefined = undefined;
-  /**
-   * When the job entered its state. A send that follows a disconnect grace counts from the left
-   * webhook (the grace and the send are one hang-up), so disconnect→send latency includes it.
-   */
-  stateSince = 0;
-  tries = 0;
-  lookupTries = 0;
-  /** Bumped whenever the state, the session, or the question being asked changes. */
-  epoch = 0;
-  /** The epoch the queued lookup was asked in. */
-  lookupEpoch = 0;
-  flags = 0;
-  /** Index in the engine's job slots; its timers' heap keys derive from it. */
-  slot = -1;
-
-  constructor(
-    readonly id: number,
-    readonly room: Room,
-    readonly identity: string,
-    readonly delayMs: number,
-    readonly server: Homeserver,
-  ) {}
-}
 
 /** What a signal carries besides its name. */
 export interface SignalContext {
@@ -201,18 +119,13 @@ export class Engine implements JobEngine {
   private readonly settings: EngineSettings;
   private readonly observer: EngineObserver;
   private readonly actions: DelayedEventActions;
-  private readonly presence: PresenceLookup;
-  private readonly db: DatabaseSync;
   private readonly store: JobStore;
-  private readonly writer: BatchWriter;
-  /** With synchronous=FULL: the pragmas a progress commit runs around itself (see commitProgress). */
-  private readonly progressPragmas: { skipFsync: StatementSync; restore: StatementSync } | undefined;
   private readonly heap: TimerHeap<number>;
   private readonly timers: TimerHeap<number>;
-  private readonly pacer: RateLimiter;
+  private readonly jobTimers: JobTimers;
+  private readonly pacing: RestartPacing;
+  private readonly presence: PresenceTracker;
   private readonly rooms = new Map<string, Room>();
-  private readonly servers = new Map<string, Homeserver>();
-  private readonly serversByIndex: Homeserver[] = [];
   /**
    * Every job in memory (live or retained), by slot: a dense array whose free slots are reused,
    * so a timer finds its job without a Map entry per job.
@@ -226,15 +139,10 @@ export class Engine implements JobEngine {
     number
   >;
   private readonly fsmVariant: FsmVariant;
-  private readonly readyRooms = new Fifo<Room>();
-  /** Rooms with a connected job, in the order (and so the due order) of their next poll. */
-  private readonly pollQueue = new Fifo<Room>();
-  /** The latest poll due time handed out; the next one is at least one budget step later. */
-  private lastPollDue = -Infinity;
   /** Jobs whose progress changed this turn; written together in one commit (see commitProgress). */
   private dirty: Job[] = [];
-  private lookupsInFlight = 0;
-  private lookupPumpScheduled = false;
+  /** The progress write in flight, so stop() can wait for it. */
+  private writing: Promise<void> = Promise.resolve();
   private started = false;
   private stopped = false;
 
@@ -245,18 +153,37 @@ export class Engine implements JobEngine {
     this.settings = opts.settings;
     this.observer = opts.observer ?? {};
     this.actions = opts.actions;
-    this.presence = opts.presence;
-    const synchronous = opts.synchronous ?? 'full';
-    this.db = openDatabase(opts.dbPath, synchronous);
-    this.progressPragmas =
-      synchronous === 'full'
-        ? { skipFsync: this.db.prepare('PRAGMA synchronous = NORMAL'), restore: this.db.prepare('PRAGMA synchronous = FULL') }
-        : undefined;
-    this.store = new JobStore(this.db);
-    this.writer = new BatchWriter(this.db);
+    this.store = opts.store;
     this.heap = new TimerHeap<number>((key) => this.onDue(key), this.clock);
     this.timers = new TimerHeap<number>((key) => this.onJobTimer(key), this.clock, new IntKeyIndex());
-    this.pacer = new RateLimiter(this.settings.pacing, this.clock);
+    const key = (job: Job, timer: number) => job.slot * TIMERS + timer;
+    this.jobTimers = {
+      schedule: (job, timer, at) => this.timers.schedule(key(job, timer), at),
+      cancel: (job, timer) => this.timers.cancel(key(job, timer)),
+      dueOf: (job, timer) => this.timers.dueOf(key(job, timer)),
+    };
+    this.pacing = new RestartPacing({
+      clock: this.clock,
+      pacing: this.settings.pacing,
+      maxInFlight: this.settings.maxRestartsInFlight,
+      timers: this.jobTimers,
+      wakeAt: (hs, at) => this.heap.schedule(PACER_KEY_BASE - hs.index, at),
+      perform: (job) => this.perform(job, 'restart'),
+      backoff: (attempt) => this.backoff(attempt),
+    });
+    this.presence = new PresenceTracker({
+      clock: this.clock,
+      presence: opts.presence,
+      log: this.log,
+      sanityCheckIntervalMs: this.settings.sanityCheckIntervalMs,
+      sanityCheckMaxPerSecond: this.settings.sanityCheckMaxPerSecond,
+      wakeAt: (at) => this.heap.schedule(POLL_KEY, at),
+      deliver: (job, signal, session) => this.signal(job, signal, session ? { session } : {}),
+      isCurrent: (room) => this.rooms.get(room.name) === room,
+      forgetIfIdle: (room) => this.forgetRoomIfIdle(room),
+      isStopped: () => this.stopped,
+      ...(this.observer.lookup ? { observe: this.observer.lookup } : {}),
+    });
     this.fsmVariant = { disconnectGrace: this.settings.disconnectGraceMs > 0 };
   }
 
@@ -269,7 +196,7 @@ export class Engine implements JobEngine {
     }
     const now = this.clock.now();
     const waitUntil = now + Math.min(this.settings.maxWaitingMs, d.delayTimeoutMs);
-    const id = await this.writer.write(() => this.store.replaceAndInsert(d, waitUntil, now));
+    const id = await this.store.insert(d, waitUntil, now);
     // Committed: a stopped engine leaves the job to the next start().
     if (this.stopped) return;
 
@@ -280,7 +207,7 @@ export class Engine implements JobEngine {
       room,
       d.identity,
       d.delayTimeoutMs,
-      this.serverOf(d.serverName),
+      this.pacing.homeserver(d.serverName),
     );
     job.stateSince = now;
     let inherited: ParticipantSession | undefined;
@@ -318,7 +245,7 @@ export class Engine implements JobEngine {
     let restored = 0;
     // Delegations accepted before start() are already in memory.
     const known = new Set(this.jobSlots.map((job) => job?.id));
-    for (const row of this.store.loadAll()) {
+    for (const row of await this.store.loadAll()) {
       if (known.has(row.id)) continue;
       this.restore(this.jobFromRow(row), row, now);
       restored++;
@@ -333,8 +260,8 @@ export class Engine implements JobEngine {
     this.heap.stop();
     this.timers.stop();
     this.commitProgress();
-    this.writer.close();
-    this.db.close();
+    await this.writing;
+    await this.store.close();
     this.log.info({ ...this.counts() }, 'job engine stopped');
   }
 
@@ -379,18 +306,17 @@ export class Engine implements JobEngine {
 
   private snapshot(job: Job): JobSnapshot {
     const deadline = this.deadlineOf(job);
-    const { source, createdMs } = this.store.details(job.id);
+    const details = this.store.details(job.id);
     return {
       jobId: job.id,
       livekitRoom: job.room.name,
       identity: job.identity,
       state: job.state,
-      source,
       serverName: job.server.name,
       delayTimeoutMs: job.delayMs,
       ...(job.sid !== undefined ? { sid: job.sid } : {}),
       ...(isLive(job.state) && deadline !== undefined ? { deadlineMs: deadline } : {}),
-      createdAtMs: createdMs,
+      ...(details ? { source: details.source, createdAtMs: details.createdMs } : {}),
     };
   }
 
@@ -459,15 +385,15 @@ export class Engine implements JobEngine {
     job.epoch++;
     job.lookupTries = 0;
     job.flags &= ~FROM_CONNECTED;
-    this.timers.cancel(this.key(job, TIMER_LOOKUP));
+    this.jobTimers.cancel(job, TIMER_LOOKUP);
     // Between connected and leaving the delayed event must stay alive: its restart schedule
     // (timer, queue place, backoff) carries over.
     if (!isRestarting(from) || !isRestarting(to)) {
       job.tries = 0;
       job.flags &= ~QUEUED;
-      this.timers.cancel(this.key(job, TIMER_ACTION));
+      this.jobTimers.cancel(job, TIMER_ACTION);
     }
-    if (to === 'connected') this.armRoomPoll(job.room);
+    if (to === 'connected') this.presence.armPoll(job.room);
     if (to === 'sending') {
       if (isRestarting(from)) job.flags |= FROM_CONNECTED;
       // A job that never connected has no known event deadline: keep trying for one delay
@@ -475,7 +401,7 @@ export class Engine implements JobEngine {
       else this.setDeadline(job, now + this.sendBudget(job));
     }
     if (!isLive(to)) {
-      this.timers.cancel(this.key(job, TIMER_DEADLINE));
+      this.jobTimers.cancel(job, TIMER_DEADLINE);
       this.finished.push(job);
       if (!this.heap.has(PURGE_KEY)) this.schedulePurge();
     }
@@ -497,11 +423,11 @@ export class Engine implements JobEngine {
       case 'lookup':
         job.lookupTries = 0;
         job.epoch++;
-        this.timers.cancel(this.key(job, TIMER_LOOKUP));
-        this.queueLookup(job);
+        this.jobTimers.cancel(job, TIMER_LOOKUP);
+        this.presence.lookup(job);
         return false;
       case 'retryLookup':
-        this.timers.schedule(this.key(job, TIMER_LOOKUP), now + this.backoff(job.lookupTries++));
+        this.jobTimers.schedule(job, TIMER_LOOKUP, now + this.backoff(job.lookupTries++));
         return false;
       case 'grace': {
         const until = now + this.settings.abortGraceMs;
@@ -510,7 +436,7 @@ export class Engine implements JobEngine {
         return true;
       }
       case 'leaveGrace':
-        this.timers.schedule(this.key(job, TIMER_LOOKUP), now + this.settings.disconnectGraceMs);
+        this.jobTimers.schedule(job, TIMER_LOOKUP, now + this.settings.disconnectGraceMs);
         return false;
       case 'armDeadline':
         // Our estimate only: the client scheduled the event before it joined.
@@ -518,27 +444,27 @@ export class Engine implements JobEngine {
         this.setDeadline(job, now + job.delayMs);
         return true;
       case 'restart':
-        this.queueRestart(job);
+        this.pacing.queue(job);
         return false;
       case 'scheduleRestart': {
         job.tries = 0;
         job.server.pauseTries = 0;
         job.flags |= RESTARTED;
         this.setDeadline(job, now + job.delayMs);
-        this.timers.schedule(this.key(job, TIMER_ACTION), this.nextRestartAfter(job, now));
+        this.jobTimers.schedule(job, TIMER_ACTION, this.nextRestartAfter(job, now));
         return true;
       }
       case 'backoffRestart':
       case 'backoffSend':
-        this.timers.schedule(this.key(job, TIMER_ACTION), now + this.backoff(job.tries++));
+        this.jobTimers.schedule(job, TIMER_ACTION, now + this.backoff(job.tries++));
         return false;
       case 'pauseRestarts':
-        this.timers.schedule(this.key(job, TIMER_ACTION), this.pause(job.server, ctx.retryAfterMs));
+        this.jobTimers.schedule(job, TIMER_ACTION, this.pacing.pause(job.server, ctx.retryAfterMs));
         return false;
       case 'retryAfterSend': {
-        this.pause(job.server, ctx.retryAfterMs);
+        this.pacing.pause(job.server, ctx.retryAfterMs);
         const wait = ctx.retryAfterMs ?? this.backoff(job.tries++);
-        this.timers.schedule(this.key(job, TIMER_ACTION), now + wait);
+        this.jobTimers.schedule(job, TIMER_ACTION, now + wait);
         return false;
       }
       case 'send':
@@ -555,107 +481,13 @@ export class Engine implements JobEngine {
     return restartedAt + Math.round(period * (1 - RESTART_JITTER * this.random()));
   }
 
-  /** From when a restart may no longer wait for the pacing (see URGENT_FRACTION). */
-  private urgentAt(job: Job, now: number): number {
-    const window = Math.max(URGENT_FRACTION * job.delayMs, URGENT_MIN_MS);
-    return (this.deadlineOf(job) ?? now) - window;
-  }
-
-  /**
-   * Queues a restart behind the homeserver's pacing, or starts it at once when its deadline is
-   * near. A queued restart keeps a timer for the moment it becomes urgent, so however long the
-   * queue (restart demand above `pacing`), no restart waits in it past that point. Restarts in
-   * flight per homeserver are capped, so a burst (a restore, a raised pacing) holds its jobs
-   * here instead of as pending requests; an urgent restart that finds no free slot goes ahead of
-   * every paced one and takes the next slot that frees (each is freed within one request timeout).
-   */
-  private queueRestart(job: Job): void {
-    if (job.flags & IN_FLIGHT) return;
-    const now = this.clock.now();
-    const hs = job.server;
-    const urgentAt = this.urgentAt(job, now);
-    if (urgentAt <= now) {
-      if (hs.pausedUntil > now) {
-        // The homeserver asked us to back off (429): honour it, then go ahead of the queue.
-        this.timers.schedule(this.key(job, TIMER_ACTION), hs.pausedUntil);
-        return;
-      }
-      this.timers.cancel(this.key(job, TIMER_ACTION));
-      if (hs.restartsInFlight < this.settings.maxRestartsInFlight) {
-        // Its place in a queue, if any, is skipped by the drain once the flags are gone.
-        job.flags &= ~QUEUED;
-        this.perform(job, 'restart');
-      } else if (!(job.flags & URGENT_QUEUED)) {
-        job.flags |= URGENT_QUEUED;
-        hs.urgent.push(job);
-      }
-      return;
-    }
-    if (!(job.flags & RESTART_QUEUED)) {
-      job.flags |= RESTART_QUEUED;
-      hs.queue.push(job);
-    }
-    this.timers.schedule(this.key(job, TIMER_ACTION), urgentAt);
-    this.drainRestarts(hs);
-  }
-
-  /**
-   * Starts the homeserver's queued restarts while it has free in-flight slots: urgent ones first
-   * and unpaced, then paced ones as fast as the pacing allows; a 429 pause holds back both.
-   * A freed slot (see performed) drains again.
-   */
-  private drainRestarts(hs: Homeserver): void {
-    const now = this.clock.now();
-    for (;;) {
-      const urgent = this.nextQueued(hs.urgent, URGENT_QUEUED);
-      const job = urgent ?? this.nextQueued(hs.queue, RESTART_QUEUED);
-      if (!job || hs.restartsInFlight >= this.settings.maxRestartsInFlight) return;
-      if (hs.pausedUntil > now) {
-        this.heap.schedule(PACER_KEY_BASE - hs.index, hs.pausedUntil);
-        return;
-      }
-      if (!urgent) {
-        const verdict = this.pacer.take(hs.name);
-        if (!verdict.ok) {
-          this.heap.schedule(PACER_KEY_BASE - hs.index, now + verdict.retryAfterMs);
-          return;
-        }
-      }
-      (urgent ? hs.urgent : hs.queue).shift();
-      job.flags &= ~QUEUED;
-      // Its urgency timer is moot; the restart's outcome sets the next one.
-      this.timers.cancel(this.key(job, TIMER_ACTION));
-      this.perform(job, 'restart');
-    }
-  }
-
-  /** The queue's first job still waiting for a restart; drops entries that went stale. */
-  private nextQueued(queue: Fifo<Job>, flag: number): Job | undefined {
-    for (let job = queue.peek(); job; job = queue.peek()) {
-      if (isRestarting(job.state) && job.flags & flag) return job;
-      queue.shift();
-    }
-    return undefined;
-  }
-
-  /** Pauses the homeserver's restarts (429 is back-pressure); returns when they resume. */
-  private pause(hs: Homeserver, retryAfterMs: number | undefined): number {
-    const until = this.clock.now() + (retryAfterMs ?? this.backoff(hs.pauseTries++));
-    if (until > hs.pausedUntil) hs.pausedUntil = until;
-    return hs.pausedUntil;
-  }
-
+  /** Starts a restart (through the pacing, which counts it in flight) or a send. */
   private perform(job: Job, action: DelayedAction): void {
     job.flags |= IN_FLIGHT;
-    if (action === 'restart') job.server.restartsInFlight++;
     const started = this.clock.now();
-    let pending: Promise<ActionOutcome>;
-    try {
-      pending = this.actions.perform(action, { serverName: job.server.name, ...this.store.target(job.id) });
-    } catch (err) {
-      pending = Promise.reject(err);
-    }
-    pending
+    this.store
+      .target(job.id)
+      .then((target) => this.actions.perform(action, { serverName: job.server.name, ...target }))
       .catch((err: unknown): ActionOutcome => ({ kind: 'transient', detail: describeError(err) }))
       .then((outcome) => this.performed(job, action, outcome, started))
       .catch((err: unknown) => this.log.error({ err }, 'job engine failed to apply an outcome'));
@@ -663,7 +495,7 @@ export class Engine implements JobEngine {
 
   private performed(job: Job, action: DelayedAction, outcome: ActionOutcome, started: number): void {
     job.flags &= ~IN_FLIGHT;
-    if (action === 'restart') job.server.restartsInFlight--;
+    if (action === 'restart') this.pacing.release(job);
     if (this.stopped) return;
     const now = this.clock.now();
     this.observer.action?.(action, outcome.kind, now - started);
@@ -689,182 +521,26 @@ export class Engine implements JobEngine {
         ? { retryAfterMs: outcome.retryAfterMs }
         : {};
     this.signal(job, outcomeSignal(action, outcome), ctx);
-    if (action === 'restart') this.drainRestarts(job.server);
-  }
-
-  // ---------------------------------------------------------------- presence lookups
-
-  private queueLookup(job: Job): void {
-    job.lookupEpoch = job.epoch;
-    if (job.flags & LOOKUP_QUEUED) return;
-    job.flags |= LOOKUP_QUEUED;
-    const room = job.room;
-    room.batch.push(job);
-    if (!room.ready && !room.busy) {
-      room.ready = true;
-      this.readyRooms.push(room);
-    }
-    this.scheduleLookupPump();
-  }
-
-  /** Lookups asked for in the same tick share one listParticipants per room. */
-  private scheduleLookupPump(): void {
-    if (this.lookupPumpScheduled || this.stopped) return;
-    this.lookupPumpScheduled = true;
-    setImmediate(() => {
-      this.lookupPumpScheduled = false;
-      this.pumpLookups();
-    });
-  }
-
-  private pumpLookups(): void {
-    while (!this.stopped && this.lookupsInFlight < MAX_LOOKUPS_IN_FLIGHT) {
-      const room = this.readyRooms.shift();
-      if (!room) return;
-      room.ready = false;
-      const jobs = room.batch;
-      room.batch = [];
-      if (jobs.length === 0) continue;
-      const epochs = jobs.map((job) => {
-        job.flags &= ~LOOKUP_QUEUED;
-        return job.lookupEpoch;
-      });
-      room.busy = true;
-      this.lookupsInFlight++;
-      const started = this.clock.now();
-      let pending: Promise<ParticipantSession[]>;
-      try {
-        pending = this.presence.listParticipants(room.name);
-      } catch (err) {
-        pending = Promise.reject(err);
-      }
-      pending
-        .then(
-          (sessions) => this.lookedUp(room, jobs, epochs, started, sessions, undefined),
-          (err: unknown) => this.lookedUp(room, jobs, epochs, started, undefined, err),
-        )
-        .catch((err: unknown) => this.log.error({ err }, 'job engine failed to apply a lookup'));
-    }
-  }
-
-  private lookedUp(
-    room: Room,
-    jobs: Job[],
-    epochs: number[],
-    started: number,
-    sessions: ParticipantSession[] | undefined,
-    err: unknown,
-  ): void {
-    this.lookupsInFlight--;
-    room.busy = false;
-    if (this.stopped) return;
-    this.observer.lookup?.(sessions ? 'ok' : 'failed', this.clock.now() - started);
-    if (room.batch.length > 0 && !room.ready) {
-      room.ready = true;
-      this.readyRooms.push(room);
-    }
-    if (!sessions) {
-      // Debug only: in a LiveKit outage this repeats per room and backoff; the metric shows it.
-      this.log.debug({ room: room.name, err: describeError(err) }, 'participant lookup failed');
-    }
-    const byIdentity = new Map<string, ParticipantSession[]>();
-    for (const s of sessions ?? []) {
-      const list = byIdentity.get(s.identity);
-      if (list) list.push(s);
-      else byIdentity.set(s.identity, [s]);
-    }
-    jobs.forEach((job, i) => {
-      // A result asked for in another state or about another session answers a stale question.
-      if (job.epoch !== epochs[i] || !isLive(job.state)) return;
-      if (!sessions) return this.signal(job, 'lookup_failed');
-      const session = this.pickSession(job, byIdentity.get(job.identity));
-      if (session) this.signal(job, 'present', { session });
-      else this.signal(job, 'absent');
-    });
-    this.pumpLookups();
-    this.forgetRoomIfIdle(room);
-  }
-
-  /** The job's current session if listed, else the newest one not known to have ended. */
-  private pickSession(job: Job, sessions: ParticipantSession[] | undefined): ParticipantSession | undefined {
-    let best: ParticipantSession | undefined;
-    for (const s of sessions ?? []) {
-      if (s.sid === job.endedSid) continue;
-      if (s.sid === job.sid) return s;
-      if (!best || (s.joinedAtMs ?? 0) > (best.joinedAtMs ?? 0)) best = s;
-    }
-    return best;
-  }
-
-  /**
-   * The periodic reconciliation: every room with a connected job is polled at most every
-   * interval, and all rooms together at most `sanityCheckMaxPerSecond` times a second. Webhooks
-   * are the primary signal and the poll only catches lost ones, so its cost must stay flat while
-   * the rooms grow (a fixed period per room made idle CPU linear in rooms). The rooms wait in one
-   * queue: each next due time is max(now + interval, the last one handed out + 1 / budget), which
-   * only grows, so the queue is in due order, the calls spread evenly over the interval (in
-   * POLL_TICK_MS steps) instead of arriving as one burst, and a room's period is
-   * max(interval, rooms / budget) by itself.
-   */
-  private armRoomPoll(room: Room): void {
-    if (this.settings.sanityCheckIntervalMs <= 0 || room.polled) return;
-    room.polled = true;
-    this.enqueuePoll(room);
-  }
-
-  private enqueuePoll(room: Room): void {
-    const step = 1000 / this.settings.sanityCheckMaxPerSecond;
-    room.pollDue = Math.max(this.clock.now() + this.settings.sanityCheckIntervalMs, this.lastPollDue + step);
-    this.lastPollDue = room.pollDue;
-    this.pollQueue.push(room);
-    if (this.pollQueue.length === 1) this.schedulePollTick(room.pollDue);
-  }
-
-  private schedulePollTick(due: number): void {
-    this.heap.schedule(POLL_KEY, Math.ceil(due / POLL_TICK_MS) * POLL_TICK_MS);
-  }
-
-  /** Polls every room now due; each room's connected jobs share one request. */
-  private pollDueRooms(): void {
-    const now = this.clock.now();
-    for (let room = this.pollQueue.peek(); room && room.pollDue <= now; room = this.pollQueue.peek()) {
-      this.pollQueue.shift();
-      // A forgotten room's entry is stale; the room may exist again as a new object.
-      if (this.rooms.get(room.name) !== room) continue;
-      let polled = false;
-      for (const job of room.jobs.values()) {
-        if (job.state !== 'connected') continue;
-        this.queueLookup(job);
-        polled = true;
-      }
-      if (polled) this.enqueuePoll(room);
-      else room.polled = false;
-    }
-    const next = this.pollQueue.peek();
-    if (next) this.schedulePollTick(next.pollDue);
+    if (action === 'restart') this.pacing.drain(job.server);
   }
 
   // ---------------------------------------------------------------- timers, store, restore
 
-  private key(job: Job, timer: number): number {
-    return job.slot * TIMERS + timer;
-  }
-
   /** Waiting: the wait's end; other live states: the delayed event's deadline (heap-only). */
   private deadlineOf(job: Job): number | undefined {
-    return this.timers.dueOf(this.key(job, TIMER_DEADLINE));
+    return this.jobTimers.dueOf(job, TIMER_DEADLINE);
   }
 
   private setDeadline(job: Job, at: number): void {
-    this.timers.schedule(this.key(job, TIMER_DEADLINE), at);
+    this.jobTimers.schedule(job, TIMER_DEADLINE, at);
   }
 
   private onDue(key: number): void {
     if (this.stopped) return;
     if (key === PURGE_KEY) return this.purge();
-    if (key === POLL_KEY) return this.pollDueRooms();
-    const hs = this.serversByIndex[PACER_KEY_BASE - key];
-    if (hs) this.drainRestarts(hs);
+    if (key === POLL_KEY) return this.presence.pollDueRooms();
+    const hs: Homeserver | undefined = this.pacing.byIndex(PACER_KEY_BASE - key);
+    if (hs) this.pacing.drain(hs);
   }
 
   private onJobTimer(key: number): void {
@@ -900,7 +576,8 @@ export class Engine implements JobEngine {
    * `sent` or `expired` sends once more and gets 404. So a send may go out in the same turn its
    * state is queued, and sends stay at most once at the homeserver.
    *
-   * For the same reason a progress commit does not wait for its fsync (see commitProgress).
+   * For the same reason a progress write need not be synced before the next one (see
+   * JobStore.writeProgress).
    */
   private persist(job: Job): void {
     if (this.stopped || job.flags & PERSIST_QUEUED) return;
@@ -910,34 +587,16 @@ export class Engine implements JobEngine {
     setImmediate(() => this.commitProgress());
   }
 
-  /**
-   * Commits the turn's progress with synchronous=NORMAL: in WAL mode that survives a crash or
-   * kill -9 of the agent (the pages are in the OS already) and skips only the fsync, so a power
-   * loss may undo the last progress commits (safe, see persist) but never a delegation: the next
-   * FULL commit (a delegation, a purge) or checkpoint syncs the WAL, and the WAL keeps commit
-   * order. A mass disconnect commits progress every turn, and the fsync per turn blocked the
-   * event loop longer than everything else the agent does for a webhook.
-   */
+  /** Hands the latest progress of every job marked since the last commit to the store. */
   private commitProgress(): void {
     if (this.dirty.length === 0) return;
-    this.progressPragmas?.skipFsync.run();
-    try {
-      transaction(this.db, () => this.writeDirty());
-    } catch (err) {
-      this.log.error({ err }, 'job store write failed');
-    } finally {
-      this.progressPragmas?.restore.run();
-    }
-  }
-
-  /** Runs inside the group commit: the latest progress of every job marked since the last one. */
-  private writeDirty(): void {
     const jobs = this.dirty;
     this.dirty = [];
-    // Cleared first: if the batch fails it is logged and dropped, and the next change re-marks.
+    // Cleared first: if the write fails it is logged and dropped, and the next change re-marks.
     for (const job of jobs) job.flags &= ~PERSIST_QUEUED;
-    for (const job of jobs) {
-      this.store.update(job.id, {
+    const changes = jobs.map((job) => ({
+      id: job.id,
+      progress: {
         state: job.state,
         sid: job.sid,
         sinceMs: job.sinceMs,
@@ -946,8 +605,12 @@ export class Engine implements JobEngine {
         deadlineMs: this.deadlineOf(job),
         restarted: (job.flags & RESTARTED) !== 0,
         changedMs: job.stateSince,
-      });
-    }
+      },
+    }));
+    const previous = this.writing;
+    this.writing = previous
+      .then(() => this.store.writeProgress(changes))
+      .catch((err: unknown) => this.log.error({ err }, 'job store write failed'));
   }
 
   private schedulePurge(): void {
@@ -970,13 +633,7 @@ export class Engine implements JobEngine {
       if (job.room.jobs.get(job.identity) === job) job.room.jobs.delete(job.identity);
       this.forgetRoomIfIdle(job.room);
     }
-    if (ids.length > 0) {
-      this.writer
-        .write(() => {
-          for (const id of ids) this.store.delete(id);
-        })
-        .catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
-    }
+    if (ids.length > 0) this.store.remove(ids).catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
     this.schedulePurge();
   }
 
@@ -994,7 +651,7 @@ export class Engine implements JobEngine {
       this.roomOf(row.room),
       row.identity,
       row.delay_ms,
-      this.serverOf(row.server_name),
+      this.pacing.homeserver(row.server_name),
     );
     job.state = row.state;
     job.sid = row.sid ?? undefined;
@@ -1039,7 +696,7 @@ export class Engine implements JobEngine {
       case 'leaving':
         if (deadline <= now) return this.signal(job, 'lapsed');
         this.setDeadline(job, deadline);
-        if (job.state === 'connected') this.armRoomPoll(job.room);
+        if (job.state === 'connected') this.presence.armPoll(job.room);
         this.resumeRestarts(job, deadline, now);
         // Meanwhile ask LiveKit whether the participant is still there.
         this.runAction(job, 'lookup', {});
@@ -1055,7 +712,7 @@ export class Engine implements JobEngine {
   /** A restored job's next restart: at its normal time if the stored deadline is confirmed. */
   private resumeRestarts(job: Job, deadline: number, now: number): void {
     const due = job.flags & RESTARTED ? this.nextRestartAfter(job, deadline - job.delayMs) : now;
-    if (due > now) this.timers.schedule(this.key(job, TIMER_ACTION), due);
+    if (due > now) this.jobTimers.schedule(job, TIMER_ACTION, due);
     else this.runAction(job, 'restart', {});
   }
 
@@ -1069,19 +726,6 @@ export class Engine implements JobEngine {
   }
 
   private forgetRoomIfIdle(room: Room): void {
-    if (room.jobs.size === 0 && room.batch.length === 0 && !room.busy && !room.ready) {
-      if (this.rooms.get(room.name) !== room) return;
-      this.rooms.delete(room.name);
-    }
-  }
-
-  private serverOf(name: string): Homeserver {
-    let hs = this.servers.get(name);
-    if (!hs) {
-      hs = new Homeserver(name, this.serversByIndex.length);
-      this.servers.set(name, hs);
-      this.serversByIndex.push(hs);
-    }
-    return hs;
+    if (room.idle && this.rooms.get(room.name) === room) this.rooms.delete(room.name);
   }
 }

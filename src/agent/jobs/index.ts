@@ -1,7 +1,8 @@
 /**
  * The delegate agent's job engine: one job per (LiveKit room, identity), an FSM kept as data
- * (fsm.ts), one timer heap for every due time, and a durable SQLite store (store.ts).
- * The outside-facing half wires it through the seam in ../contracts.ts.
+ * (fsm.ts), one timer heap for every due time, and a durable store behind an interface (store.ts;
+ * the embedded one is sqlite-store.ts). The outside-facing half wires it through the seam in
+ * ../contracts.ts.
  */
 import type { Logger } from 'pino';
 
@@ -17,6 +18,7 @@ import type {
 } from '../contracts.js';
 import { Engine } from './engine.js';
 import type { FsmCell } from './fsm.js';
+import type { JobStore } from './store.js';
 
 export type { FsmCell, Signal, Action } from './fsm.js';
 export { fsmTable, renderFsmMarkdown, JOB_STATES, SIGNALS } from './fsm.js';
@@ -99,19 +101,21 @@ export interface JobSnapshot {
   livekitRoom: string;
   identity: string;
   state: JobState;
-  source: Delegation['source'];
+  /** From the store, when it can tell at once. */
+  source?: Delegation['source'];
   serverName: string;
   delayTimeoutMs: number;
   /** The participant session the job follows, once seen. */
   sid?: string;
   /** Waiting: when the wait ends; other live states: the delayed event's deadline. */
   deadlineMs?: number;
-  createdAtMs: number;
+  /** From the store, when it can tell at once. */
+  createdAtMs?: number;
 }
 
 export interface EngineOptions {
-  dbPath: string;
-  synchronous?: 'normal' | 'full';
+  /** Where jobs are kept; the engine knows it only by this interface. */
+  store: JobStore;
   clock?: Clock;
   /** Source of jitter in [0, 1); injectable so tests are deterministic. */
   random?: () => number;
@@ -131,7 +135,7 @@ export type JobEngineWithIntrospection = JobEngine & {
   renderFsmMarkdown(): string;
 };
 
-/** Opens (or creates) the job store at `dbPath` and returns the engine; call start() next. */
+/** The engine over `store`; call start() next. */
 export function createJobEngine(opts: EngineOptions): JobEngineWithIntrospection {
   return new Engine(opts);
 }

@@ -19,6 +19,7 @@ import type {
   PresenceLookup,
 } from '../../../src/agent/contracts.js';
 import { Engine } from '../../../src/agent/jobs/engine.js';
+import { SqliteJobStore } from '../../../src/agent/jobs/sqlite-store.js';
 import { DEFAULT_ENGINE_SETTINGS, type EngineSettings } from '../../../src/agent/jobs/index.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import type { Clock } from '../../../src/lib/timer-heap.js';
@@ -201,8 +202,7 @@ export async function makeRig(
   const dbPath = opts.dbPath ?? join(dirs.make(), 'jobs.sqlite');
   const engine = dirs.track(
     new Engine({
-      dbPath,
-      synchronous: 'normal',
+      store: new SqliteJobStore(dbPath, 'normal'),
       clock,
       random: opts.random ?? (() => 0.5),
       actions,

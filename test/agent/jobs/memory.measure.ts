@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Engine } from '../../../src/agent/jobs/engine.js';
+import { SqliteJobStore } from '../../../src/agent/jobs/sqlite-store.js';
 import { DEFAULT_ENGINE_SETTINGS } from '../../../src/agent/jobs/index.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 
@@ -45,8 +46,7 @@ const inputs = Array.from({ length: JOBS }, (_, i) => ({
 
 const dir = mkdtempSync(join(tmpdir(), 'lastwill-jobs-mem-'));
 const engine = new Engine({
-  dbPath: join(dir, 'jobs.sqlite'),
-  synchronous: 'normal',
+  store: new SqliteJobStore(join(dir, 'jobs.sqlite'), 'normal'),
   actions: { perform: () => Promise.resolve({ kind: 'ok' }) },
   presence: { listParticipants: async () => [] },
   log: silentLogger(),
