@@ -39,8 +39,9 @@ import {
   type Signal,
   step,
 } from './fsm.js';
-import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot } from './index.js';
+import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot, Ownership } from './index.js';
 import {
+  EVICTED,
   FROM_CONNECTED,
   type Homeserver,
   IN_FLIGHT,
@@ -120,6 +121,7 @@ export class Engine implements JobEngine {
   private readonly observer: EngineObserver;
   private readonly actions: DelayedEventActions;
   private readonly store: JobStore;
+  private readonly ownership: Ownership | undefined;
   private readonly heap: TimerHeap<number>;
   private readonly timers: TimerHeap<number>;
   private readonly jobTimers: JobTimers;
@@ -154,6 +156,7 @@ export class Engine implements JobEngine {
     this.observer = opts.observer ?? {};
     this.actions = opts.actions;
     this.store = opts.store;
+    this.ownership = opts.ownership;
     this.heap = new TimerHeap<number>((key) => this.onDue(key), this.clock);
     this.timers = new TimerHeap<number>((key) => this.onJobTimer(key), this.clock, new IntKeyIndex());
     const key = (job: Job, timer: number) => job.slot * TIMERS + timer;
@@ -199,17 +202,66 @@ export class Engine implements JobEngine {
     const id = await this.store.insert(d, waitUntil, now);
     // Committed: a stopped engine leaves the job to the next start().
     if (this.stopped) return;
-
-    const room = this.roomOf(d.livekitRoom);
-    const old = room.jobs.get(d.identity);
-    const job = new Job(
-      id,
-      room,
-      d.identity,
-      d.delayTimeoutMs,
-      this.pacing.homeserver(d.serverName),
-    );
+    const job = new Job(id, this.roomOf(d.livekitRoom), d.identity, d.delayTimeoutMs, this.pacing.homeserver(d.serverName));
     job.stateSince = now;
+    this.take(job, waitUntil, now);
+  }
+
+  /**
+   * A delegation committed elsewhere (cluster mode: by any replica, handed to this partition's
+   * owner through its inbox), taken up as delegate() takes up its own once committed. Ids only
+   * grow, so a repeated one (an inbox replayed after a takeover) or one older than the key's
+   * current job changes nothing.
+   */
+  accept(row: JobRow): void {
+    if (this.stopped) return;
+    const current = this.rooms.get(row.room)?.jobs.get(row.identity);
+    if (current && current.id >= row.id) return;
+    const now = this.clock.now();
+    // One committed long before it was taken up (a backlog after an outage) may have lapsed.
+    if (row.created_ms + row.delay_ms <= now) return this.adopt([row]);
+    const job = this.jobFromRow(row);
+    this.take(job, row.deadline_ms, now);
+  }
+
+  /**
+   * Jobs restored from the store, with the time they have left (see restore): all of them at
+   * start(), or one partition's when this replica takes it over.
+   */
+  adopt(rows: readonly JobRow[]): void {
+    const now = this.clock.now();
+    for (const row of rows) {
+      const current = this.rooms.get(row.room)?.jobs.get(row.identity);
+      if (current && current.id >= row.id) continue;
+      this.restore(this.jobFromRow(row), row, now);
+    }
+  }
+
+  /**
+   * Drops the jobs of the given partitions from memory, without writing anything: another replica
+   * owns them now, or will once their lease runs out. Calls in flight for them are ignored when
+   * they answer.
+   */
+  evict(partitions: ReadonlySet<number>): number {
+    let evicted = 0;
+    for (const job of this.jobSlots) {
+      if (!job || !partitions.has(job.room.partition)) continue;
+      for (const timer of [TIMER_DEADLINE, TIMER_ACTION, TIMER_LOOKUP]) this.jobTimers.cancel(job, timer);
+      job.flags = (job.flags & IN_FLIGHT) | EVICTED;
+      job.epoch++;
+      this.jobSlots[job.slot] = undefined;
+      this.freeSlots.push(job.slot);
+      this.stateCounts[job.state]--;
+      if (job.room.jobs.get(job.identity) === job) job.room.jobs.delete(job.identity);
+      this.forgetRoomIfIdle(job.room);
+      evicted++;
+    }
+    return evicted;
+  }
+
+  /** A new job's first steps: it replaces the key's live job and looks for its participant. */
+  private take(job: Job, waitUntil: number, now: number): void {
+    const old = job.room.jobs.get(job.identity);
     let inherited: ParticipantSession | undefined;
     if (old) {
       job.endedSid = old.endedSid;
@@ -219,11 +271,9 @@ export class Engine implements JobEngine {
       if (isLive(old.state)) this.signal(old, 'replace');
     }
     this.register(job);
-    this.log.debug(
-      { room: room.name, identity: job.identity, source: d.source, replaced: old !== undefined },
-      'delegation accepted',
-    );
-    this.setDeadline(job, waitUntil);
+    this.log.debug({ room: job.room.name, identity: job.identity, replaced: old !== undefined }, 'delegation accepted');
+    // A wait that already ran out (a delegation taken up late) gets the abort grace to turn up.
+    this.setDeadline(job, waitUntil > now ? waitUntil : now + this.settings.abortGraceMs);
     // Clients re-delegate on every new delay id while in the call; the session the old job
     // followed is as good as a join, so the replacement restarts at once instead of waiting.
     if (inherited) this.signal(job, 'joined', { session: inherited });
@@ -242,16 +292,12 @@ export class Engine implements JobEngine {
     if (this.started || this.stopped) return;
     this.started = true;
     const now = this.clock.now();
-    let restored = 0;
     // Delegations accepted before start() are already in memory.
     const known = new Set(this.jobSlots.map((job) => job?.id));
-    for (const row of await this.store.loadAll()) {
-      if (known.has(row.id)) continue;
-      this.restore(this.jobFromRow(row), row, now);
-      restored++;
-    }
+    const rows = (await this.store.loadAll()).filter((row) => !known.has(row.id));
+    this.adopt(rows);
     this.purge();
-    this.log.info({ restored, ...this.counts() }, 'job engine started');
+    this.log.info({ restored: rows.length, ...this.counts() }, 'job engine started');
   }
 
   async stop(): Promise<void> {
@@ -485,6 +531,14 @@ export class Engine implements JobEngine {
   private perform(job: Job, action: DelayedAction): void {
     job.flags |= IN_FLIGHT;
     const started = this.clock.now();
+    if (this.ownership && !this.ownership.mayAct(job.room.partition)) {
+      // The lease is in doubt (a renewal late, Redis unreachable): act only once it is held
+      // again, through the action's ordinary retry; if another replica took the partition over,
+      // this job is evicted before then.
+      const outcome: ActionOutcome = { kind: 'transient', detail: 'partition lease not held' };
+      queueMicrotask(() => this.performed(job, action, outcome, started));
+      return;
+    }
     this.store
       .target(job.id)
       .then((target) => this.actions.perform(action, { serverName: job.server.name, ...target }))
@@ -496,7 +550,7 @@ export class Engine implements JobEngine {
   private performed(job: Job, action: DelayedAction, outcome: ActionOutcome, started: number): void {
     job.flags &= ~IN_FLIGHT;
     if (action === 'restart') this.pacing.release(job);
-    if (this.stopped) return;
+    if (this.stopped || job.flags & EVICTED) return;
     const now = this.clock.now();
     this.observer.action?.(action, outcome.kind, now - started);
     if (outcome.kind === 'transient' || outcome.kind === 'unresolvable') {
@@ -625,6 +679,8 @@ export class Engine implements JobEngine {
     const ids: number[] = [];
     for (let job = this.finished.peek(); job && job.stateSince <= cutoff; job = this.finished.peek()) {
       this.finished.shift();
+      // Its partition went to another replica, which purges it.
+      if (job.flags & EVICTED) continue;
       ids.push(job.id);
       // A finished job has no timers left, so its slot is free for reuse.
       this.jobSlots[job.slot] = undefined;
@@ -719,7 +775,7 @@ export class Engine implements JobEngine {
   private roomOf(name: string): Room {
     let room = this.rooms.get(name);
     if (!room) {
-      room = new Room(name);
+      room = new Room(name, this.ownership?.partitionOf(name) ?? 0);
       this.rooms.set(name, room);
     }
     return room;

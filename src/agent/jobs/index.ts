@@ -113,9 +113,22 @@ export interface JobSnapshot {
   createdAtMs?: number;
 }
 
+/** Cluster mode: which replica drives which jobs. A single node owns everything. */
+export interface Ownership {
+  /** The partition a LiveKit room's jobs belong to. */
+  partitionOf(livekitRoom: string): number;
+  /**
+   * Whether this replica may act (restart, send) on a partition's jobs now: it holds the
+   * partition's lease and the lease has not run out by its own clock.
+   */
+  mayAct(partition: number): boolean;
+}
+
 export interface EngineOptions {
   /** Where jobs are kept; the engine knows it only by this interface. */
   store: JobStore;
+  /** Cluster mode only. */
+  ownership?: Ownership;
   clock?: Clock;
   /** Source of jitter in [0, 1); injectable so tests are deterministic. */
   random?: () => number;

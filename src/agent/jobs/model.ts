@@ -30,6 +30,8 @@ export const RESTARTED = 32;
 /** In its homeserver's urgent queue (see RestartPacing.queue). */
 export const URGENT_QUEUED = 64;
 export const QUEUED = RESTART_QUEUED | URGENT_QUEUED;
+/** Dropped from memory with its partition (cluster mode); whatever still refers to it lets go. */
+export const EVICTED = 128;
 
 export class Room {
   readonly jobs = new Map<string, Job>();
@@ -42,7 +44,11 @@ export class Room {
   ready = false;
   /** A listParticipants for this room is in flight; the next batch waits for it. */
   busy = false;
-  constructor(readonly name: string) {}
+  constructor(
+    readonly name: string,
+    /** Which share of the jobs it belongs to (cluster mode; always 0 on a single node). */
+    readonly partition: number,
+  ) {}
 
   /** Nothing refers to the room any more, so it can be forgotten. */
   get idle(): boolean {

@@ -20,7 +20,7 @@ import type {
 } from '../../../src/agent/contracts.js';
 import { Engine } from '../../../src/agent/jobs/engine.js';
 import { SqliteJobStore } from '../../../src/agent/jobs/sqlite-store.js';
-import { DEFAULT_ENGINE_SETTINGS, type EngineSettings } from '../../../src/agent/jobs/index.js';
+import { DEFAULT_ENGINE_SETTINGS, type EngineSettings, type Ownership } from '../../../src/agent/jobs/index.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import type { Clock } from '../../../src/lib/timer-heap.js';
 import { FakeClock } from '../../support/fake-clock.js';
@@ -190,6 +190,7 @@ export async function makeRig(
     log?: Logger;
     random?: () => number;
     start?: boolean;
+    ownership?: Ownership;
   } = {},
 ): Promise<Rig> {
   const clock = opts.clock ?? new FakeClock(T0);
@@ -209,6 +210,7 @@ export async function makeRig(
       presence,
       log: opts.log ?? silentLogger(),
       settings: testSettings(opts.settings),
+      ...(opts.ownership ? { ownership: opts.ownership } : {}),
       observer: {
         transition: (from, to, signal) => transitions.push({ from, to, signal }),
         action: (action, outcome, ms) => outcomes.push({ action, outcome, ms }),
