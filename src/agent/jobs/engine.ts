@@ -58,7 +58,7 @@ import {
 } from './model.js';
 import { RestartPacing } from './pacing.js';
 import { PresenceTracker } from './presence.js';
-import type { JobRow, JobStore } from './store.js';
+import type { JobRef, JobRow, JobStore } from './store.js';
 
 /**
  * The engine's own timers live in `heap`, keyed by negative numbers: the purge, the sanity poll,
@@ -233,6 +233,9 @@ export class Engine implements JobEngine {
     for (const row of rows) {
       const current = this.rooms.get(row.room)?.jobs.get(row.identity);
       if (current && current.id >= row.id) continue;
+      // A store without a unique index (Redis) may hold a key's replacement before the job it
+      // replaced was marked: the newer one wins, as it did when it was taken up.
+      if (current && isLive(current.state) && isLive(row.state)) this.signal(current, 'replace');
       this.restore(this.jobFromRow(row), row, now);
     }
   }
@@ -540,7 +543,7 @@ export class Engine implements JobEngine {
       return;
     }
     this.store
-      .target(job.id)
+      .target({ id: job.id, room: job.room.name })
       .then((target) => this.actions.perform(action, { serverName: job.server.name, ...target }))
       .catch((err: unknown): ActionOutcome => ({ kind: 'transient', detail: describeError(err) }))
       .then((outcome) => this.performed(job, action, outcome, started))
@@ -650,6 +653,7 @@ export class Engine implements JobEngine {
     for (const job of jobs) job.flags &= ~PERSIST_QUEUED;
     const changes = jobs.map((job) => ({
       id: job.id,
+      room: job.room.name,
       progress: {
         state: job.state,
         sid: job.sid,
@@ -676,12 +680,12 @@ export class Engine implements JobEngine {
   /** Forgets finished jobs older than the retention, in memory and in the store. */
   private purge(): void {
     const cutoff = this.clock.now() - this.settings.terminalRetentionMs;
-    const ids: number[] = [];
+    const gone: JobRef[] = [];
     for (let job = this.finished.peek(); job && job.stateSince <= cutoff; job = this.finished.peek()) {
       this.finished.shift();
       // Its partition went to another replica, which purges it.
       if (job.flags & EVICTED) continue;
-      ids.push(job.id);
+      gone.push({ id: job.id, room: job.room.name });
       // A finished job has no timers left, so its slot is free for reuse.
       this.jobSlots[job.slot] = undefined;
       this.freeSlots.push(job.slot);
@@ -689,7 +693,7 @@ export class Engine implements JobEngine {
       if (job.room.jobs.get(job.identity) === job) job.room.jobs.delete(job.identity);
       this.forgetRoomIfIdle(job.room);
     }
-    if (ids.length > 0) this.store.remove(ids).catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
+    if (gone.length > 0) this.store.remove(gone).catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
     this.schedulePurge();
   }
 

@@ -9,7 +9,7 @@ import type { DatabaseSync, StatementSync } from 'node:sqlite';
 import { addColumnIfMissing, BatchWriter, openDatabase, transaction } from '../../lib/sqlite.js';
 import type { Delegation } from '../contracts.js';
 import { LIVE_STATES } from './fsm.js';
-import type { JobProgress, JobRow, JobStore, JobTarget, ProgressChange } from './store.js';
+import type { JobProgress, JobRef, JobRow, JobStore, JobTarget, ProgressChange } from './store.js';
 
 const LIVE = `(${LIVE_STATES.map((s) => `'${s}'`).join(', ')})`;
 
@@ -113,9 +113,9 @@ export class SqliteJobStore implements JobStore {
     }
   }
 
-  remove(ids: readonly number[]): Promise<void> {
+  remove(jobs: readonly JobRef[]): Promise<void> {
     return this.writer.write(() => {
-      for (const id of ids) this.deleteStmt.run(id);
+      for (const { id } of jobs) this.deleteStmt.run(id);
     });
   }
 
@@ -163,7 +163,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   /** A primary-key lookup per call (hundreds a second at a million jobs). */
-  target(id: number): Promise<JobTarget> {
+  target({ id }: JobRef): Promise<JobTarget> {
     const row = this.targetStmt.get(id) as { delay_id: string; scoped_token: string | null } | undefined;
     if (!row) return Promise.reject(new Error(`job ${id} is not in the store`));
     return Promise.resolve(

@@ -50,8 +50,13 @@ export interface JobTarget {
   scopedToken?: string;
 }
 
-export interface ProgressChange {
+/** A job as the store finds it: its id, and its room (which share of the store it lives in). */
+export interface JobRef {
   id: number;
+  room: string;
+}
+
+export interface ProgressChange extends JobRef {
   progress: JobProgress;
 }
 
@@ -68,12 +73,12 @@ export interface JobStore {
    */
   writeProgress(changes: readonly ProgressChange[]): Promise<void>;
   /** Deletes finished jobs whose retention passed. */
-  remove(ids: readonly number[]): Promise<void>;
+  remove(jobs: readonly JobRef[]): Promise<void>;
   /**
    * The delayed event a job restarts and sends, read when it does instead of kept in memory for
    * every job.
    */
-  target(id: number): Promise<JobTarget>;
+  target(job: JobRef): Promise<JobTarget>;
   /** What only diagnostics need, when the store can tell at once (undefined otherwise). */
   details(id: number): { source: Delegation['source']; createdMs: number } | undefined;
   /** Every stored job: finished ones first, oldest first (the purge order), then the live ones. */
