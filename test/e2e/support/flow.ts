@@ -596,7 +596,8 @@ async function startSyncing(client: MatrixClient, roomId: string): Promise<Room>
   });
 }
 
-async function requestJson(
+/** One request with an optional JSON body: the status and the parsed answer (`{raw}` when not JSON). */
+export async function requestJson(
   method: string,
   url: string,
   opts: { token?: string; body?: unknown } = {},
