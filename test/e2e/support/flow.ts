@@ -429,6 +429,8 @@ export interface FlowStack {
 export async function startFlowStack(opts: {
   homeserver: HomeserverKind;
   timeline?: Timeline;
+  /** Extra Synapse config (`startSynapse`'s `extraConfig`), e.g. `SYNAPSE_MSC4354`; Synapse only. */
+  synapseConfig?: Record<string, unknown>;
 }): Promise<FlowStack> {
   const timeline = opts.timeline ?? new Timeline();
   const cleanups: Array<() => Promise<void> | void> = [];
@@ -453,7 +455,7 @@ export async function startFlowStack(opts: {
     if (opts.homeserver === 'bundled') {
       hs = await startBundledHomeserver({ agentUrl, agentSecret, livekitServiceUrl: agentUrl });
     } else {
-      const syn = await startSynapse();
+      const syn = await startSynapse(opts.synapseConfig ? { extraConfig: opts.synapseConfig } : {});
       hs = {
         kind: 'synapse',
         label: `Synapse ${syn.version}`,
@@ -594,7 +596,8 @@ async function startSyncing(client: MatrixClient, roomId: string): Promise<Room>
   });
 }
 
-async function requestJson(
+/** One request with an optional JSON body: the status and the parsed answer (`{raw}` when not JSON). */
+export async function requestJson(
   method: string,
   url: string,
   opts: { token?: string; body?: unknown } = {},

@@ -4,6 +4,7 @@
 //
 //   const py = await ensureSynapse();                  // {path} or {skip}; throws when CI=true
 //   const hs = await startSynapse();                   // hs.baseUrl, hs.serverName ('localhost:<fed port>')
+//   await startSynapse({ extraConfig: SYNAPSE_MSC4354 }); // with MSC4354 sticky events as well
 //   const u = await hs.registerUser('alice');          // shared-secret admin API (HMAC-SHA1 mac)
 //   await hs.restart();  await hs.stop();  hs.kill();  hs.logs();
 import { createHmac, randomBytes } from 'node:crypto';
@@ -79,10 +80,19 @@ export interface SynapseServer {
 }
 
 export interface StartSynapseOptions {
-  /** Extra top-level config keys merged over the generated config. */
+  /**
+   * Extra top-level config keys merged over the generated config; `experimental_features` is
+   * merged key by key, so switching on another experiment keeps MSC4140's per-user limit.
+   */
   extraConfig?: Record<string, unknown>;
   readyTimeoutMs?: number;
 }
+
+/**
+ * MSC4354 sticky events (Synapse's unstable forms), off by default in Synapse. Needs SQLite ≥ 3.40
+ * in Synapse's Python, which refuses to start otherwise.
+ */
+export const SYNAPSE_MSC4354: Record<string, unknown> = { experimental_features: { msc4354_enabled: true } };
 
 export function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
   return createHmac('sha1', secret).update([nonce, user, password, admin ? 'admin' : 'notadmin'].join('\0'), 'utf8').digest('hex');
@@ -160,9 +170,9 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
     registration_shared_secret: secret,
     enable_registration: true,
     enable_registration_without_verification: true,
-    // MSC4140: enabled iff max_event_delay_duration is set and the per-user limit > 0
+    // MSC4140: enabled iff max_event_delay_duration is set and the per-user limit (in
+    // experimental_features, below) is > 0
     max_event_delay_duration: '24h',
-    experimental_features: { msc4140_max_delayed_events_per_user: 100 },
     rc_message: fast,
     rc_delayed_event_mgmt: fast,
     rc_registration: fast,
@@ -174,6 +184,10 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
     rc_admin_redaction: fast,
     rc_3pid_validation: fast,
     ...opts.extraConfig,
+    experimental_features: {
+      msc4140_max_delayed_events_per_user: 100,
+      ...(opts.extraConfig?.experimental_features as Record<string, unknown> | undefined),
+    },
   };
   writeFileSync(configFile, JSON.stringify(config, null, 2)); // JSON is YAML
   const logFile = path.join(dir, 'synapse.log');
