@@ -40,8 +40,9 @@ import { HomeserverDirectory } from '../matrix/discovery.js';
 import { OpenIdVerifier, serverOfUserId } from '../matrix/openid.js';
 import { OutboundGuard } from '../matrix/outbound-guard.js';
 import { OutboundHttp } from '../matrix/outbound-http.js';
-import type { Delegation, DelayedEventActions, JobEngine, PresenceLookup } from './contracts.js';
-import { createJobEngine, DEFAULT_ENGINE_SETTINGS, type EngineSettings, type JobEngineWithIntrospection } from './jobs/index.js';
+import type { Delegation, DelayedEventActions, JobEngine, ParticipantSignal, PresenceLookup } from './contracts.js';
+import { ClusterNode } from './cluster/node.js';
+import { createJobEngine, DEFAULT_ENGINE_SETTINGS, type EngineOptions, type EngineSettings, type JobSnapshot } from './jobs/index.js';
 import { SqliteJobStore } from './jobs/sqlite-store.js';
 import { AgentMetrics } from './metrics.js';
 import { type DelayRequest, forwardedDelegation, parseLegacyRequest, parseTokenRequest, type OpenIdToken } from './requests.js';
@@ -82,9 +83,14 @@ export interface AgentDeps {
   resolve?: typeof dnsLookup;
 }
 
+/** The engine as the app sees it: the embedded one, or a cluster replica's. */
+export type AgentEngine = JobEngine & { get(livekitRoom: string, identity: string): JobSnapshot | undefined };
+
 export interface Agent {
   readonly app: HttpApp;
-  readonly engine: JobEngineWithIntrospection;
+  readonly engine: AgentEngine;
+  /** Cluster mode only. */
+  readonly cluster: ClusterNode | undefined;
   readonly metrics: AgentMetrics;
   /** Restores and reconciles jobs; the agent is ready afterwards. */
   start(): Promise<void>;
@@ -136,13 +142,15 @@ export function buildAgent(deps: AgentDeps): Agent {
   const webhookVerifier = new WebhookVerifier(creds);
   const recentWebhooks = new RecentIds(WEBHOOK_DEDUPE_TTL_MS, WEBHOOK_DEDUPE_CAPACITY, now);
 
-  mkdirSync(config.data_dir, { recursive: true });
   let started = false;
   let closing = false;
-  let engine: JobEngineWithIntrospection | undefined;
-  const metrics = new AgentMetrics(() => (started ? engine?.counts() : undefined));
-  engine = createJobEngine({
-    store: new SqliteJobStore(join(config.data_dir, 'agent.sqlite'), config.sqlite_synchronous),
+  let engine: AgentEngine | undefined;
+  let cluster: ClusterNode | undefined;
+  const metrics = new AgentMetrics(
+    () => (started ? engine?.counts() : undefined),
+    () => cluster?.ownedPartitions() ?? 0,
+  );
+  const engineOptions: Omit<EngineOptions, 'store' | 'ownership'> = {
     ...(deps.clock ? { clock: deps.clock } : {}),
     ...(deps.random ? { random: deps.random } : {}),
     actions,
@@ -157,7 +165,25 @@ export function buildAgent(deps: AgentDeps): Agent {
       },
       disconnectToSend: (ms) => metrics.disconnectToSend.observe(ms / 1000),
     },
-  });
+  };
+  if (config.redis_url !== undefined) {
+    cluster = new ClusterNode({
+      redisUrl: config.redis_url,
+      ...(config.redis_password !== undefined ? { redisPassword: config.redis_password } : {}),
+      keyPrefix: config.cluster.key_prefix,
+      partitions: config.cluster.partitions,
+      leaseMs: config.cluster.lease_ms,
+      ...(config.cluster.replica_id !== undefined ? { replicaId: config.cluster.replica_id } : {}),
+      engine: engineOptions,
+      log: log.child({ component: 'cluster' }),
+      metrics,
+    });
+    engine = cluster;
+  } else {
+    mkdirSync(config.data_dir, { recursive: true });
+    const store = new SqliteJobStore(join(config.data_dir, 'agent.sqlite'), config.sqlite_synchronous);
+    engine = createJobEngine({ ...engineOptions, store });
+  }
   const jobs: JobEngine = engine;
 
   const fullAccess = (serverName: string): boolean =>
@@ -320,20 +346,25 @@ export function buildAgent(deps: AgentDeps): Agent {
       log.warn({ reason: (err as Error).message, remote: ctx.remoteAddress }, 'webhook rejected: signature check failed');
       throw fail.unauthorized('Webhook signature verification failed');
     }
+    // Cluster mode: the room's owner may be another replica, so the signal is handed to its
+    // inbox in Redis before LiveKit hears 200 (a 503 makes LiveKit send it again).
+    if (cluster) {
+      const signal = admitWebhook(hook);
+      if (signal) {
+        try {
+          await cluster.forward(signal);
+        } catch (err) {
+          if (hook.id !== '') recentWebhooks.forget(hook.id);
+          log.warn({ err: (err as Error).message }, 'webhook not handed to its room\'s owner');
+          throw fail.unavailable('Cannot reach the cluster store');
+        }
+      }
+      return { body: {} };
+    }
     // LiveKit stalls a room's whole webhook queue while we answer, so reply first, work after.
     setImmediate(() => {
-      const label = eventLabel(hook.event);
-      if (hook.id !== '' && !recentWebhooks.firstSighting(hook.id)) {
-        metrics.webhooks.inc({ event: label, verdict: 'duplicate' });
-        return;
-      }
-      const signal = hook.signal;
-      if (!signal) {
-        metrics.webhooks.inc({ event: label, verdict: 'ignored' });
-        return;
-      }
-      metrics.webhooks.inc({ event: label, verdict: 'accepted' });
-      log.debug({ kind: signal.kind, reason: signal.disconnectReason }, 'participant webhook');
+      const signal = admitWebhook(hook);
+      if (!signal) return;
       try {
         jobs.onParticipant(signal);
       } catch (err) {
@@ -342,6 +373,23 @@ export function buildAgent(deps: AgentDeps): Agent {
     });
     return { body: {} };
   };
+
+  /** A verified webhook's signal for the engine: none for repeats and other events (counted). */
+  function admitWebhook(hook: VerifiedWebhook): ParticipantSignal | undefined {
+    const label = eventLabel(hook.event);
+    if (hook.id !== '' && !recentWebhooks.firstSighting(hook.id)) {
+      metrics.webhooks.inc({ event: label, verdict: 'duplicate' });
+      return undefined;
+    }
+    const signal = hook.signal;
+    if (!signal) {
+      metrics.webhooks.inc({ event: label, verdict: 'ignored' });
+      return undefined;
+    }
+    metrics.webhooks.inc({ event: label, verdict: 'accepted' });
+    log.debug({ kind: signal.kind, reason: signal.disconnectReason }, 'participant webhook');
+    return signal;
+  }
 
   const clientRoutes: Record<ClientRoute, Handler> = {
     '/sfu/get': legacyRoute,
@@ -357,8 +405,9 @@ export function buildAgent(deps: AgentDeps): Agent {
   if (config.homeserver_secret !== undefined) router.add('POST', '/_lastwill/v1/delegations', forwardedRoute);
   router.add('GET', '/healthz', () => ({ status: 200 }));
   router.add(otherMethods('GET'), '/healthz', () => ({ status: 405 }));
+  // Cluster mode: also Redis reachable and the leases renewed in time.
   router.add('GET', '/readyz', () =>
-    started && !closing ? { body: { ready: true } } : { status: 503, body: { ready: false } },
+    started && !closing && (cluster?.ready() ?? true) ? { body: { ready: true } } : { status: 503, body: { ready: false } },
   );
   router.add('GET', '/metrics', async () => {
     const { contentType, text } = await metrics.render();
@@ -387,6 +436,7 @@ export function buildAgent(deps: AgentDeps): Agent {
   return {
     app,
     engine,
+    cluster,
     metrics,
     async start() {
       await jobs.start();

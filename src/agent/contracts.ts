@@ -19,8 +19,8 @@ export interface Delegation {
   userId: string;
   /** Optional scoped delegation token minted by the lastwill homeserver module. */
   scopedToken?: string;
-  /** Which request created it (for metrics and logs). */
-  source: 'get_token' | 'sfu_get' | 'delegate_delayed_leave' | 'msc4195';
+  /** Which request created it (for metrics and logs); `lk-jwt-service` for one taken over from its store. */
+  source: 'get_token' | 'sfu_get' | 'delegate_delayed_leave' | 'msc4195' | 'lk-jwt-service';
 }
 
 export type DelayedAction = 'restart' | 'send';

@@ -31,12 +31,6 @@ export function configWarnings(config: AgentConfig, log: Logger): void {
   } else if (config.insecure_skip_verify_tls !== '') {
     log.warn('insecure_skip_verify_tls is set to something other than the sentinel value and is ignored');
   }
-  if (config.redis_url !== undefined) {
-    log.warn(
-      { dataDir: config.data_dir },
-      'redis_url (LIVEKIT_REDIS_URL) is accepted but Redis mode is not implemented: jobs are kept in the embedded SQLite store',
-    );
-  }
   if (config.full_access_homeservers.length === 0) {
     log.warn('no full_access_homeservers configured: rooms are not created and delegations are refused');
   }

@@ -17,9 +17,18 @@ export class AgentMetrics {
   readonly delegations: Counter<'source'>;
   readonly httpRequests: Counter<'route' | 'method' | 'status'>;
   readonly httpDuration: Histogram<'route'>;
+  /** Cluster mode only (they stay at zero on a single node). */
+  readonly leaseRenewals: Counter<'outcome'>;
+  readonly leasesLost: Counter<'reason'>;
+  readonly takeovers: Counter;
+  readonly redisDuration: Histogram<'command'>;
+  readonly redisErrors: Counter<'command'>;
 
-  /** @param jobCounts - read at scrape time, so the gauge is never stale */
-  constructor(jobCounts: () => Record<JobState, number> | undefined) {
+  /**
+   * @param jobCounts - read at scrape time, so the gauge is never stale
+   * @param ownedPartitions - likewise (cluster mode)
+   */
+  constructor(jobCounts: () => Record<JobState, number> | undefined, ownedPartitions: () => number = () => 0) {
     const registers = [this.registry];
     new Gauge({
       name: 'lastwill_agent_jobs',
@@ -79,6 +88,44 @@ export class AgentMetrics {
       help: 'HTTP request duration by route pattern.',
       labelNames: ['route'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    new Gauge({
+      name: 'lastwill_agent_cluster_partitions_owned',
+      help: 'Partitions this replica owns (cluster mode); its jobs are lastwill_agent_jobs.',
+      registers,
+      collect() {
+        this.set(ownedPartitions());
+      },
+    });
+    this.leaseRenewals = new Counter({
+      name: 'lastwill_agent_cluster_lease_renewals_total',
+      help: 'Lease renewal rounds (one per tick, all leases at once) by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.leasesLost = new Counter({
+      name: 'lastwill_agent_cluster_leases_lost_total',
+      help: 'Partitions this replica stopped owning: fenced (a write refused), expired (not renewed in time), released (handed over).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.takeovers = new Counter({
+      name: 'lastwill_agent_cluster_takeovers_total',
+      help: 'Partitions acquired that another replica had held before.',
+      registers,
+    });
+    this.redisDuration = new Histogram({
+      name: 'lastwill_agent_redis_command_duration_seconds',
+      help: 'Redis calls by command (scripts count as EVALSHA).',
+      labelNames: ['command'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    this.redisErrors = new Counter({
+      name: 'lastwill_agent_redis_errors_total',
+      help: 'Failed Redis calls by command.',
+      labelNames: ['command'],
       registers,
     });
   }

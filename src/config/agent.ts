@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 
 import { z } from 'zod';
 
+import { redisClientOptions } from '../agent/cluster/redis-url.js';
 import { group, type Infer, setting } from './define.js';
 import { hostPort, serverName, storageSettings } from './common.js';
 
@@ -33,6 +34,19 @@ export function bindFromLkJwt(raw: string): string {
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'warning', 'error'] as const;
 
 const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' });
+
+/** What cluster mode can connect to (the forms go-redis, and so lk-jwt-service, accepts). */
+const redisUrl = z.string().refine(
+  (url) => {
+    try {
+      redisClientOptions(url);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: 'must be redis://[user:password@]host:port[/db], rediss://… or unix://[user:password@]/path[?db=N]' },
+);
 
 const ms = (value: number, doc: string) =>
   setting(z.number().int().min(0).default(value), { doc, env: 'number' });
@@ -124,14 +138,50 @@ export const agentSettings = group(
       env: 'string',
       aliases: [{ name: 'LIVEKIT_INSECURE_SKIP_VERIFY_TLS' }],
     }),
-    redis_url: setting(z.string().min(1).optional(), {
+    redis_url: setting(redisUrl.optional(), {
       doc:
-        'Accepted for lk-jwt-service compatibility only: Redis persistence is not implemented; jobs ' +
-        'are always kept in the embedded SQLite store under data_dir (logged at startup).',
+        'Turns on cluster mode: any number of replicas share their jobs through this Redis ' +
+        '(redis://[user:password@]host:port[/db], rediss:// for TLS, unix:///path/to/socket[?db=N]). ' +
+        'Unset: the embedded SQLite store under data_dir (one process). lk-jwt-service\'s jobs found ' +
+        'in it are taken over.',
       env: 'string',
       secret: true,
       aliases: [{ name: 'LIVEKIT_REDIS_URL' }],
     }),
+    redis_password: setting(z.string().min(1).optional(), {
+      doc: 'Redis password, when it is not in redis_url (it wins over one that is).',
+      env: 'string',
+      secret: true,
+      aliases: [{ name: 'LIVEKIT_REDIS_PASSWORD' }],
+    }),
+    cluster: group(
+      {
+        partitions: setting(z.number().int().min(1).max(4096).default(256), {
+          doc:
+            'Rooms are cut into this many partitions, each driven by one replica at a time. Every ' +
+            'replica on one Redis must use the same number (checked at start).',
+          env: 'number',
+        }),
+        lease_ms: setting(z.number().int().min(500).max(60_000).default(3000), {
+          doc:
+            'How long a replica\'s ownership of a partition lasts without renewal (renewed every fifth ' +
+            'of it). A replica that dies is taken over after about this long; one that cannot renew ' +
+            'stops acting a tenth of it earlier.',
+          env: 'number',
+        }),
+        replica_id: setting(z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, 'letters, digits, ".", "_" and "-"').optional(), {
+          doc:
+            'This replica\'s name in the cluster (a Kubernetes pod name, say); unique among the live ' +
+            'replicas. Unset: host name, process id and a random part.',
+          env: 'string',
+        }),
+        key_prefix: setting(z.string().min(1).max(64).default('lastwill:'), {
+          doc: 'Prefix of every Redis key of this cluster (several clusters can share one Redis).',
+          env: 'string',
+        }),
+      },
+      { doc: 'Cluster mode (with redis_url).' },
+    ),
     ...storageSettings('./.data/agent'),
     homeserver_secret: setting(z.string().min(16).optional(), {
       doc:

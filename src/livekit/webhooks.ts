@@ -308,6 +308,11 @@ export class RecentIds {
     return true;
   }
 
+  /** Takes a sighting back (the webhook could not be handed on, so its retry must count). */
+  forget(id: string): void {
+    this.seen.delete(id);
+  }
+
   get size(): number {
     return this.seen.size;
   }

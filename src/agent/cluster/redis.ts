@@ -9,36 +9,10 @@ import { createHash } from 'node:crypto';
 import { createClient, type RedisClientOptions, type RedisClientType } from '@redis/client';
 import type { Logger } from 'pino';
 
+export { redisClientOptions } from './redis-url.js';
+
 export interface RedisObserver {
   call?(command: string, ms: number, ok: boolean): void;
-}
-
-/**
- * node-redis options for a URL in the forms lk-jwt-service (go-redis) accepts. go-redis reads
- * `unix://[user:password@]/path?db=N`; node-redis has no unix URL, so that form becomes a socket
- * path. A password given apart (LIVEKIT_REDIS_PASSWORD) wins over one in the URL.
- */
-export function redisClientOptions(url: string, password?: string): RedisClientOptions {
-  const parsed = new URL(url);
-  const auth = {
-    ...(parsed.username ? { username: decodeURIComponent(parsed.username) } : {}),
-    ...(password !== undefined ? { password } : parsed.password ? { password: decodeURIComponent(parsed.password) } : {}),
-  };
-  if (parsed.protocol === 'unix:') {
-    const db = parsed.searchParams.get('db');
-    return {
-      socket: { path: decodeURIComponent(parsed.pathname), reconnectStrategy: retryForever },
-      ...auth,
-      ...(db !== null ? { database: Number(db) } : {}),
-    };
-  }
-  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new Error(`unsupported Redis URL scheme ${parsed.protocol}`);
-  return { url, ...auth, socket: { reconnectStrategy: retryForever } };
-}
-
-/** Reconnects every 50 ms at first, backing off to 1 s: Redis coming back must be noticed soon. */
-function retryForever(retries: number): number {
-  return Math.min(1000, 50 * 2 ** Math.min(retries, 5));
 }
 
 /** A Lua script and its SHA1, run by EVALSHA with a fallback to EVAL. */

@@ -314,6 +314,12 @@ export class Engine implements JobEngine {
     this.log.info({ ...this.counts() }, 'job engine stopped');
   }
 
+  /** Writes the progress pending now and waits for it (before a partition is handed over). */
+  async flush(): Promise<void> {
+    this.commitProgress();
+    await this.writing;
+  }
+
   counts(): Record<JobState, number> {
     return { ...this.stateCounts };
   }
