@@ -21,12 +21,17 @@ import type { AgentMetrics } from '../metrics.js';
 import { Inbox } from './inbox.js';
 import { Leases } from './leases.js';
 import { takeOverLkJwtJobs } from './migration.js';
-import { Keys, partitionOf } from './partitions.js';
+import { Keys, LK_JWT_JOBS_KEY, partitionOf } from './partitions.js';
 import { Redis, redisClientOptions } from './redis.js';
 import { RedisJobStore } from './redis-store.js';
 
 /** Bumped when the layout in Redis changes incompatibly. */
 const FORMAT = '1';
+/**
+ * How often lk-jwt-service's hash is looked at after the start: a rollout that runs both for a
+ * while leaves jobs there that lk-jwt-service took after lastwill started.
+ */
+const MIGRATION_CHECK_MS = 10_000;
 
 export interface ClusterOptions {
   redisUrl: string;
@@ -54,6 +59,7 @@ export class ClusterNode implements JobEngine {
   private readonly log: Logger;
   private started = false;
   private stopping = false;
+  private migrationTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ClusterOptions) {
     this.replicaId = opts.replicaId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -113,6 +119,10 @@ export class ClusterNode implements JobEngine {
     this.inbox.start();
     this.leases.start();
     await this.redis.call(['PUBLISH', this.keys.events, 'joined']);
+    this.migrationTimer = setInterval(() => {
+      this.migrate().catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'lk-jwt-service job check failed'));
+    }, MIGRATION_CHECK_MS);
+    this.migrationTimer.unref();
     this.log.info({ partitions: this.opts.partitions, leaseMs: this.opts.leaseMs }, 'cluster replica started');
   }
 
@@ -139,6 +149,7 @@ export class ClusterNode implements JobEngine {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearInterval(this.migrationTimer);
     await this.inbox.stop();
     await this.leases.stop();
     await this.engine.stop();
@@ -201,6 +212,7 @@ export class ClusterNode implements JobEngine {
   }
 
   private async migrate(): Promise<void> {
+    if (Number(await this.redis.call(['HLEN', LK_JWT_JOBS_KEY])) === 0) return;
     const lock = await this.redis.call<string | null>(['SET', this.keys.migration, this.replicaId, 'NX', 'PX', '60000']);
     if (lock === null) return;
     try {

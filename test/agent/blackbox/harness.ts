@@ -40,6 +40,12 @@ export const SERVICE_COMMAND: [string, ...string[]] = externalService
 export const UNDER_TEST_IS_LASTWILL = externalService === undefined || process.env.LASTWILL_BLACKBOX_KIND === 'lastwill';
 
 /**
+ * LASTWILL_BLACKBOX_CLUSTER=1 runs lastwill in cluster mode (one replica on a real Redis): the same
+ * contract must hold whichever store it runs on.
+ */
+export const CLUSTER_MODE = UNDER_TEST_IS_LASTWILL && process.env.LASTWILL_BLACKBOX_CLUSTER === '1';
+
+/**
  * Where lastwill differs from lk-jwt-service on purpose. The keys are the first column of the
  * README's "Differences from lk-jwt-service" table.
  */
@@ -189,8 +195,9 @@ export async function startWorld(extraEnv: Record<string, string> = {}, others: 
   const otherServers = await Promise.all(others.map(() => startFakeHomeserver()));
   const sfu = await startFakeSfu(CREDS);
   const dataDir = mkdtempSync(join(tmpdir(), 'lastwill-agent-bb-'));
-  // lk-jwt-service keeps jobs across restarts only in Redis (its restore tests need one); lastwill in its data dir.
-  const redis: RedisServer | undefined = UNDER_TEST_IS_LASTWILL ? undefined : await startRedis(dataDir);
+  // lk-jwt-service keeps jobs across restarts only in Redis (its restore tests need one); lastwill
+  // in its data dir, or in Redis too when the suite runs against cluster mode.
+  const redis: RedisServer | undefined = UNDER_TEST_IS_LASTWILL && !CLUSTER_MODE ? undefined : await startRedis(dataDir);
   const closeFakes = () => Promise.all([hs, ...otherServers, sfu, redis].map((fake) => fake?.close()));
   const env: Record<string, string> = {
     ...referenceEnv(hs, sfu, await freeTcpPort(), others.map((o, i) => ({ ...o, hs: otherServers[i]! }))),
