@@ -29,9 +29,11 @@ import {
 } from './support/flow.js';
 import { isCI, sleep } from './support/proc.js';
 import { SYNAPSE_MSC4354 } from './support/synapse.js';
+import { ensureRedis } from '../support/redis.js';
 import type { ReceivedWebhook } from './support/webhook-sink.js';
 
 const bundledSkip = await flowSkipReason('bundled');
+const clusterSkip = bundledSkip ?? (await ensureRedis()).skip;
 const synapseSkip = await flowSkipReason('synapse');
 if (bundledSkip) console.warn(`[flow] skipping bundled-homeserver flows: ${bundledSkip}`);
 if (synapseSkip) console.warn(`[flow] skipping Synapse flow: ${synapseSkip}`);
@@ -63,7 +65,10 @@ type Harness = ReturnType<typeof useStack>;
  * Shared per-describe plumbing: one stack (homeserver, LiveKit, agent) for the describe, one call
  * per test, the test's timeline and logs printed, everything closed.
  */
-function useStack(kind: 'bundled' | 'synapse', opts: { synapseConfig?: Record<string, unknown> } = {}) {
+function useStack(
+  kind: 'bundled' | 'synapse',
+  opts: { synapseConfig?: Record<string, unknown>; cluster?: { replicas: number; leaseMs: number } } = {},
+) {
   const ctx = {} as { stack: FlowStack; calls: Call[]; from: number; base: Metrics | undefined };
   beforeAll(async () => {
     ctx.stack = await startFlowStack({ homeserver: kind, ...opts });
@@ -441,3 +446,30 @@ describe.skipIf(!!synapseSkip)(`flow on Synapse (MSC4354 on)${skipped(synapseSki
     await expectStickyFlow(s);
   }, 120_000);
 });
+
+/** Cluster mode: leases this short so a killed owner is taken over within a test's patience. */
+const CLUSTER_LEASE_MS = 2000;
+
+describe.skipIf(!!clusterSkip)(`flow on three agent replicas in cluster mode${skipped(clusterSkip)}`, () => {
+  const s = useStack('bundled', { cluster: { replicas: 3, leaseMs: CLUSTER_LEASE_MS } });
+
+  it("6 (cluster): the owner of a live participant's job is killed, the participant leaves, the membership ends", async () => {
+    const call = await s.call();
+    // Token and delegation go through the balancer, to whichever replica it picks.
+    const h = await handOver(call, { viaGetToken: true, viaDelegate: true });
+    await expectAgentKeepsMembership(s, call, h, 1_000);
+
+    const owner = s.stack.cluster!.ownerOf(call.app.livekitRoom);
+    const killed = await owner.kill();
+    expect(killed.signal).toBe('SIGKILL');
+    const t0 = Date.now();
+    await h.participant.disconnect();
+    // LiveKit's left webhook reaches a surviving replica through the balancer; the partition's
+    // new owner takes it up once the dead owner's lease has run out.
+    const goneAt = await call.waitMembershipGone(30_000);
+    log(`6: owner killed, clean disconnect -> membership gone after ${secs(goneAt - t0)} (lease ${CLUSTER_LEASE_MS} ms)`);
+    expect(goneAt - t0).toBeLessThanOrEqual(CLUSTER_LEASE_MS + CLEAN_LEAVE_BOUND_MS + 2_000);
+    await expectHangupDelivered(s, call);
+  }, 150_000);
+});
+

@@ -40,6 +40,9 @@ import {
   Status,
 } from 'matrix-js-sdk/lib/matrixrtc/index.js';
 
+import { partitionOf, preferredOwner } from '../../../src/agent/cluster/partitions.js';
+import { startRedis } from '../../support/redis.js';
+import { startBalancer } from './balancer.js';
 import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './livekit.js';
 import { startParticipant, type Participant } from './participant.js';
 import {
@@ -282,6 +285,8 @@ export interface AgentOptions {
   homeserver: Pick<MatrixServer, 'serverName' | 'baseUrl' | 'federation'>;
   /** Enables the server-to-server delegation endpoint the bundled homeserver forwards MSC4195 to. */
   homeserverSecret?: string;
+  /** More environment (cluster mode: the Redis URL, the replica's name). */
+  env?: Record<string, string>;
 }
 
 export interface AgentProcess {
@@ -321,6 +326,7 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
     LASTWILL_AGENT_DATA_DIR: dataDir,
     LIVEKIT_LOG_LEVEL: 'debug',
     ...(opts.homeserverSecret ? { LASTWILL_AGENT_HOMESERVER_SECRET: opts.homeserverSecret } : {}),
+    ...opts.env,
   };
   let proc: ManagedProcess | undefined;
   let history = '';
@@ -363,6 +369,86 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
     },
   };
   return agent;
+}
+
+/** Cluster mode: replicas on one Redis, behind one address. */
+export interface AgentCluster {
+  /** The replicas, by index (replica id `replica-<index>`). */
+  replicas: AgentProcess[];
+  /** The whole cluster as one agent: the balancer's address, metrics summed over the replicas. */
+  facade: AgentProcess;
+  /** The replica that owns a LiveKit room's jobs, once the running replicas have shared them out. */
+  ownerOf(livekitRoom: string): AgentProcess;
+  close(): Promise<void>;
+}
+
+export const CLUSTER_PARTITIONS = 64;
+
+/**
+ * `count` agent replicas in cluster mode on a real Redis of their own, behind a round-robin
+ * balancer on `opts.port` (what clients, the homeserver and LiveKit's webhooks use).
+ */
+export async function createAgentCluster(count: number, opts: AgentOptions & { leaseMs: number }): Promise<AgentCluster> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-e2e-redis-'));
+  const redis = await startRedis(dir);
+  const replicas: AgentProcess[] = [];
+  for (let i = 0; i < count; i++) {
+    replicas.push(
+      await createAgent({
+        ...opts,
+        port: await freeTcpPort(),
+        env: {
+          LIVEKIT_REDIS_URL: redis.url,
+          LASTWILL_AGENT_CLUSTER_REPLICA_ID: `replica-${i}`,
+          LASTWILL_AGENT_CLUSTER_LEASE_MS: String(opts.leaseMs),
+          LASTWILL_AGENT_CLUSTER_PARTITIONS: String(CLUSTER_PARTITIONS),
+          ...opts.env,
+        },
+      }),
+    );
+  }
+  const balancer = await startBalancer(opts.port, () => replicas.filter((r) => r.running()).map((r) => r.url));
+  const running = () => replicas.filter((r) => r.running());
+  const facade: AgentProcess = {
+    url: balancer.url,
+    dataDir: dir,
+    env: replicas[0]!.env,
+    // All of them: a test that killed one gets it started again (see useStack).
+    running: () => replicas.every((r) => r.running()),
+    async start() {
+      for (const r of replicas) if (!r.running()) await r.start();
+    },
+    async stop() {
+      const exits = await Promise.all(running().map((r) => r.stop()));
+      return exits[0] ?? { code: null, signal: null };
+    },
+    async kill() {
+      const exits = await Promise.all(running().map((r) => r.kill()));
+      return exits[0] ?? { code: null, signal: null };
+    },
+    async metrics() {
+      const texts = await Promise.all(running().map(async (r) => (await r.metrics()).text));
+      return new Metrics(texts.join('\n'));
+    },
+    logs: () => replicas.map((r, i) => `--- replica ${i} ---\n${r.logs().slice(-6000)}`).join('\n'),
+    dispose() {
+      for (const r of replicas) r.dispose();
+      if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return {
+    replicas,
+    facade,
+    ownerOf(livekitRoom) {
+      const live = replicas.flatMap((r, i) => (r.running() ? [`replica-${i}`] : []));
+      const owner = preferredOwner(partitionOf(livekitRoom, CLUSTER_PARTITIONS), live);
+      return replicas[Number(owner?.slice('replica-'.length))]!;
+    },
+    async close() {
+      await balancer.close();
+      await redis.close();
+    },
+  };
 }
 
 /** A parsed Prometheus text exposition. */
@@ -420,6 +506,8 @@ export interface FlowStack {
   /** A second webhook consumer next to the agent: LiveKit's own view, for measuring detection. */
   sink: WebhookSink;
   agent: AgentProcess;
+  /** Cluster mode only: the replicas behind `agent` (a balancer). */
+  cluster: AgentCluster | undefined;
   timeline: Timeline;
   /** Everything each part logged, for failure dumps. */
   dumpLogs(): string;
@@ -431,6 +519,8 @@ export async function startFlowStack(opts: {
   timeline?: Timeline;
   /** Extra Synapse config (`startSynapse`'s `extraConfig`), e.g. `SYNAPSE_MSC4354`; Synapse only. */
   synapseConfig?: Record<string, unknown>;
+  /** Cluster mode: this many agent replicas on a Redis, behind a balancer at the agent's address. */
+  cluster?: { replicas: number; leaseMs: number };
 }): Promise<FlowStack> {
   const timeline = opts.timeline ?? new Timeline();
   const cleanups: Array<() => Promise<void> | void> = [];
@@ -481,12 +571,17 @@ export async function startFlowStack(opts: {
     timeline.setVar('LK', lk.httpUrl);
     timeline.mark('livekit', `LiveKit up at ${lk.url}, webhooks to the agent and to a test sink`);
 
-    const agent = await createAgent({
+    const agentOptions: AgentOptions = {
       port: agentPort,
       livekit: lk,
       homeserver: hs,
       ...(hs.kind === 'bundled' ? { homeserverSecret: agentSecret } : {}),
-    });
+    };
+    const cluster = opts.cluster
+      ? await createAgentCluster(opts.cluster.replicas, { ...agentOptions, leaseMs: opts.cluster.leaseMs })
+      : undefined;
+    if (cluster) cleanups.push(() => cluster.close());
+    const agent = cluster?.facade ?? (await createAgent(agentOptions));
     cleanups.push(() => agent.dispose());
     cleanups.push(async () => {
       await agent.stop();
@@ -512,6 +607,7 @@ export async function startFlowStack(opts: {
       lk,
       sink,
       agent,
+      cluster,
       timeline,
       dumpLogs: () =>
         [
