@@ -23,6 +23,8 @@ export interface DisconnectParams {
   mode: 'burst' | 'paced';
   ratePerSecond?: number;
   concurrency?: number;
+  /** Cluster mode: replicas on one Redis; the webhooks are spread over them round-robin. */
+  replicas?: number;
   log?: (msg: string) => void;
 }
 
@@ -39,13 +41,15 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
       ...(p.graceMs !== undefined ? { LASTWILL_AGENT_ENGINE_DISCONNECT_GRACE_MS: String(p.graceMs) } : {}),
       ...p.env,
     },
+    ...(p.replicas ? { replicas: p.replicas } : {}),
   });
   const webhookAt = new Float64Array(n).fill(NaN);
   const sendAt = new Float64Array(n).fill(NaN);
-  let hooks: Client | undefined;
+  let hooks: Client[] = [];
   try {
     await w.startFakes();
-    const agent = await w.startAgent();
+    await w.startAgent();
+    const agentCpu = () => w.agents.reduce((sum, a) => sum + a.cpuSeconds(), 0);
     w.joinAll();
     await w.delegateAll();
     await w.until('all first restarts', () => w.counts.restart >= n, 120_000, 20);
@@ -69,15 +73,17 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
     await sleep(500);
     // The node is gone: nobody is listed any more.
     w.leaveAll();
-    hooks = new Client(w.agentUrl, p.concurrency ?? 64);
+    // One client per replica, as a load balancer in front of them would spread the webhooks.
+    const perReplica = Math.max(1, Math.round((p.concurrency ?? 64) / w.agentUrls.length));
+    hooks = w.agentUrls.map((url) => new Client(url, perReplica));
     const fire = async (i: number) => {
       const { body, headers } = signed[i]!;
       webhookAt[i] = nowMs();
-      const r = await hooks!.request('POST', '/sfu_webhook', body, headers);
+      const r = await hooks[i % hooks.length]!.request('POST', '/sfu_webhook', body, headers);
       if (r.status !== 200) throw new Error(`webhook ${i}: ${r.status} ${r.text}`);
     };
     const sends0 = w.counts.send;
-    const agentCpu0 = agent.cpuSeconds();
+    const agentCpu0 = agentCpu();
     const benchCpu0 = process.cpuUsage();
     const t0 = nowMs();
     if (p.mode === 'burst') {
@@ -97,7 +103,7 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
     await w.until('every send', () => w.counts.send - sends0 >= n, 60_000, 5);
     // Which side was busy: the agent, or this process (webhook client and fakes on one thread).
     const windowS = (nowMs() - t0) / 1000;
-    const agentCpuS = agent.cpuSeconds() - agentCpu0;
+    const agentCpuS = agentCpu() - agentCpu0;
     const benchCpu = process.cpuUsage(benchCpu0);
     const benchCpuS = (benchCpu.user + benchCpu.system) / 1e6;
     const latencies = Array.from(sendAt, (s, i) => s - webhookAt[i]!).filter((v) => Number.isFinite(v));
@@ -106,17 +112,19 @@ export async function agentDisconnect(p: DisconnectParams): Promise<Record<strin
     const d = distribution(latencies);
     return {
       participants: n,
+      replicas: p.replicas ?? 1,
       webhooks_issued_s: (webhooksDone - firstHook) / 1000,
       all_sent_s: (lastSend - firstHook) / 1000,
       ...flat('latency_ms', d),
       duplicate_or_extra_sends: w.counts.send - sends0 - n,
+      // Over all replicas, so above 100 % when they used more than one core between them.
       agent_cpu_pct: (100 * agentCpuS) / windowS,
       // The agent's whole cost of the disconnect, less noisy than the times on a shared machine.
       agent_cpu_s: agentCpuS,
       bench_cpu_pct: (100 * benchCpuS) / windowS,
     };
   } finally {
-    await hooks?.close();
+    for (const h of hooks) await h.close();
     await w.close();
   }
 }

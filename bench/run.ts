@@ -6,8 +6,9 @@
  *   npm run bench -- --size full           adds the 1 M agent delegations and 1 M scheduled events
  *   npm run bench -- --jobs 10000,100000   explicit agent scale sizes
  *   npm run bench -- --scheduled 1000000   the homeserver capacity size (default 100 000; 1 M with --size full)
- *   npm run bench -- --only scale,timers   a subset (scale sustain disconnect recovery timers
+ *   npm run bench -- --only scale,timers   a subset (scale sustain disconnect recovery cluster timers
  *                                          throughput capacity synapse)
+ *   npm run bench -- --only cluster --cluster-jobs 1000000   cluster mode beside a single node
  *   npm run bench -- --runs 1              repeat count override; --no-build skips `npm run build`
  *   npm run bench -- --only scale --merge bench/results/<earlier>.json
  *                                          re-runs some benchmarks, keeping the others' earlier results
@@ -23,6 +24,7 @@ import { parseArgs } from 'node:util';
 
 import { REPO_ROOT } from '../test/e2e/support/proc.js';
 import { ensureSynapse, SYNAPSE_VERSION } from '../test/e2e/support/synapse.js';
+import { clusterScale, clusterTakeover } from './agent-cluster.js';
 import { agentDisconnect } from './agent-disconnect.js';
 import { agentRecovery } from './agent-recovery.js';
 import { agentRestartSustain, agentScale } from './agent-scale.js';
@@ -59,6 +61,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     runs: { type: 'string' },
     merge: { type: 'string' },
+    'cluster-jobs': { type: 'string' },
     'no-build': { type: 'boolean' },
   },
 });
@@ -167,6 +170,28 @@ async function main(): Promise<void> {
   if (want('recovery')) {
     const jobs = 100_000;
     await measure('recovery', `${jobs} live jobs, kill -9, restart`, { jobs }, 2, () => agentRecovery({ jobs, log }));
+  }
+  if (want('cluster')) {
+    const jobs = values['cluster-jobs'] ? Number(values['cluster-jobs']) : full ? 1_000_000 : 100_000;
+    const modes = [1, 3] as const;
+    const mode = (replicas: number) => (replicas === 1 ? 'single node' : `${replicas} replicas on Redis`);
+    for (const replicas of modes) {
+      await measure('cluster', `scale: ${jobs} delegations, ${mode(replicas)}`, { jobs, replicas }, 1, () => clusterScale({ jobs, replicas, log }));
+    }
+    for (const replicas of modes) {
+      await measure('cluster', `takeover: 100000 jobs, kill -9, ${mode(replicas)}`, { jobs: 100_000, replicas }, 2, () =>
+        clusterTakeover({ jobs: 100_000, replicas, log }),
+      );
+    }
+    // The takeover waits out the dead owner's lease: the same with a shorter one shows the knob.
+    await measure('cluster', 'takeover: 100000 jobs, kill -9, 3 replicas on Redis, cluster.lease_ms 2000', { jobs: 100_000, replicas: 3, leaseMs: 2000 }, 2, () =>
+      clusterTakeover({ jobs: 100_000, replicas: 3, env: { LASTWILL_AGENT_CLUSTER_LEASE_MS: '2000' }, log }),
+    );
+    for (const replicas of modes) {
+      await measure('cluster', `burst: 10000 disconnects at once, ${mode(replicas)}`, { participants: 10_000, replicas }, 2, () =>
+        agentDisconnect({ participants: 10_000, mode: 'burst', ...(replicas > 1 ? { replicas } : {}), log }),
+      );
+    }
   }
   if (want('timers')) {
     await measure('timers', 'lastwill: 100000 events over 60 s', { target: 'lastwill', events: 100_000, spreadSeconds: 60 }, 2, () =>

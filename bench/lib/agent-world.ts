@@ -19,6 +19,7 @@ import path from 'node:path';
 import { startFakeHomeserver, type FakeHomeserver, type RecordedRequest } from '../../test/fakes/fake-homeserver.js';
 import { startFakeSfu, type FakeSfu, type TwirpCall } from '../../test/fakes/fake-sfu.js';
 import { freeTcpPort } from '../../test/e2e/support/proc.js';
+import { type RedisServer, startRedis } from '../../test/support/redis.js';
 import { spawnCli, nowMs, type CliChild } from './child.js';
 import { Client, runConcurrent, sleep } from './http.js';
 
@@ -37,6 +38,11 @@ export interface WorldOptions {
   env?: Record<string, string>;
   /** Delegation requests in flight. */
   concurrency?: number;
+  /**
+   * Cluster mode: this many replicas on a real redis-server of the world's own; delegations and
+   * webhooks are spread over them round-robin, as a load balancer would.
+   */
+  replicas?: number;
 }
 
 export interface ActionHit {
@@ -51,6 +57,11 @@ export class AgentWorld {
   agent!: CliChild;
   client!: Client;
   agentUrl = '';
+  /** Cluster mode: every replica (the first is also `agent`), their clients and their Redis. */
+  agents: CliChild[] = [];
+  clients: Client[] = [];
+  agentUrls: string[] = [];
+  redis: RedisServer | undefined;
   readonly dataDir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-bench-agent-'));
   readonly counts = { restart: 0, send: 0, other: 0, listParticipants: 0 };
   firstRestartAt = 0;
@@ -100,6 +111,7 @@ export class AgentWorld {
     }
     this.port = await freeTcpPort();
     this.agentUrl = `http://127.0.0.1:${this.port}`;
+    if (this.opts.replicas) this.redis = await startRedis(this.dataDir);
     const names = Array.from({ length: this.opts.homeservers }, (_, k) => `hs${k}.bench`);
     this.env = {
       LASTWILL_AGENT_BIND: `127.0.0.1:${this.port}`,
@@ -112,6 +124,7 @@ export class AgentWorld {
       LASTWILL_AGENT_DATA_DIR: this.dataDir,
       // info logs two lines per delegation; the benchmark measures the agent, not pino.
       LASTWILL_AGENT_LOG_LEVEL: 'warn',
+      ...(this.redis ? { LIVEKIT_REDIS_URL: this.redis.url } : {}),
       ...this.opts.env,
     };
   }
@@ -133,9 +146,48 @@ export class AgentWorld {
   }
 
   async startAgent(): Promise<CliChild> {
+    if (this.opts.replicas) {
+      for (let i = 0; i < this.opts.replicas; i++) await this.startReplica(i);
+      return this.agent;
+    }
     this.agent = await spawnCli('agent', this.env, { readyUrl: `${this.agentUrl}/readyz`, inspect: true, cwd: this.dataDir });
+    this.agents = [this.agent];
+    this.agentUrls = [this.agentUrl];
     this.client ??= new Client(this.agentUrl, this.opts.concurrency ?? 64);
+    this.clients = [this.client];
     return this.agent;
+  }
+
+  /** Cluster mode: starts replica `i` (again) on its own port. */
+  async startReplica(i: number): Promise<CliChild> {
+    const url = (this.agentUrls[i] ??= `http://127.0.0.1:${i === 0 ? this.port : await freeTcpPort()}`);
+    const env = { ...this.env, LASTWILL_AGENT_BIND: url.slice('http://'.length), LASTWILL_AGENT_CLUSTER_REPLICA_ID: `replica-${i}` };
+    const child = await spawnCli('agent', env, { readyUrl: `${url}/readyz`, inspect: true, cwd: this.dataDir });
+    this.agents[i] = child;
+    this.clients[i] ??= new Client(url, this.opts.concurrency ?? 64);
+    if (i === 0) {
+      this.agent = child;
+      this.client = this.clients[0]!;
+    }
+    return child;
+  }
+
+  /** Cluster mode: waits until the running replicas own all `partitions` between them. */
+  async shared(partitions: number, timeoutMs = 60_000): Promise<void> {
+    await this.until('the partitions shared out', async () => {
+      let owned = 0;
+      for (const [i, a] of this.agents.entries()) {
+        if (a.proc.hasExited()) continue;
+        const r = await this.clients[i]!.request('GET', '/metrics');
+        owned += Number(/^lastwill_agent_cluster_partitions_owned (\d+)/m.exec(r.text)?.[1] ?? 0);
+      }
+      return owned === partitions;
+    }, timeoutMs, 100);
+  }
+
+  /** The clients of the running replicas. */
+  live(): Client[] {
+    return this.clients.filter((_, i) => !this.agents[i]?.proc.hasExited());
   }
 
   /** Puts every participant into its LiveKit room (what ListParticipants will answer). */
@@ -151,8 +203,9 @@ export class AgentWorld {
   /** Delegates every participant; resolves when all are accepted (durable). Returns ms taken. */
   async delegateAll(): Promise<number> {
     const t0 = nowMs();
+    const clients = this.live();
     await runConcurrent(this.opts.jobs, this.opts.concurrency ?? 64, async (i) => {
-      const r = await this.client.request(
+      const r = await clients[i % clients.length]!.request(
         'POST',
         '/_lastwill/v1/delegations',
         {
@@ -170,21 +223,28 @@ export class AgentWorld {
     return nowMs() - t0;
   }
 
+  /** Jobs by state, over every running replica. */
   async jobCounts(): Promise<Record<string, number>> {
-    const r = await this.client.request('GET', '/metrics');
     const out: Record<string, number> = {};
-    for (const m of r.text.matchAll(/^lastwill_agent_jobs\{state="(\w+)"\} (\d+)/gm)) out[m[1]!] = Number(m[2]);
+    for (const text of await this.metricsTexts()) {
+      for (const m of text.matchAll(/^lastwill_agent_jobs\{state="(\w+)"\} (\d+)/gm)) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+    }
     return out;
   }
 
-  /** Restart or send calls whose answer the agent has handled, whatever the outcome. */
+  /** Restart or send calls whose answer the agent has handled, whatever the outcome (all replicas). */
   async actionsAnswered(action: 'restart' | 'send'): Promise<number> {
-    const r = await this.client.request('GET', '/metrics');
     let n = 0;
-    for (const m of r.text.matchAll(/^lastwill_agent_delayed_event_actions_total\{([^}]*)\} (\d+)/gm)) {
-      if (m[1]!.includes(`action="${action}"`)) n += Number(m[2]);
+    for (const text of await this.metricsTexts()) {
+      for (const m of text.matchAll(/^lastwill_agent_delayed_event_actions_total\{([^}]*)\} (\d+)/gm)) {
+        if (m[1]!.includes(`action="${action}"`)) n += Number(m[2]);
+      }
     }
     return n;
+  }
+
+  private async metricsTexts(): Promise<string[]> {
+    return Promise.all(this.live().map(async (c) => (await c.request('GET', '/metrics')).text));
   }
 
   /** Polls until `check` holds; returns the time it first held (epoch ms). */
@@ -192,19 +252,21 @@ export class AgentWorld {
     const end = Date.now() + timeoutMs;
     for (;;) {
       if (await check()) return nowMs();
-      if (this.agent?.proc.hasExited()) throw new Error(`agent exited while waiting for ${what}:\n${this.agent.proc.logs().slice(-3000)}`);
+      if (!this.opts.replicas && this.agent?.proc.hasExited()) throw new Error(`agent exited while waiting for ${what}:\n${this.agent.proc.logs().slice(-3000)}`);
       if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (counts ${JSON.stringify(this.counts)})`);
       await sleep(intervalMs);
     }
   }
 
   async close(): Promise<void> {
-    await this.client?.close().catch(() => undefined);
-    if (this.agent && !this.agent.proc.hasExited()) {
+    for (const c of this.clients) await c.close().catch(() => undefined);
+    for (const agent of this.agents) {
+      if (!agent || agent.proc.hasExited()) continue;
       // A profiled child must exit gracefully to write its profile.
-      if (process.env.BENCH_CPU_PROF) await this.agent.stop();
-      else await this.agent.kill9();
+      if (process.env.BENCH_CPU_PROF) await agent.stop();
+      else await agent.kill9();
     }
+    await this.redis?.close();
     await this.sfu?.close();
     for (const hs of this.homeservers) await hs.close();
     rmSync(this.dataDir, { recursive: true, force: true });
