@@ -58,14 +58,19 @@ async function redisUsedMemory(url: string): Promise<number> {
   }
 }
 
+/** The world with its fakes and agent(s) up and, in cluster mode, the partitions shared out. */
+async function started(w: AgentWorld, p: ClusterParams): Promise<void> {
+  await w.startFakes();
+  await w.startAgent();
+  if (p.replicas > 1) await w.shared(PARTITIONS);
+}
+
 export async function clusterScale(p: ClusterParams): Promise<Record<string, number>> {
   const log = p.log ?? (() => undefined);
   const w = world(p);
   const timeout = Math.max(120_000, p.jobs * 3);
   try {
-    await w.startFakes();
-    await w.startAgent();
-    if (p.replicas > 1) await w.shared(PARTITIONS);
+    await started(w, p);
     const rss0 = w.agents.reduce((sum, a) => sum + a.rss(), 0);
     const redis0 = w.redis ? await redisUsedMemory(w.redis.url) : 0;
     w.joinAll();
@@ -109,9 +114,7 @@ export async function clusterTakeover(p: ClusterParams): Promise<Record<string, 
   const w = world(p);
   const timeout = Math.max(120_000, p.jobs * 3);
   try {
-    await w.startFakes();
-    await w.startAgent();
-    if (p.replicas > 1) await w.shared(PARTITIONS);
+    await started(w, p);
     w.joinAll();
     await w.delegateAll();
     await w.until('all first restarts', () => w.counts.restart >= p.jobs, timeout, 20);

@@ -162,11 +162,12 @@ export const agentSettings = group(
             'replica on one Redis must use the same number (checked at start).',
           env: 'number',
         }),
-        lease_ms: setting(z.number().int().min(500).max(60_000).default(3000), {
+        lease_ms: setting(z.number().int().min(500).max(60_000).default(2000), {
           doc:
             'How long a replica\'s ownership of a partition lasts without renewal (renewed every fifth ' +
             'of it). A replica that dies is taken over after about this long; one that cannot renew ' +
-            'stops acting a tenth of it earlier.',
+            'stops acting a tenth of it earlier. Longer tolerates longer stalls of a replica, shorter ' +
+            'takes a dead one over sooner.',
           env: 'number',
         }),
         replica_id: setting(z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, 'letters, digits, ".", "_" and "-"').optional(), {

@@ -12,8 +12,6 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 
 import { fail } from '../../lib/errors.js';
-import type { Clock } from '../../lib/timer-heap.js';
-import { systemClock } from '../../lib/timer-heap.js';
 import type { Delegation, JobEngine, JobState, ParticipantSignal } from '../contracts.js';
 import { Engine } from '../jobs/engine.js';
 import type { EngineOptions, JobSnapshot } from '../jobs/index.js';
@@ -55,7 +53,6 @@ export class ClusterNode implements JobEngine {
   private readonly store: RedisJobStore;
   private readonly leases: Leases;
   private readonly inbox: Inbox;
-  private readonly clock: Clock;
   private readonly log: Logger;
   private started = false;
   private stopping = false;
@@ -64,7 +61,6 @@ export class ClusterNode implements JobEngine {
   constructor(private readonly opts: ClusterOptions) {
     this.replicaId = opts.replicaId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.log = opts.log.child({ replica: this.replicaId });
-    this.clock = opts.engine.clock ?? systemClock;
     const metrics = opts.metrics;
     this.redis = new Redis(redisClientOptions(opts.redisUrl, opts.redisPassword), this.log, {
       call: (command, ms, ok) => {
@@ -129,11 +125,7 @@ export class ClusterNode implements JobEngine {
   /** Durable in Redis before it resolves; the partition's owner takes it up from its inbox. */
   async delegate(d: Delegation): Promise<void> {
     if (this.stopping) throw fail.unavailable('The delegate agent is shutting down');
-    if (!Number.isSafeInteger(d.delayTimeoutMs) || d.delayTimeoutMs <= 0) {
-      throw fail.badJson('delay_timeout must be a positive integer');
-    }
-    const now = this.clock.now();
-    await this.store.insert(d, now + Math.min(this.opts.engine.settings.maxWaitingMs, d.delayTimeoutMs), now);
+    await this.engine.record(d);
   }
 
   /** Takes a webhook over to its room's owner, durably. */

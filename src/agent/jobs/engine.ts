@@ -193,18 +193,26 @@ export class Engine implements JobEngine {
   // ---------------------------------------------------------------- public API
 
   async delegate(d: Delegation): Promise<void> {
+    const { id, now, waitUntil } = await this.record(d);
+    // Committed: a stopped engine leaves the job to the next start().
+    if (this.stopped) return;
+    const job = new Job(id, this.roomOf(d.livekitRoom), d.identity, d.delayTimeoutMs, this.pacing.homeserver(d.serverName));
+    job.stateSince = now;
+    this.take(job, waitUntil, now);
+  }
+
+  /**
+   * Stores a delegation durably without taking it up: delegate() takes it up next; in cluster mode
+   * the store announces it to the owner of its partition, which takes it up with accept().
+   */
+  async record(d: Delegation): Promise<{ id: number; now: number; waitUntil: number }> {
     if (this.stopped) throw fail.unavailable('The delegate agent is shutting down');
     if (!Number.isSafeInteger(d.delayTimeoutMs) || d.delayTimeoutMs <= 0) {
       throw fail.badJson('delay_timeout must be a positive integer');
     }
     const now = this.clock.now();
     const waitUntil = now + Math.min(this.settings.maxWaitingMs, d.delayTimeoutMs);
-    const id = await this.store.insert(d, waitUntil, now);
-    // Committed: a stopped engine leaves the job to the next start().
-    if (this.stopped) return;
-    const job = new Job(id, this.roomOf(d.livekitRoom), d.identity, d.delayTimeoutMs, this.pacing.homeserver(d.serverName));
-    job.stateSince = now;
-    this.take(job, waitUntil, now);
+    return { id: await this.store.insert(d, waitUntil, now), now, waitUntil };
   }
 
   /**
