@@ -200,7 +200,7 @@ export function renderReport(r: BenchResults, jsonPath: string): string {
     'npm run bench -- --jobs 10000,1000000 --only scale',
     'npm run bench -- --only capacity --scheduled 1000000',
     'npm run bench -- --only timers,throughput --runs 1',
-npm run bench -- --only cluster --cluster-jobs 1000000   # cluster mode beside a single node (needs redis-server)
+    'npm run bench -- --only cluster --cluster-jobs 1000000   # cluster mode beside a single node (needs redis-server)',
     'BENCH_CPU_PROF=/tmp/prof npm run bench -- --only recovery --runs 1   # profile the system under test',
     'npx tsx bench/profile-top.ts /tmp/prof/<file>.cpuprofile',
     '```',
