@@ -131,6 +131,12 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['connected', 'restart_unresolvable', 'aborted', []],
   ['connected', 'replace', 'replaced', []],
   ['connected', 'lapsed', 'expired', []],
+  // The outcome of a send that was in flight when the participant came back (sending, joined):
+  // a sent event cannot be taken back; a failed send leaves the restart to do.
+  ['connected', 'send_ok', 'sent', []],
+  ['connected', 'send_not_found', 'sent', []],
+  ['connected', 'send_rate_limited', 'connected', ['pauseRestarts']],
+  ['connected', 'send_failed', 'connected', ['restart']],
 
   // A rejoin during the grace (a new sid) keeps the call; restarts never stopped.
   ['leaving', 'joined', 'connected', ['adopt']],
@@ -149,7 +155,15 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['leaving', 'restart_unresolvable', 'aborted', []],
   ['leaving', 'replace', 'replaced', []],
   ['leaving', 'lapsed', 'expired', []],
+  ['leaving', 'send_ok', 'sent', []],
+  ['leaving', 'send_not_found', 'sent', []],
+  ['leaving', 'send_rate_limited', 'leaving', ['pauseRestarts']],
+  ['leaving', 'send_failed', 'leaving', ['restart']],
 
+  // Back before the send went through (it is being retried while the homeserver fails): the call
+  // goes on, so the delayed event is restarted instead. A send already in flight may still land.
+  ['sending', 'joined', 'connected', ['adopt', 'restart']],
+  ['sending', 'present', 'connected', ['adopt', 'restart']],
   ['sending', 'action_due', 'sending', ['send']],
   ['sending', 'deadline', 'expired', []],
   ['sending', 'send_ok', 'sent', []],
@@ -184,29 +198,15 @@ const IGNORED_LIVE: ReadonlyArray<readonly [JobState, readonly Signal[], string]
     ],
     'no restart or send runs while waiting; stale sessions say nothing about the current one',
   ],
-  [
-    'connected',
-    ['stale_session', 'send_ok', 'send_not_found', 'send_rate_limited', 'send_failed'],
-    'no send runs while connected; stale sessions say nothing about the current one',
-  ],
+  ['connected', ['stale_session'], 'stale sessions say nothing about the current one'],
   [
     'leaving',
-    [
-      'left',
-      'left_unsure',
-      'stale_session',
-      'send_ok',
-      'send_not_found',
-      'send_rate_limited',
-      'send_failed',
-    ],
-    'the session already ended and the lookup at the grace\'s end decides; no send runs yet',
+    ['left', 'left_unsure', 'stale_session'],
+    'the session already ended and the lookup at the grace\'s end decides',
   ],
   [
     'sending',
     [
-      'joined',
-      'present',
       'left',
       'left_unsure',
       'stale_session',
@@ -220,7 +220,7 @@ const IGNORED_LIVE: ReadonlyArray<readonly [JobState, readonly Signal[], string]
       'restart_unresolvable',
       'lapsed',
     ],
-    'a send once started is only stopped by replacement; late restart results are discarded',
+    'only the participant\'s return or a replacement stops a send; late restart results are discarded',
   ],
 ];
 

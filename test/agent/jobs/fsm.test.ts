@@ -96,8 +96,9 @@ async function reach(
       await leave();
       break;
     case 'sending':
+      // The send failed and waits for its retry (nothing in flight: a cell's restart runs at once).
       await connect();
-      rig.actions.hold.send = true;
+      rig.actions.script.send.push({ kind: 'transient', detail: '502' });
       await leave();
       await rig.advance(GRACE_MS);
       break;

@@ -280,19 +280,62 @@ describe('disconnect grace', () => {
     expect(sends(rig)).toBe(0);
   });
 
-  it('a rejoin after the send started still sends: the hang-up cannot be taken back', async () => {
+  it('a rejoin while a send is in flight: the hang-up cannot be taken back', async () => {
     const rig = await makeRig(dirs);
     await connected(rig);
     rig.actions.hold.send = true;
     await leave(rig);
     expect(rig.state()).toBe('sending');
-    // The rejoined client delegates again (every join does), which is a new job; this one ends.
-    await rig.signal({ kind: 'joined', livekitRoom: ROOM, sid: 'S2' });
-    expect(rig.state()).toBe('sending');
+    // The LiveKit SDK reconnected on its own (a new sid, no new delegation): the call goes on...
+    await rig.signal({ kind: 'joined', livekitRoom: ROOM, sid: 'S2', joinedAtMs: rig.clock.now() });
+    expect(rig.engine.get(ROOM, IDENTITY)).toMatchObject({ state: 'connected', sid: 'S2' });
+    // ...but the send already on its way lands, and that ends the job.
     rig.actions.held[0]!.resolve({ kind: 'ok' });
     await rig.advance(0);
     expect(rig.state()).toBe('sent');
+    await rig.advance(600_000);
     expect(sends(rig)).toBe(1);
+    expect(restarts(rig)).toBe(1);
+  });
+
+  it('a rejoin while the send is retried through an outage keeps the call: restart, no send', async () => {
+    // Found by the soak (seed 1): a frozen participant dropped by LiveKit, its send failing on a
+    // homeserver answering 500, the participant back 20 s later, and the retried send hung it up.
+    const rig = await makeRig(dirs);
+    for (let i = 0; i < 10; i++) rig.actions.script.send.push({ kind: 'transient', detail: '500' });
+    await connected(rig, 100_000);
+    await leave(rig);
+    await rig.advance(1_600);
+    expect(rig.state()).toBe('sending');
+    const tried = sends(rig);
+    expect(tried).toBeGreaterThanOrEqual(2);
+    await rig.signal({ kind: 'joined', livekitRoom: ROOM, sid: 'S2', joinedAtMs: rig.clock.now() });
+    await rig.advance(0);
+    expect(rig.engine.get(ROOM, IDENTITY)).toMatchObject({ state: 'connected', sid: 'S2' });
+    expect(restarts(rig)).toBe(2);
+    await rig.advance(300_000);
+    expect(sends(rig)).toBe(tried);
+    expect(rig.state()).toBe('connected');
+    rig.actions.script.send.length = 0; // the homeserver is back
+    await leave(rig, 'S2');
+    expect(rig.state()).toBe('sent');
+    expect(sends(rig)).toBe(tried + 1);
+  });
+
+  it('a send that fails after the participant came back leaves the restart to do', async () => {
+    const rig = await makeRig(dirs);
+    await connected(rig, 100_000);
+    rig.actions.hold.send = true;
+    await leave(rig);
+    await rig.signal({ kind: 'joined', livekitRoom: ROOM, sid: 'S2', joinedAtMs: rig.clock.now() });
+    rig.actions.hold.send = false;
+    rig.actions.held[0]!.resolve({ kind: 'transient', detail: '502' });
+    await rig.advance(0);
+    expect(rig.state()).toBe('connected');
+    expect(restarts(rig)).toBe(2);
+    await rig.advance(300_000);
+    expect(sends(rig)).toBe(1);
+    expect(rig.state()).toBe('connected');
   });
 
   it('a grace of 0 sends at once without asking LiveKit', async () => {
