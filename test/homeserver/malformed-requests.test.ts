@@ -11,22 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { CORE_TABLES } from '../../src/homeserver/store.js';
 import type { Clock } from '../../src/lib/timer-heap.js';
+import { prng } from '../support/prng.js';
 import { enc, type Session, startWithRoom, type TestHomeserver } from './harness.js';
 
 const SEED = 0x5eed_4140;
 const TOTAL_REQUESTS = 3500;
-
-/** mulberry32: small, fast, reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const frozenClock: Clock = {
   now: () => 1_800_000_000_000,

@@ -11,6 +11,8 @@ export interface Balancer {
   close(): Promise<void>;
 }
 
+const ANSWER_TIMEOUT_MS = 5000;
+
 export async function startBalancer(port: number, targets: () => string[]): Promise<Balancer> {
   let next = 0;
   const forward = (target: string, req: IncomingMessage, body: Buffer) =>
@@ -23,6 +25,9 @@ export async function startBalancer(port: number, targets: () => string[]): Prom
         res.on('error', reject);
       });
       out.on('error', reject);
+      // A frozen replica accepts connections and never answers: give up on it as a proxy's read
+      // timeout (or an unready pod) would, and try the next.
+      out.setTimeout(ANSWER_TIMEOUT_MS, () => out.destroy(new Error('no answer')));
       out.end(body);
     });
   const handle = async (req: IncomingMessage, res: ServerResponse) => {

@@ -41,7 +41,7 @@ import {
 } from 'matrix-js-sdk/lib/matrixrtc/index.js';
 
 import { partitionOf, preferredOwner } from '../../../src/agent/cluster/partitions.js';
-import { startRedis } from '../../support/redis.js';
+import { type RedisServer, startRedis } from '../../support/redis.js';
 import { startBalancer } from './balancer.js';
 import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './livekit.js';
 import { startParticipant, type Participant } from './participant.js';
@@ -57,7 +57,7 @@ import {
   type ExitInfo,
   type ManagedProcess,
 } from './proc.js';
-import { ensureSynapse, registerWithSharedSecret, startSynapse, type RegisteredUser } from './synapse.js';
+import { ensureSynapse, registerWithSharedSecret, startSynapse, type RegisteredUser, type SynapseServer } from './synapse.js';
 import { startWebhookSink, type ReceivedWebhook, type WebhookSink } from './webhook-sink.js';
 
 /** Element Call's `delegatedDelayedLeave` preset: the client restarts only every 5 min. */
@@ -203,6 +203,9 @@ export interface MatrixServer {
   registerUser(name: string): Promise<RegisteredUser>;
   /** How to start this server by hand, for the demo. */
   runCommand: string;
+  /** SIGKILL, and start again with the same data (the soak's faults). */
+  kill?(): Promise<void>;
+  start?(): Promise<void>;
   logs(): string;
   stop(): Promise<void>;
 }
@@ -243,17 +246,19 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
   };
   const env = { ...cleanEnv(), ...settings };
   const baseUrl = `http://127.0.0.1:${port}`;
-  const proc = spawnManaged(nodeForChildren(), [CLI, 'homeserver'], {
-    env,
-    cwd: dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const up = async () => (await fetch(`${baseUrl}/_matrix/client/versions`)).ok;
-  try {
+  let history = '';
+  const launch = async () => {
+    const p = spawnManaged(nodeForChildren(), [CLI, 'homeserver'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    proc = p;
+    const up = async () => (await fetch(`${baseUrl}/_matrix/client/versions`)).ok;
     await waitFor('bundled homeserver /versions', up, {
       timeoutMs: 20_000,
-      abort: () => (proc.hasExited() ? `homeserver exited early:\n${proc.logs().slice(-4000)}` : undefined),
+      abort: () => (p.hasExited() ? `homeserver exited early:\n${p.logs().slice(-4000)}` : undefined),
     });
+  };
+  let proc!: ManagedProcess;
+  try {
+    await launch();
   } catch (err) {
     await proc.kill();
     rmSync(dir, { recursive: true, force: true });
@@ -267,7 +272,12 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
     federation: { overrideUrl: baseUrl },
     registerUser: (name) => registerWithSharedSecret(baseUrl, secret, name),
     runCommand: envCommand(settings, 'npx node dist/cli.js homeserver'),
-    logs: () => proc.logs(),
+    logs: () => history + proc.logs(),
+    async kill() {
+      await proc.kill();
+      history += proc.logs();
+    },
+    start: launch,
     async stop() {
       await proc.stop(5000);
       if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dir, { recursive: true, force: true });
@@ -277,6 +287,23 @@ export async function startBundledHomeserver(opts: BundledHomeserverOptions = {}
 
 // ---------------------------------------------------------------------------------------------
 // The agent as a child process (so it can be SIGTERMed, SIGKILLed and started again)
+
+/** Synapse as a MatrixServer: the client API plain, OpenID userinfo on its TLS federation listener. */
+export function synapseServer(syn: SynapseServer): MatrixServer {
+  return {
+    kind: 'synapse',
+    label: `Synapse ${syn.version}`,
+    baseUrl: syn.baseUrl,
+    serverName: syn.serverName,
+    federation: { caFile: syn.caFile },
+    registerUser: (name) => syn.registerUser(name),
+    runCommand: `.cache/synapse-venv/bin/python -m synapse.app.homeserver -c ${syn.configFile}`,
+    logs: () => syn.logs(),
+    kill: () => syn.crash(),
+    start: () => syn.launch(),
+    stop: () => syn.stop(),
+  };
+}
 
 export interface AgentOptions {
   port: number;
@@ -301,6 +328,8 @@ export interface AgentProcess {
   stop(): Promise<ExitInfo>;
   /** SIGKILL. */
   kill(): Promise<ExitInfo>;
+  /** Sends a signal to the running process (the soak freezes it with SIGSTOP, thaws with SIGCONT). */
+  signal(sig: NodeJS.Signals): void;
   /** Current /metrics, parsed. */
   metrics(): Promise<Metrics>;
   /** Logs of every run so far. */
@@ -358,6 +387,9 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
       if (!proc) return { code: null, signal: null };
       return proc.kill();
     },
+    signal(sig) {
+      if (proc && !proc.hasExited()) proc.signal(sig);
+    },
     async metrics() {
       const r = await fetch(`${url}/metrics`);
       if (!r.ok) throw new Error(`GET ${url}/metrics: ${r.status}`);
@@ -375,6 +407,8 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
 export interface AgentCluster {
   /** The replicas, by index (replica id `replica-<index>`). */
   replicas: AgentProcess[];
+  /** Their Redis (the soak restarts it). */
+  redis: RedisServer;
   /** The whole cluster as one agent: the balancer's address, metrics summed over the replicas. */
   facade: AgentProcess;
   /** The replica that owns a LiveKit room's jobs, once the running replicas have shared them out. */
@@ -426,6 +460,9 @@ export async function createAgentCluster(count: number, opts: AgentOptions & { l
       const exits = await Promise.all(running().map((r) => r.kill()));
       return exits[0] ?? { code: null, signal: null };
     },
+    signal(sig) {
+      for (const r of running()) r.signal(sig);
+    },
     async metrics() {
       const texts = await Promise.all(running().map(async (r) => (await r.metrics()).text));
       return new Metrics(texts.join('\n'));
@@ -438,6 +475,7 @@ export async function createAgentCluster(count: number, opts: AgentOptions & { l
   };
   return {
     replicas,
+    redis,
     facade,
     ownerOf(livekitRoom) {
       const live = replicas.flatMap((r, i) => (r.running() ? [`replica-${i}`] : []));
@@ -545,18 +583,7 @@ export async function startFlowStack(opts: {
     if (opts.homeserver === 'bundled') {
       hs = await startBundledHomeserver({ agentUrl, agentSecret, livekitServiceUrl: agentUrl });
     } else {
-      const syn = await startSynapse(opts.synapseConfig ? { extraConfig: opts.synapseConfig } : {});
-      hs = {
-        kind: 'synapse',
-        label: `Synapse ${syn.version}`,
-        baseUrl: syn.baseUrl,
-        serverName: syn.serverName,
-        federation: { caFile: syn.caFile },
-        registerUser: (name) => syn.registerUser(name),
-        runCommand: `.cache/synapse-venv/bin/python -m synapse.app.homeserver -c ${syn.configFile}`,
-        logs: () => syn.logs(),
-        stop: () => syn.stop(),
-      };
+      hs = synapseServer(await startSynapse(opts.synapseConfig ? { extraConfig: opts.synapseConfig } : {}));
     }
     cleanups.push(() => hs.stop());
     timeline.setVar('HS', hs.baseUrl);
@@ -826,11 +853,15 @@ function memberStatePath(roomId: string, stateKey: string): string {
   return `${roomPath(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
 }
 
-/** A second user's client that watches the call memberships through its own MatrixRTCSession. */
-async function startObserver(
+/**
+ * A second user's client that watches the call memberships through its own MatrixRTCSession;
+ * `onChange` hears every change of the set of `<user>|<device>` memberships (the soak's record).
+ */
+export async function startObserver(
   hs: MatrixServer,
   user: RegisteredUser,
   roomId: string,
+  onChange?: (memberships: ReadonlySet<string>, at: number) => void,
 ): Promise<Observer & { close(): void }> {
   const client = matrixClient(hs, user, { online: true, answered: [] });
   let room: Room;
@@ -849,6 +880,7 @@ async function startObserver(
     for (const k of current) if (!next.has(k)) goneAt.set(k, Date.now());
     for (const k of next) goneAt.delete(k);
     current = next;
+    onChange?.(next, Date.now());
   });
   const stickyMembership = (userId: string, stickyKey: string) =>
     room._unstable_getKeyedStickyEvent(userId, EventType.RTCMembership, stickyKey);
@@ -879,8 +911,8 @@ async function startObserver(
  * its delay_id and for the observer to see the membership, and then acts on the agent like
  * Element Call (token requests, delegations).
  */
-async function startApp(
-  stack: FlowStack,
+export async function startApp(
+  stack: Pick<FlowStack, 'hs' | 'agent' | 'timeline'>,
   user: RegisteredUser,
   roomId: string,
   observer: Observer,

@@ -77,6 +77,9 @@ export interface SynapseServer {
   kill(): Promise<void>;
   /** Stop and start again on the same port with the same database. */
   restart(): Promise<void>;
+  /** SIGKILL, keeping the directory: `launch()` starts it again (the soak's crash). */
+  crash(): Promise<void>;
+  launch(): Promise<void>;
 }
 
 export interface StartSynapseOptions {
@@ -261,5 +264,10 @@ export async function startSynapse(opts: StartSynapseOptions = {}): Promise<Syna
       await halt('stop');
       await launch();
     },
+    async crash() {
+      if (gone) throw new Error('synapse already stopped');
+      await halt('kill');
+    },
+    launch,
   };
 }
