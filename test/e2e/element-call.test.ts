@@ -9,7 +9,7 @@
 // Needs what the other e2e tests need (LiveKit, root for the network namespace) plus Debian's
 // chromium (scripts/provision-chromium.sh): skipped with the reason when one is missing, except with
 // CI=true, where that fails.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -57,6 +57,7 @@ describe.skipIf(skip)(`Element Call ${ELEMENT_CALL_VERSION} in Chromium against 
   let shared: ChromiumProcess;
   let calls: TwoInCall[] = [];
   let from = 0;
+  let failed = false;
   const shots: Shots = { dir: mkdtempSync(path.join(os.tmpdir(), 'lastwill-ec-shots-')), saved: [] };
 
   beforeAll(async () => {
@@ -69,10 +70,14 @@ describe.skipIf(skip)(`Element Call ${ELEMENT_CALL_VERSION} in Chromium against 
 
   afterAll(async () => {
     await stack?.close();
+    // The screenshots are worth keeping when something failed (or when asked to keep everything).
+    if (failed || process.env.LASTWILL_E2E_KEEP === '1') log(`screenshots kept in ${shots.dir}`);
+    else rmSync(shots.dir!, { recursive: true, force: true });
   }, 60_000);
 
   afterEach(async (t) => {
     if (t.task.result?.state === 'fail') {
+      failed = true;
       console.log(stack.dumpLogs());
       for (const c of calls) for (const p of [c.alice, c.bob]) console.log(`--- ${p.name}'s page console ---\n${p.consoleTail()}`);
     }
@@ -176,8 +181,9 @@ describe.skipIf(skip)(`Element Call ${ELEMENT_CALL_VERSION} in Chromium against 
     // The new session stays: Bob still sees her after the hold, and only her new hangup is scheduled.
     expect(r.presentAfterHold).toBe(true);
     expect(r.after.scheduled.map((d) => d.delay_id)).toEqual([r.delayAfter]);
-    // The old session's hangup is not left behind to fire later: the agent sent it when the old
-    // session left LiveKit, before the new one published its membership.
+    // The old session's hangup is not left behind to fire later (it would end the new membership,
+    // same state key): the agent sent it when the old session left LiveKit, and Bob saw the old
+    // membership end before the new session was back.
     const old = await finalisedRecord(stack, r.call.alice.user, r.delayBefore);
     expect(old).toMatchObject({ outcome: 'send', reason: 'action' });
     expect(r.agent.sendsOk).toBe(1);
