@@ -9,6 +9,9 @@
 // Prints a timeline (time since start, who did what) with, for each step, the command(s) to redo
 // it by hand. Needs `npm run build` (dist/), and for LiveKit: Go (first run builds it into .cache/)
 // and root (a private network namespace keeps every packet on this machine).
+//
+// `npm run demo -- --browser` tells the story with Element Call itself in headless Chromium instead
+// (scripts/demo-browser.ts).
 import {
   flowSkipReason,
   formatEntry,
@@ -152,6 +155,7 @@ async function main(): Promise<number> {
   }
 }
 
-process.exitCode = await main();
+// `npm run demo -- --browser`: the same story told by Element Call itself, in a browser.
+process.exitCode = process.argv.includes('--browser') ? await (await import('./demo-browser.js')).browserDemo() : await main();
 // matrix-js-sdk keeps retry timers of the dead app alive for a while; nothing is left to do.
 process.exit();

@@ -46,6 +46,7 @@ import { startBalancer } from './balancer.js';
 import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './livekit.js';
 import { startParticipant, type Participant } from './participant.js';
 import {
+  cleanupStack,
   freeTcpPort,
   nodeForChildren,
   PrerequisiteMissing,
@@ -123,7 +124,7 @@ function cleanEnv(): NodeJS.ProcessEnv {
 // ---------------------------------------------------------------------------------------------
 // Timeline
 
-export type Actor = 'client' | 'agent' | 'livekit' | 'participant' | 'homeserver' | 'observer' | 'test';
+export type Actor = 'client' | 'agent' | 'livekit' | 'participant' | 'homeserver' | 'observer' | 'browser' | 'test';
 
 export interface TimelineEntry {
   /** ms since the timeline started. */
@@ -357,26 +358,40 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
     ...(opts.homeserverSecret ? { LASTWILL_AGENT_HOMESERVER_SECRET: opts.homeserverSecret } : {}),
     ...opts.env,
   };
+  return cliService('agent', { url, dataDir, env, readiness: [`${url}/readyz`] });
+}
+
+/**
+ * `node dist/cli.js <command>` as a restartable child process: the agent alone, or `lastwill all`
+ * (the agent's routes are at `url` either way). Started by `start()`, ready once every readiness
+ * URL answers 200.
+ */
+function cliService(
+  command: 'agent' | 'all',
+  o: { url: string; dataDir: string; env: Record<string, string>; readiness: string[] },
+): AgentProcess {
+  const { url, dataDir, env } = o;
   let proc: ManagedProcess | undefined;
   let history = '';
-  const agent: AgentProcess = {
+  const service: AgentProcess = {
     url,
     dataDir,
     env,
     running: () => proc !== undefined && !proc.hasExited(),
     async start() {
-      if (agent.running()) throw new Error('agent already running');
+      if (service.running()) throw new Error(`${command} already running`);
       if (proc) history += proc.logs();
-      const p = spawnManaged(nodeForChildren(), [CLI, 'agent'], {
+      const p = spawnManaged(nodeForChildren(), [CLI, command], {
         env: { ...cleanEnv(), ...env },
         cwd: dataDir,
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       proc = p;
-      await waitFor('agent /readyz', async () => (await fetch(`${url}/readyz`)).ok, {
+      const ready = async () => (await Promise.all(o.readiness.map(async (u) => (await fetch(u)).ok))).every(Boolean);
+      await waitFor(`${command}: ${o.readiness.join(', ')}`, ready, {
         timeoutMs: 20_000,
         intervalMs: 50,
-        abort: () => (p.hasExited() ? `agent exited early:\n${p.logs().slice(-4000)}` : undefined),
+        abort: () => (p.hasExited() ? `${command} exited early:\n${p.logs().slice(-4000)}` : undefined),
       });
     },
     async stop() {
@@ -400,7 +415,60 @@ export async function createAgent(opts: AgentOptions): Promise<AgentProcess> {
       if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dataDir, { recursive: true, force: true });
     },
   };
-  return agent;
+  return service;
+}
+
+/** `lastwill all`: the bundled homeserver and the agent in one process, wired by the CLI itself. */
+export interface LastwillAll {
+  /** The homeserver half (its `stop()` stops the whole process). */
+  hs: MatrixServer;
+  /** The process as the agent: `start()`/`stop()`/`kill()` start and end both halves. */
+  agent: AgentProcess;
+}
+
+/**
+ * `node dist/cli.js all` on the given loopback ports with the LiveKit server's credentials and
+ * nothing else about the wiring: the CLI itself names the homeserver to the agent (CS-API and
+ * federation overrides, full access) and announces the agent at /rtc/transports. Not started yet.
+ */
+export function createLastwillAll(opts: {
+  hsPort: number;
+  agentPort: number;
+  livekit: Pick<LiveKitServer, 'url' | 'apiKey' | 'apiSecret'>;
+}): LastwillAll {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-e2e-all-'));
+  const secret = randomBytes(16).toString('hex');
+  const hsUrl = `http://127.0.0.1:${opts.hsPort}`;
+  const url = `http://127.0.0.1:${opts.agentPort}`;
+  const serverName = 'localhost';
+  const env: Record<string, string> = {
+    LASTWILL_HS_BIND: `127.0.0.1:${opts.hsPort}`,
+    LASTWILL_HS_SERVER_NAME: serverName,
+    LASTWILL_HS_DATA_DIR: path.join(dataDir, 'homeserver'),
+    LASTWILL_HS_REGISTRATION_SHARED_SECRET: secret,
+    LIVEKIT_URL: opts.livekit.url,
+    LIVEKIT_KEY: opts.livekit.apiKey,
+    LIVEKIT_SECRET: opts.livekit.apiSecret,
+    LIVEKIT_JWT_BIND: `127.0.0.1:${opts.agentPort}`,
+    LASTWILL_AGENT_DATA_DIR: path.join(dataDir, 'agent'),
+    LIVEKIT_LOG_LEVEL: 'debug',
+  };
+  const agent = cliService('all', { url, dataDir, env, readiness: [`${url}/readyz`, `${hsUrl}/_matrix/client/versions`] });
+  const hs: MatrixServer = {
+    kind: 'bundled',
+    label: 'lastwill all (homeserver)',
+    baseUrl: hsUrl,
+    serverName,
+    federation: { overrideUrl: hsUrl },
+    registerUser: (name) => registerWithSharedSecret(hsUrl, secret, name),
+    runCommand: envCommand(env, 'npx node dist/cli.js all'),
+    logs: () => agent.logs(),
+    async stop() {
+      await agent.stop();
+      agent.dispose();
+    },
+  };
+  return { hs, agent };
 }
 
 /** Cluster mode: replicas on one Redis, behind one address. */
@@ -561,16 +629,8 @@ export async function startFlowStack(opts: {
   cluster?: { replicas: number; leaseMs: number };
 }): Promise<FlowStack> {
   const timeline = opts.timeline ?? new Timeline();
-  const cleanups: Array<() => Promise<void> | void> = [];
-  const close = async () => {
-    while (cleanups.length) {
-      try {
-        await cleanups.pop()!();
-      } catch (err) {
-        console.error('[flow] cleanup failed:', err);
-      }
-    }
-  };
+  const cleanups = cleanupStack('[flow]');
+  const close = cleanups.close;
   try {
     const agentPort = await freeTcpPort();
     const agentUrl = `http://127.0.0.1:${agentPort}`;
@@ -620,14 +680,7 @@ export async function startFlowStack(opts: {
       curl('GET', '$AGENT/healthz'),
     ]);
 
-    const unsubscribe = sink.onReceive((w) => {
-      const p = w.event.participant;
-      if (!p || !w.event.event.startsWith('participant_')) return;
-      const reason = (w.json.participant as Record<string, unknown> | undefined)?.disconnectReason;
-      const why = reason ? ` reason=${String(reason)}` : '';
-      timeline.mark('livekit', `webhook ${w.event.event} sid=${p.sid}${why}`);
-    });
-    cleanups.push(unsubscribe);
+    cleanups.push(markWebhooks(sink, timeline));
 
     return {
       hs,
@@ -649,6 +702,17 @@ export async function startFlowStack(opts: {
     await close();
     throw err;
   }
+}
+
+/** Marks LiveKit's participant webhooks (as the sink receives them) on the timeline; returns the unsubscribe. */
+export function markWebhooks(sink: WebhookSink, timeline: Timeline): () => void {
+  return sink.onReceive((w) => {
+    const p = w.event.participant;
+    if (!p || !w.event.event.startsWith('participant_')) return;
+    const reason = (w.json.participant as Record<string, unknown> | undefined)?.disconnectReason;
+    const why = reason ? ` reason=${String(reason)}` : '';
+    timeline.mark('livekit', `webhook ${w.event.event} sid=${p.sid} identity=${p.identity}${why}`);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,7 +1265,7 @@ export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): 
  * Polls the agent's /metrics and marks delegations, restarts and sends on the timeline as they
  * happen (counters restart from zero with the agent; the watcher follows). Call the result to stop.
  */
-export function watchAgent(stack: FlowStack, intervalMs = 100): () => void {
+export function watchAgent(stack: Pick<FlowStack, 'agent' | 'timeline'>, intervalMs = 100): () => void {
   const zero = { restarts: 0, sends: 0, delegations: 0 };
   let last = zero;
   let stopped = false;

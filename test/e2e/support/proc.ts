@@ -181,6 +181,26 @@ export function which(cmd: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Cleanups run last-in first-out by `close()`; one that fails is logged under `label` and the rest
+ * still run (a stack of servers must come down whatever broke first).
+ */
+export function cleanupStack(label: string): { push(fn: () => Promise<void> | void): void; close(): Promise<void> } {
+  const list: Array<() => Promise<void> | void> = [];
+  return {
+    push: (fn) => void list.push(fn),
+    async close() {
+      while (list.length) {
+        try {
+          await list.pop()!();
+        } catch (err) {
+          console.error(`${label} cleanup failed:`, err);
+        }
+      }
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // Ports. Only 127.0.0.1 is ever probed.
 export function freeTcpPort(): Promise<number> {
