@@ -23,12 +23,19 @@ export interface Delegation {
   source: 'get_token' | 'sfu_get' | 'delegate_delayed_leave' | 'msc4195' | 'lk-jwt-service';
 }
 
-export type DelayedAction = 'restart' | 'send';
+/**
+ * `cancel` is only ever for the delayed event of a job that a new delay id replaced: left
+ * scheduled, it would fire later on the same state key and end the new membership.
+ */
+export type DelayedAction = 'restart' | 'send' | 'cancel';
 
 /** How a restart or send ended, already classified. */
 export type ActionOutcome =
   | { kind: 'ok' }
-  /** 404: for restart the event is gone (job ends, no send); for send it counts as done. */
+  /**
+   * 404: for restart the event is gone (job ends, no send); for send and cancel it counts as done.
+   * A cancel's 409 (generation C: the event was already sent) is classified here too.
+   */
   | { kind: 'not_found' }
   /** 429: back-pressure; retry after the given time (Retry-After / retry_after_ms) if known. */
   | { kind: 'rate_limited'; retryAfterMs?: number }
@@ -77,6 +84,11 @@ export type JobState =
   /** The current session ended; a short grace catches a full reconnect before the send. */
   | 'leaving'
   | 'sending'
+  /**
+   * Replaced by a delegation for the same key: no longer the key's job, but its own delayed event
+   * is still scheduled and must be cancelled before it fires on the replacement's membership.
+   */
+  | 'cancelling'
   | 'sent'
   | 'aborted'
   | 'replaced'

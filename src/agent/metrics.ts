@@ -48,13 +48,13 @@ export class AgentMetrics {
     });
     this.actions = new Counter({
       name: 'lastwill_agent_delayed_event_actions_total',
-      help: 'Restart and send requests to homeservers by outcome.',
+      help: 'Restart, send and cancel requests to homeservers by outcome.',
       labelNames: ['action', 'outcome'],
       registers,
     });
     this.actionDuration = new Histogram({
       name: 'lastwill_agent_delayed_event_action_duration_seconds',
-      help: 'Duration of restart and send requests to homeservers.',
+      help: 'Duration of restart, send and cancel requests to homeservers.',
       labelNames: ['action'],
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,

@@ -1,9 +1,10 @@
 /**
- * MSC4140 restart/send on the user's homeserver, classified for the engine. The request shape is
- * lk-jwt-service's (unauthenticated management by delay id); with a scoped delegation token it is
- * sent as a Bearer token, a server that does not know the action-in-path form is retried with the
- * action-in-body form the first MSC revision used, and a token the server no longer accepts is
- * dropped in favour of the unauthenticated form.
+ * MSC4140 restart/send/cancel on the user's homeserver, classified for the engine. The request
+ * shape is lk-jwt-service's (unauthenticated management by delay id); with a scoped delegation
+ * token it is sent as a Bearer token, a server that does not know the action-in-path form is
+ * retried with the action-in-body form the first MSC revision used, and a token the server no
+ * longer accepts is dropped in favour of the unauthenticated form. A cancel (of a replaced job's
+ * event) always goes unauthenticated.
  */
 import type { ActionOutcome, DelayedAction, DelayedEventActions } from '../agent/contracts.js';
 import type { HomeserverDirectory } from './discovery.js';
@@ -37,9 +38,12 @@ export function retryAfterMs(res: OutboundResponse, now: number): number | undef
 }
 
 /** Maps a homeserver answer to the engine's outcome. */
-export function classify(res: OutboundResponse, now: number): ActionOutcome {
+export function classify(res: OutboundResponse, now: number, action: DelayedAction): ActionOutcome {
   if (res.status === 200 || res.status === 204) return { kind: 'ok' };
   if (res.status === 404) return { kind: 'not_found' };
+  // Generation C (and lastwill's homeserver) answer a cancel of an event already sent with 409;
+  // Synapse with 404. Either way nothing is left to cancel.
+  if (res.status === 409 && action === 'cancel') return { kind: 'not_found' };
   if (res.status === 429) {
     const after = retryAfterMs(res, now);
     return after === undefined ? { kind: 'rate_limited' } : { kind: 'rate_limited', retryAfterMs: after };
@@ -81,7 +85,9 @@ export class DelayedEventsClient implements DelayedEventActions {
       this.opts.http.request(new URL(url), { method: 'POST', headers, body });
     try {
       let res: OutboundResponse;
-      if (target.scopedToken === undefined) {
+      // A scoped token covers restart and send only (a delegate that could cancel could silence a
+      // hangup for good); a cancel goes with the delay id alone, which is its capability.
+      if (target.scopedToken === undefined || action === 'cancel') {
         res = await post(pathForm, '{}', unauthenticated);
       } else {
         const headers = { ...unauthenticated, authorization: `Bearer ${target.scopedToken}` };
@@ -91,7 +97,7 @@ export class DelayedEventsClient implements DelayedEventActions {
         // capability on today's homeservers, so the call goes on without the token.
         if (isTokenRejected(res)) res = await post(pathForm, '{}', unauthenticated);
       }
-      return classify(res, this.now());
+      return classify(res, this.now(), action);
     } catch (err) {
       if (isRefused(err)) return { kind: 'unresolvable', detail: 'destination refused by the outbound guard' };
       return { kind: 'transient', detail: errorDetail(err) };

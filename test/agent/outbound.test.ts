@@ -311,7 +311,7 @@ describe('discovery', () => {
   });
 });
 
-describe('restart/send classification', () => {
+describe('restart/send/cancel classification', () => {
   const target = (delayId: string, scopedToken?: string) => ({
     serverName: 'hs.test',
     delayId,
@@ -342,6 +342,16 @@ describe('restart/send classification', () => {
     expect(await actions.perform('send', target(id))).toEqual(outcome);
   });
 
+  it('takes a cancel of an event already sent (409, as the latest MSC answers) for done, and a send 409 for a failure', async () => {
+    const { actions } = setup({ 'hs.test': hs.url });
+    const conflict = { status: 409, body: { errcode: 'M_UNKNOWN', error: 'already sent' } };
+    hs.script('sent-already', 'cancel', [conflict]);
+    expect(await actions.perform('cancel', target('sent-already'))).toEqual({ kind: 'not_found' });
+    expect(hs.actionRequests('sent-already', 'cancel')[0]!.path).toContain('/delayed_events/sent-already/cancel');
+    hs.script('conflict', 'send', [conflict]);
+    expect(await actions.perform('send', target('conflict'))).toEqual({ kind: 'transient', detail: 'HTTP 409' });
+  });
+
   it('reads an HTTP-date Retry-After', async () => {
     const { actions } = setup({ 'hs.test': hs.url });
     hs.script('date', 'send', [{ status: 429, headers: { 'retry-after': new Date(Date.now() + 10_000).toUTCString() } }]);
@@ -364,6 +374,14 @@ describe('restart/send classification', () => {
     expect(reqs.map((r) => r.form)).toEqual(['path', 'body']);
     expect(reqs.every((r) => r.authorization === 'Bearer syt_scoped')).toBe(true);
     expect(JSON.parse(reqs[1]!.body)).toEqual({ action: 'restart' });
+  });
+
+  it('cancels without the scoped token, which does not cover a cancel', async () => {
+    const { actions } = setup({ 'hs.test': hs.url });
+    expect(await actions.perform('cancel', target('scoped-cancel', 'scoped-token-1'))).toEqual({ kind: 'ok' });
+    const [req] = hs.actionRequests('scoped-cancel', 'cancel');
+    expect(req).toMatchObject({ form: 'path', body: '{}' });
+    expect(req!.authorization).toBeUndefined();
   });
 
   it('drops an expired scoped token and goes on with the unauthenticated path form', async () => {

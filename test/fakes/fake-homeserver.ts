@@ -2,7 +2,7 @@
 // listeners, and lk-jwt-service's own integration tests): the federation API, with OpenID userinfo,
 // on its own TLS listener whose address is the server name (`127.0.0.1:<port>`, explicit port, so
 // federation resolution goes straight there), and the client-server API with MSC4140
-// delayed_events restart/send (path and action-in-body forms) on a separate plain-HTTP listener
+// delayed_events restart/send/cancel (path and action-in-body forms) on a separate plain-HTTP listener
 // that only an operator override can point at. Neither listener answers the other's API, as
 // Synapse's listeners do not. `.well-known/matrix/{client,server}` are served at the server name's
 // origin only when a test sets them (Synapse's federation listener serves neither). Answers are
@@ -16,7 +16,7 @@ import { waitFor } from '../e2e/support/proc.js';
 import { makeSelfSignedCert } from '../support/tls.js';
 import { closeServer, listenLoopback, readBody, sendJson } from './http-util.js';
 
-export type DelayedAction = 'restart' | 'send';
+export type DelayedAction = 'restart' | 'send' | 'cancel';
 
 /** One scripted answer: a status with optional body/headers, or `hang` (never answer). */
 export type ScriptedAnswer = { status: number; body?: unknown; headers?: Record<string, string> } | 'hang';
@@ -147,7 +147,7 @@ export async function startFakeHomeserver(): Promise<FakeHomeserver> {
     if (expiredTokens.has(req.headers.authorization?.replace(/^Bearer /, '') ?? '')) {
       return reply(401, { errcode: 'M_UNKNOWN_TOKEN', error: 'Token expired', soft_logout: false });
     }
-    if (action !== 'restart' && action !== 'send') {
+    if (action !== 'restart' && action !== 'send' && action !== 'cancel') {
       return reply(400, { errcode: 'M_INVALID_PARAM', error: 'bad action' });
     }
     const script = scripts.get(`${action}\0${delayId}`);

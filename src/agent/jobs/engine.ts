@@ -32,6 +32,7 @@ import {
   type FsmCell,
   type FsmVariant,
   fsmTable,
+  isActive,
   isLive,
   isRestarting,
   JOB_STATES,
@@ -80,7 +81,29 @@ export interface SignalContext {
   retryAfterMs?: number;
 }
 
-function outcomeSignal(action: DelayedAction, outcome: ActionOutcome): Signal {
+/**
+ * How a call ended, as performed() sees it: the homeserver's answer, or `unneeded` for a cancel
+ * that was not made because the key's newer job carries the same delay id.
+ */
+type Performed = ActionOutcome | { kind: 'unneeded' };
+
+function outcomeSignal(action: DelayedAction, outcome: Performed): Signal {
+  if (action === 'cancel') {
+    switch (outcome.kind) {
+      case 'ok':
+        return 'cancel_ok';
+      case 'not_found':
+        return 'cancel_not_found';
+      case 'unneeded':
+        return 'cancel_unneeded';
+      case 'rate_limited':
+        return 'cancel_rate_limited';
+      default:
+        // As for sends: a passing DNS or .well-known failure must not leave the event scheduled;
+        // the deadline bounds the retries.
+        return 'cancel_failed';
+    }
+  }
   if (action === 'restart') {
     switch (outcome.kind) {
       case 'ok':
@@ -136,6 +159,11 @@ export class Engine implements JobEngine {
   private readonly freeSlots: number[] = [];
   /** Finished jobs in the order they finished; retention is constant, so this is purge order. */
   private readonly finished = new Fifo<Job>();
+  /**
+   * Replaced jobs still cancelling their delayed event, by id. They are in no key's place (the
+   * key's job is their replacement), so this is how a repeated restore recognises them.
+   */
+  private readonly cancelling = new Map<number, Job>();
   private readonly stateCounts = Object.fromEntries(JOB_STATES.map((s) => [s, 0])) as Record<
     JobState,
     number
@@ -239,10 +267,15 @@ export class Engine implements JobEngine {
   adopt(rows: readonly JobRow[]): void {
     const now = this.clock.now();
     for (const row of rows) {
+      // Not the key's job, whatever the key holds now: its cancel is still owed.
+      if (row.state === 'cancelling') {
+        if (!this.cancelling.has(row.id)) this.restore(this.jobFromRow(row), row, now);
+        continue;
+      }
       const current = this.rooms.get(row.room)?.jobs.get(row.identity);
       if (current && current.id >= row.id) continue;
       // A store without a unique index (Redis) may hold a key's replacement before the job it
-      // replaced was marked: the newer one wins, as it did when it was taken up.
+      // replaced was marked: the newer one wins and the older one cancels, as when it was taken up.
       if (current && isLive(current.state) && isLive(row.state)) this.signal(current, 'replace');
       this.restore(this.jobFromRow(row), row, now);
     }
@@ -260,6 +293,7 @@ export class Engine implements JobEngine {
       for (const timer of [TIMER_DEADLINE, TIMER_ACTION, TIMER_LOOKUP]) this.jobTimers.cancel(job, timer);
       job.flags = (job.flags & IN_FLIGHT) | EVICTED;
       job.epoch++;
+      this.cancelling.delete(job.id);
       this.jobSlots[job.slot] = undefined;
       this.freeSlots.push(job.slot);
       this.stateCounts[job.state]--;
@@ -378,7 +412,7 @@ export class Engine implements JobEngine {
       serverName: job.server.name,
       delayTimeoutMs: job.delayMs,
       ...(job.sid !== undefined ? { sid: job.sid } : {}),
-      ...(isLive(job.state) && deadline !== undefined ? { deadlineMs: deadline } : {}),
+      ...(isActive(job.state) && deadline !== undefined ? { deadlineMs: deadline } : {}),
       ...(details ? { source: details.source, createdAtMs: details.createdMs } : {}),
     };
   }
@@ -463,7 +497,14 @@ export class Engine implements JobEngine {
       // (at most maxWaitingMs); past that the homeserver has fired the event on its own.
       else this.setDeadline(job, now + this.sendBudget(job));
     }
-    if (!isLive(to)) {
+    // Out of connected, leaving or sending the deadline stays what it was (the event's, or the
+    // send's budget); a job that was still waiting gets the budget a send would.
+    if (to === 'cancelling') {
+      this.cancelling.set(job.id, job);
+      if (from === 'waiting') this.setDeadline(job, now + this.sendBudget(job));
+    }
+    if (from === 'cancelling') this.cancelling.delete(job.id);
+    if (!isActive(to)) {
       this.jobTimers.cancel(job, TIMER_DEADLINE);
       this.finished.push(job);
       if (!this.heap.has(PURGE_KEY)) this.schedulePurge();
@@ -519,12 +560,15 @@ export class Engine implements JobEngine {
       }
       case 'backoffRestart':
       case 'backoffSend':
+      case 'backoffCancel':
         this.jobTimers.schedule(job, TIMER_ACTION, now + this.backoff(job.tries++));
         return false;
       case 'pauseRestarts':
         this.jobTimers.schedule(job, TIMER_ACTION, this.pacing.pause(job.server, ctx.retryAfterMs));
         return false;
-      case 'retryAfterSend': {
+      case 'retryAfterSend':
+      // Synapse counts cancels, restarts and sends in one management bucket.
+      case 'retryAfterCancel': {
         this.pacing.pause(job.server, ctx.retryAfterMs);
         const wait = ctx.retryAfterMs ?? this.backoff(job.tries++);
         this.jobTimers.schedule(job, TIMER_ACTION, now + wait);
@@ -532,6 +576,9 @@ export class Engine implements JobEngine {
       }
       case 'send':
         this.perform(job, 'send');
+        return false;
+      case 'cancel':
+        this.perform(job, 'cancel');
         return false;
     }
   }
@@ -544,7 +591,7 @@ export class Engine implements JobEngine {
     return restartedAt + Math.round(period * (1 - RESTART_JITTER * this.random()));
   }
 
-  /** Starts a restart (through the pacing, which counts it in flight) or a send. */
+  /** Starts a restart (through the pacing, which counts it in flight), a send or a cancel. */
   private perform(job: Job, action: DelayedAction): void {
     job.flags |= IN_FLIGHT;
     const started = this.clock.now();
@@ -558,18 +605,36 @@ export class Engine implements JobEngine {
     }
     this.store
       .target({ id: job.id, room: job.room.name })
-      .then((target) => this.actions.perform(action, { serverName: job.server.name, ...target }))
+      .then(async (target): Promise<Performed> => {
+        if (action === 'cancel' && (await this.keptByNewerJob(job, target.delayId))) return { kind: 'unneeded' };
+        return this.actions.perform(action, { serverName: job.server.name, ...target });
+      })
       .catch((err: unknown): ActionOutcome => ({ kind: 'transient', detail: describeError(err) }))
       .then((outcome) => this.performed(job, action, outcome, started))
       .catch((err: unknown) => this.log.error({ err }, 'job engine failed to apply an outcome'));
   }
 
-  private performed(job: Job, action: DelayedAction, outcome: ActionOutcome, started: number): void {
+  /**
+   * Whether the key's current job (the replacement, or one newer still) carries this delay id: a
+   * client that repeats its delegation (Element Call asks /sfu/get again on every reconnect) hands
+   * over the same one, and cancelling it would leave the live membership without its hangup.
+   * Asked when the cancel is made, not when the job was replaced, so it also holds after a
+   * restore, and the delay ids stay in the store.
+   */
+  private async keptByNewerJob(job: Job, delayId: string): Promise<boolean> {
+    const current = this.rooms.get(job.room.name)?.jobs.get(job.identity);
+    if (!current || current === job) return false;
+    const kept = await this.store.target({ id: current.id, room: current.room.name });
+    return kept.delayId === delayId;
+  }
+
+  private performed(job: Job, action: DelayedAction, outcome: Performed, started: number): void {
     job.flags &= ~IN_FLIGHT;
     if (action === 'restart') this.pacing.release(job);
     if (this.stopped || job.flags & EVICTED) return;
     const now = this.clock.now();
-    this.observer.action?.(action, outcome.kind, now - started);
+    // No call was made for an unneeded cancel.
+    if (outcome.kind !== 'unneeded') this.observer.action?.(action, outcome.kind, now - started);
     if (outcome.kind === 'transient' || outcome.kind === 'unresolvable') {
       // The detail may quote a URL with the delay id in it: debug only.
       this.log.debug(
@@ -636,7 +701,9 @@ export class Engine implements JobEngine {
 
   /**
    * Marks the job's progress for the next commit. What is committed when:
-   * - a delegation: before delegate() resolves, so before the client's reply (see delegate);
+   * - a delegation: before delegate() resolves, so before the client's reply (see delegate),
+   *   together with the replaced job's duty to cancel (JobStore.insert; in cluster mode a restore
+   *   that finds both jobs live replaces the older one again);
    * - progress (state, session, deadline): all jobs changed during one event-loop turn are
    *   written in one statement batch, one savepoint and one commit at the end of that turn, each
    *   job once with its latest state, however often it changed.
@@ -644,8 +711,9 @@ export class Engine implements JobEngine {
    * loses the last turn's progress: a lost `sending` restores as connected/leaving, is reconciled
    * with LiveKit and sends again (a repeated send answers 404, which counts as done); a lost
    * restart success restores with the older deadline and only restarts earlier than needed; a lost
-   * `sent` or `expired` sends once more and gets 404. So a send may go out in the same turn its
-   * state is queued, and sends stay at most once at the homeserver.
+   * `sent` or `expired` sends once more and gets 404; a lost `replaced` cancels once more and gets
+   * 404. So a send may go out in the same turn its state is queued, and sends stay at most once at
+   * the homeserver.
    *
    * For the same reason a progress write need not be synced before the next one (see
    * JobStore.writeProgress).
@@ -711,12 +779,18 @@ export class Engine implements JobEngine {
     this.schedulePurge();
   }
 
+  /**
+   * Gives the job a slot and, unless a live job holds it, its key's place. A restored cancelling
+   * job takes only an empty place: it was replaced, so whatever holds the key is newer.
+   */
   private register(job: Job): void {
     job.slot = this.freeSlots.pop() ?? this.jobSlots.length;
     this.jobSlots[job.slot] = job;
     this.stateCounts[job.state]++;
+    if (job.state === 'cancelling') this.cancelling.set(job.id, job);
     const current = job.room.jobs.get(job.identity);
-    if (!current || !isLive(current.state) || current === job) job.room.jobs.set(job.identity, job);
+    const takesPlace = job.state === 'cancelling' ? !current : !current || !isLive(current.state);
+    if (takesPlace || current === job) job.room.jobs.set(job.identity, job);
   }
 
   private jobFromRow(row: JobRow): Job {
@@ -754,7 +828,7 @@ export class Engine implements JobEngine {
   private restore(job: Job, row: JobRow, now: number): void {
     const deadline = row.deadline_ms;
     this.register(job);
-    if (!isLive(job.state)) {
+    if (!isActive(job.state)) {
       this.finished.push(job);
       return;
     }
@@ -779,6 +853,14 @@ export class Engine implements JobEngine {
         this.setDeadline(job, deadline > now ? deadline : now + this.sendBudget(job));
         if (deadline <= now) this.persist(job);
         this.runAction(job, 'send', {});
+        return;
+      // Like an interrupted send, and not lapsed past its deadline: a cancel too many answers
+      // 404, one too few ends a membership. Its stored deadline may also be the wait of the
+      // waiting job it was when the store replaced it, if the crash came before its progress.
+      case 'cancelling':
+        this.setDeadline(job, deadline > now ? deadline : now + this.sendBudget(job));
+        if (deadline <= now) this.persist(job);
+        this.runAction(job, 'cancel', {});
         return;
     }
   }

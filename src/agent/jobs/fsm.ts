@@ -1,8 +1,9 @@
 /**
  * The delegate job's state machine as data. The engine turns every outside event (a webhook, a
- * presence lookup, a timer, the outcome of a restart or send) into one `Signal`, looks the pair
- * (state, signal) up here and runs the listed actions; it has no other control flow. Every pair is
- * either a transition or explicitly ignored, so the README table and the tests cover all of them.
+ * presence lookup, a timer, the outcome of a restart, send or cancel) into one `Signal`, looks the
+ * pair (state, signal) up here and runs the listed actions; it has no other control flow. Every
+ * pair is either a transition or explicitly ignored, so the README table and the tests cover all
+ * of them.
  */
 import type { JobState } from '../contracts.js';
 
@@ -11,18 +12,26 @@ export const JOB_STATES = [
   'connected',
   'leaving',
   'sending',
+  'cancelling',
   'sent',
   'aborted',
   'replaced',
   'expired',
 ] as const satisfies readonly JobState[];
 
+/** The states of a key's current job: at most one job per (room, identity) is in one of them. */
 export const LIVE_STATES = [
   'waiting',
   'connected',
   'leaving',
   'sending',
 ] as const satisfies readonly JobState[];
+/**
+ * A live job, or a replaced one still cancelling its delayed event: it has timers and work left,
+ * and it is restored. A cancelling job is not the key's job, so a key may have any number of them
+ * beside its one live job (the stores' uniqueness covers LIVE_STATES only).
+ */
+export const ACTIVE_STATES = [...LIVE_STATES, 'cancelling'] as const satisfies readonly JobState[];
 export const TERMINAL_STATES = [
   'sent',
   'aborted',
@@ -31,9 +40,16 @@ export const TERMINAL_STATES = [
 ] as const satisfies readonly JobState[];
 
 const LIVE: ReadonlySet<JobState> = new Set(LIVE_STATES);
+const ACTIVE: ReadonlySet<JobState> = new Set(ACTIVE_STATES);
 
+/** The key's current job: webhooks and lookups concern it. */
 export function isLive(state: JobState): boolean {
   return LIVE.has(state);
+}
+
+/** Not finished: live, or cancelling the delayed event of a job that was replaced. */
+export function isActive(state: JobState): boolean {
+  return ACTIVE.has(state);
 }
 
 /** States that keep the delayed event alive: moving between them keeps the restart schedule. */
@@ -63,6 +79,12 @@ export const SIGNAL_DOCS = {
   send_not_found: 'send answered 404: already sent or cancelled',
   send_rate_limited: 'send answered 429',
   send_failed: 'send failed transiently, or the homeserver URL cannot be resolved',
+  cancel_ok: 'cancel answered 200',
+  cancel_not_found: 'cancel answered 404 (or 409): already sent, cancelled or gone',
+  cancel_rate_limited: 'cancel answered 429',
+  cancel_failed: 'cancel failed transiently, or the homeserver URL cannot be resolved',
+  cancel_unneeded:
+    'the key\'s newer job carries the same delay id (a client repeated its delegation): nothing to cancel',
   replace: 'a new delegation for the same (room, identity) was committed',
   lapsed:
     'restored after the delayed event ran out while the agent was down (connected: its deadline; ' +
@@ -91,6 +113,13 @@ export const ACTION_DOCS = {
     'after a restore past it, min(delay, maxWaitingMs))',
   backoffSend: 'retry the send after backoff (the deadline still bounds it)',
   retryAfterSend: 'retry the send after Retry-After (or backoff); the homeserver\'s restarts pause too',
+  cancel:
+    'cancel the replaced job\'s delayed event now, never paced behind restarts, unless the key\'s ' +
+    'newer job carries the same delay id (retry budget: the event deadline; from waiting, or after ' +
+    'a restore past it, min(delay, maxWaitingMs))',
+  backoffCancel: 'retry the cancel after backoff (the deadline still bounds it)',
+  retryAfterCancel:
+    'retry the cancel after Retry-After (or backoff); the homeserver\'s restarts pause too',
 } as const;
 
 export type Action = keyof typeof ACTION_DOCS;
@@ -112,7 +141,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['waiting', 'lookup_failed', 'waiting', ['retryLookup']],
   ['waiting', 'lookup_due', 'waiting', ['lookup']],
   ['waiting', 'deadline', 'sending', ['send']],
-  ['waiting', 'replace', 'replaced', []],
+  ['waiting', 'replace', 'cancelling', ['cancel']],
   ['waiting', 'lapsed', 'expired', []],
 
   ['connected', 'joined', 'connected', ['adopt']],
@@ -129,7 +158,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['connected', 'restart_rate_limited', 'connected', ['pauseRestarts']],
   ['connected', 'restart_failed', 'connected', ['backoffRestart']],
   ['connected', 'restart_unresolvable', 'aborted', []],
-  ['connected', 'replace', 'replaced', []],
+  ['connected', 'replace', 'cancelling', ['cancel']],
   ['connected', 'lapsed', 'expired', []],
   // The outcome of a send that was in flight when the participant came back (sending, joined):
   // a sent event cannot be taken back; a failed send leaves the restart to do.
@@ -153,7 +182,7 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['leaving', 'restart_rate_limited', 'leaving', ['pauseRestarts']],
   ['leaving', 'restart_failed', 'leaving', ['backoffRestart']],
   ['leaving', 'restart_unresolvable', 'aborted', []],
-  ['leaving', 'replace', 'replaced', []],
+  ['leaving', 'replace', 'cancelling', ['cancel']],
   ['leaving', 'lapsed', 'expired', []],
   ['leaving', 'send_ok', 'sent', []],
   ['leaving', 'send_not_found', 'sent', []],
@@ -170,7 +199,18 @@ const TRANSITION_ROWS: readonly Row[] = [
   ['sending', 'send_not_found', 'sent', []],
   ['sending', 'send_rate_limited', 'sending', ['retryAfterSend']],
   ['sending', 'send_failed', 'sending', ['backoffSend']],
-  ['sending', 'replace', 'replaced', []],
+  ['sending', 'replace', 'cancelling', ['cancel']],
+
+  // A replaced job's delayed event would otherwise stay scheduled and, on the same state key, end
+  // the replacement's membership when it fires (typically an hour later, mid-call). Once its
+  // deadline passed the homeserver has fired it: nothing is left to do.
+  ['cancelling', 'action_due', 'cancelling', ['cancel']],
+  ['cancelling', 'deadline', 'expired', []],
+  ['cancelling', 'cancel_ok', 'replaced', []],
+  ['cancelling', 'cancel_not_found', 'replaced', []],
+  ['cancelling', 'cancel_unneeded', 'replaced', []],
+  ['cancelling', 'cancel_rate_limited', 'cancelling', ['retryAfterCancel']],
+  ['cancelling', 'cancel_failed', 'cancelling', ['backoffCancel']],
 ];
 
 /**
@@ -179,8 +219,16 @@ const TRANSITION_ROWS: readonly Row[] = [
  */
 const NO_GRACE_ROWS: readonly Row[] = [['connected', 'left', 'sending', ['send']]];
 
+const CANCEL_OUTCOMES = [
+  'cancel_ok',
+  'cancel_not_found',
+  'cancel_rate_limited',
+  'cancel_failed',
+  'cancel_unneeded',
+] as const satisfies readonly Signal[];
+
 /** Pairs that deliberately do nothing (logged at debug), with the reason the README prints. */
-const IGNORED_LIVE: ReadonlyArray<readonly [JobState, readonly Signal[], string]> = [
+const IGNORED_ACTIVE: ReadonlyArray<readonly [JobState | readonly JobState[], readonly Signal[], string]> = [
   [
     'waiting',
     [
@@ -222,7 +270,43 @@ const IGNORED_LIVE: ReadonlyArray<readonly [JobState, readonly Signal[], string]
     ],
     'only the participant\'s return or a replacement stops a send; late restart results are discarded',
   ],
+  [LIVE_STATES, CANCEL_OUTCOMES, 'only a replaced job cancels, and it never becomes live again'],
+  [
+    'cancelling',
+    [
+      'joined',
+      'left',
+      'left_unsure',
+      'stale_session',
+      'present',
+      'absent',
+      'lookup_failed',
+      'lookup_due',
+      'replace',
+    ],
+    'no longer the key\'s job: the participant and newer delegations concern its replacement',
+  ],
+  [
+    'cancelling',
+    [
+      'restart_ok',
+      'restart_not_found',
+      'restart_rate_limited',
+      'restart_failed',
+      'restart_unresolvable',
+      'send_ok',
+      'send_not_found',
+      'send_rate_limited',
+      'send_failed',
+      'lapsed',
+    ],
+    'late restart and send results are discarded (a send that landed makes the cancel answer 404); ' +
+      'a restore cancels even past the deadline, like an interrupted send',
+  ],
 ];
+
+const statesOf = (states: JobState | readonly JobState[]): readonly JobState[] =>
+  typeof states === 'string' ? [states] : states;
 
 export interface IgnoredPair {
   readonly state: JobState;
@@ -230,9 +314,11 @@ export interface IgnoredPair {
   readonly why: string;
 }
 
-/** The explicit list of ignored pairs: the live ones above, and everything in a terminal state. */
+/** The explicit list of ignored pairs: the active ones above, and everything in a terminal state. */
 export const IGNORED: readonly IgnoredPair[] = [
-  ...IGNORED_LIVE.flatMap(([state, signals, why]) => signals.map((signal) => ({ state, signal, why }))),
+  ...IGNORED_ACTIVE.flatMap(([states, signals, why]) =>
+    statesOf(states).flatMap((state) => signals.map((signal) => ({ state, signal, why }))),
+  ),
   ...TERMINAL_STATES.flatMap((state) =>
     SIGNALS.map((signal) => ({ state, signal, why: 'terminal states ignore everything' })),
   ),
@@ -299,7 +385,7 @@ export function fsmTable(variant = WITH_GRACE): FsmCell[] {
 const transitionLine = (t: TransitionCell) =>
   `| ${t.state} | ${t.signal} | ${t.to} | ${t.actions.join(', ') || '—'} |`;
 
-/** The README's FSM section: transitions, then ignored pairs of live states, then the legends. */
+/** The README's FSM section: transitions, then ignored pairs of active states, then the legends. */
 export function renderFsmMarkdown(): string {
   const lines: string[] = [
     '| From | Signal | To | Actions |',
@@ -316,7 +402,9 @@ export function renderFsmMarkdown(): string {
     '',
     '| State | Signals | Why |',
     '|---|---|---|',
-    ...IGNORED_LIVE.map(([state, signals, why]) => `| ${state} | ${signals.join(', ')} | ${why} |`),
+    ...IGNORED_ACTIVE.map(
+      ([states, signals, why]) => `| ${statesOf(states).join(', ')} | ${signals.join(', ')} | ${why} |`,
+    ),
     `| ${TERMINAL_STATES.join(', ')} | all | terminal states ignore everything |`,
     '',
     '| Signal | Meaning |',

@@ -3,15 +3,23 @@
  * per (room, identity) is enforced by a partial unique index. Delegations go through the
  * group-commit writer (synced before the reply); progress is written in one transaction per turn
  * without waiting for its fsync (see writeProgress).
+ *
+ * A replaced job's duty to cancel its delayed event is its row's state, `cancelling`, set in the
+ * same commit as the replacement's insert, so it is as durable as the delegation itself. The state
+ * lies outside the unique index (any number of a key's replaced jobs may still be cancelling
+ * beside its one live job) and is restored like a live one: no separate outbox to keep in step
+ * with the jobs, and the cancel reads its delay id where restarts and sends read theirs.
  */
 import type { DatabaseSync, StatementSync } from 'node:sqlite';
 
 import { addColumnIfMissing, BatchWriter, openDatabase, transaction } from '../../lib/sqlite.js';
 import type { Delegation } from '../contracts.js';
-import { LIVE_STATES } from './fsm.js';
+import { ACTIVE_STATES, LIVE_STATES } from './fsm.js';
 import type { JobProgress, JobRef, JobRow, JobStore, JobTarget, ProgressChange } from './store.js';
 
-const LIVE = `(${LIVE_STATES.map((s) => `'${s}'`).join(', ')})`;
+const sqlList = (states: readonly string[]) => `(${states.map((s) => `'${s}'`).join(', ')})`;
+const LIVE = sqlList(LIVE_STATES);
+const ACTIVE = sqlList(ACTIVE_STATES);
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,7 +72,7 @@ export class SqliteJobStore implements JobStore {
     // connected jobs restart at once after a restore (the behaviour those stores were written for).
     addColumnIfMissing(db, 'jobs', 'restarted', 'INTEGER NOT NULL DEFAULT 0');
     this.replaceLiveStmt = db.prepare(
-      `UPDATE jobs SET state = 'replaced', changed_ms = ?
+      `UPDATE jobs SET state = 'cancelling', changed_ms = ?
        WHERE room = ? AND identity = ? AND state IN ${LIVE}`,
     );
     this.insertStmt = db.prepare(
@@ -72,16 +80,18 @@ export class SqliteJobStore implements JobStore {
          state, deadline_ms, created_ms, changed_ms)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?)`,
     );
-    // A row that is already final (e.g. replaced by a newer delegation) is never brought back.
+    // A row that is already final is never brought back, and one the store marked cancelling
+    // (replaced by a newer delegation) never goes live again: progress the engine made before it
+    // took the replacement up would otherwise undo the replacement (and break the unique index).
     this.updateStmt = db.prepare(
-      `UPDATE jobs SET state = ?, sid = ?, since_ms = ?, ended_sid = ?,
-         deadline_ms = coalesce(?, deadline_ms), restarted = ?, changed_ms = ?
-       WHERE id = ? AND state IN ${LIVE}`,
+      `UPDATE jobs SET state = ?1, sid = ?2, since_ms = ?3, ended_sid = ?4,
+         deadline_ms = coalesce(?5, deadline_ms), restarted = ?6, changed_ms = ?7
+       WHERE id = ?8 AND (state IN ${LIVE} OR (state = 'cancelling' AND ?1 NOT IN ${LIVE}))`,
     );
     this.deleteStmt = db.prepare('DELETE FROM jobs WHERE id = ?');
-    // Finished rows first, oldest first, so the engine's purge queue is in order; then live rows.
+    // Finished rows first, oldest first, so the engine's purge queue is in order; then active rows.
     this.loadStmt = db.prepare(
-      `SELECT * FROM jobs ORDER BY state IN ${LIVE}, changed_ms, id`,
+      `SELECT * FROM jobs ORDER BY state IN ${ACTIVE}, changed_ms, id`,
     );
     this.detailsStmt = db.prepare('SELECT source, created_ms FROM jobs WHERE id = ?');
     this.targetStmt = db.prepare('SELECT delay_id, scoped_token FROM jobs WHERE id = ?');
@@ -124,7 +134,10 @@ export class SqliteJobStore implements JobStore {
     this.db.close();
   }
 
-  /** Marks the key's live row replaced and inserts the new delegation as waiting; returns its id. */
+  /**
+   * Marks the key's live row cancelling and inserts the new delegation as waiting; returns its id.
+   * Whether the cancel is needed at all (a repeated delay id) is the engine's to tell when it runs.
+   */
   private replaceAndInsert(d: Delegation, waitDeadlineMs: number, nowMs: number): number {
     this.replaceLiveStmt.run(nowMs, d.livekitRoom, d.identity);
     const result = this.insertStmt.run(

@@ -2,7 +2,8 @@
  * What the job engine needs from a store, and nothing about how it keeps it: the engine runs the
  * same on the embedded SQLite store (sqlite-store.ts) as on any other implementation. One job per
  * row; at most one live row per (room, identity), so a replacement and the job it replaces can
- * never both be restored. Finished rows stay for the retention period, then go.
+ * never both be restored as the key's job. A replaced job is restored as `cancelling` until it has
+ * cancelled its delayed event. Finished rows stay for the retention period, then go.
  */
 import type { Delegation, JobState } from '../contracts.js';
 
@@ -62,14 +63,17 @@ export interface ProgressChange extends JobRef {
 
 export interface JobStore {
   /**
-   * Marks the key's live job replaced and inserts the delegation as waiting; resolves with the
-   * new job's id once both are durable (before the client is answered).
+   * Inserts the delegation as waiting and, where the store keeps one live job per key, marks the
+   * key's live job cancelling (its delayed event must still be cancelled); resolves with the new
+   * job's id once both are durable (before the client is answered). A store without that rule
+   * (Redis) leaves the old job to the engine, which replaces it when it takes the new one up, or
+   * when a restore finds both live.
    */
   insert(d: Delegation, waitDeadlineMs: number, nowMs: number): Promise<number>;
   /**
    * Writes the latest progress of the jobs changed in one turn. It need not be synced before it
    * resolves: every effect is safe to repeat if the last progress is lost (see Engine.persist).
-   * A row already final is never brought back.
+   * A row already final is never brought back, nor a cancelling one made live again.
    */
   writeProgress(changes: readonly ProgressChange[]): Promise<void>;
   /** Deletes finished jobs whose retention passed. */

@@ -55,6 +55,7 @@ export const DIFFERENCES = [
   'disconnect grace',
   'abort grace',
   'sessions by sid',
+  'replaced delegation',
   'restore',
   'sanity poll',
   'restart pacing',

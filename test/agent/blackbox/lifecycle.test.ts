@@ -218,6 +218,27 @@ describe('participant lifecycle', () => {
     expect(w.hs.actionRequests('old-delay', 'send')).toHaveLength(0);
   });
 
+  differs('replaced delegation')("cancels the replaced delegation's delayed event, once, and never a repeated one", async () => {
+    w = await startWorld();
+    const user = newUser(w.hs);
+    const ids = { roomId: '!cancel:hs.test', slotId: 'm.call#ROOM', device: 'D', member: 'm' };
+    const old: Member = { room: roomAlias(ids.roomId, ids.slotId), identity: participantIdentity(user.userId, 'D', 'm'), delayId: 'old-delay' };
+    expect((await redelegate(w, { user, ids }, old.delayId)).status).toBe(200);
+    await connect(w, old);
+    // The first cancel meets a homeserver blip and is retried.
+    w.hs.script(old.delayId, 'cancel', [{ status: 502 }]);
+    expect((await redelegate(w, { user, ids }, 'new-delay')).status).toBe(200);
+    const cancels = await w.hs.waitForRequests(old.delayId, 'cancel', 2, 20_000);
+    expect(cancels.map((r) => r.status)).toEqual([502, 200]);
+    // A client repeating its delegation hands over the delay id already held: nothing to cancel.
+    expect((await redelegate(w, { user, ids }, 'new-delay')).status).toBe(200);
+    await w.hs.waitForRequests('new-delay', 'restart', 2);
+    await sleep(2000);
+    expect(w.hs.actionRequests('new-delay', 'cancel')).toEqual([]);
+    expect(w.hs.actionRequests(old.delayId, 'cancel')).toHaveLength(2);
+    expect(w.hs.actionRequests(old.delayId, 'send')).toEqual([]);
+  });
+
   it('keeps jobs of different participants independent', async () => {
     w = await startWorld();
     const a = await delegate(w, 2000);

@@ -13,7 +13,7 @@ import { participantIdentity, roomAlias } from '../../../src/livekit/identity.js
 import type { WebhookInit } from '../../fakes/fake-sfu.js';
 import { ensureRedis, startRedis } from '../../support/redis.js';
 import { waitFor } from '../../e2e/support/proc.js';
-import { type AgentChild, http, newUser, tokenBody } from '../blackbox/harness.js';
+import { type AgentChild, http, newUser, tokenBody, type User } from '../blackbox/harness.js';
 import { type Cluster, startCluster } from './harness.js';
 
 const redis = await ensureRedis();
@@ -32,26 +32,35 @@ interface Member {
   room: string;
   identity: string;
   delayId: string;
+  user: User;
+  ids: { roomId: string; slotId: string; device: string; member: string };
 }
+
+/** Where a participant sits: what a webhook names. */
+type Seat = Pick<Member, 'room' | 'identity'>;
 
 let counter = 0;
 
-/** Delegates through replica `via` for a fresh user in a fresh room. */
-async function delegate(cluster: Cluster, via: AgentChild, delayTimeout = 60_000): Promise<Member> {
+/**
+ * Delegates through replica `via` for a fresh user in a fresh room, or again for `again`'s user and
+ * device with a new delay id (a client that reopened its session).
+ */
+async function delegate(cluster: Cluster, via: AgentChild, delayTimeout = 60_000, again?: Member): Promise<Member> {
   const n = ++counter;
-  const user = newUser(cluster.hs);
+  const user = again?.user ?? newUser(cluster.hs);
   const delayId = `cluster-delay-${n}-${Math.random().toString(36).slice(2)}`;
-  const ids = { roomId: `!c${n}:hs.test`, slotId: 'm.call#ROOM', device: `D${n}`, member: `m${n}` };
+  const ids = again?.ids ?? { roomId: `!c${n}:hs.test`, slotId: 'm.call#ROOM', device: `D${n}`, member: `m${n}` };
   const res = await via.post('/delegate_delayed_leave', tokenBody(user, { delay_id: delayId, delay_timeout: delayTimeout }, ids));
   expect(res.status).toBe(200);
-  return { room: roomAlias(ids.roomId, ids.slotId), identity: participantIdentity(user.userId, ids.device, ids.member), delayId };
+  const room = roomAlias(ids.roomId, ids.slotId);
+  return { room, identity: participantIdentity(user.userId, ids.device, ids.member), delayId, user, ids };
 }
 
 async function hook(via: AgentChild, cluster: Cluster, init: WebhookInit): Promise<void> {
   expect(await cluster.sfu.sendWebhook(`${via.url}/sfu_webhook`, init)).toBe(200);
 }
-const joined = (m: Member, sid: string): WebhookInit => ({ event: 'participant_joined', room: m.room, identity: m.identity, sid });
-const left = (m: Member, sid: string): WebhookInit => ({
+const joined = (m: Seat, sid: string): WebhookInit => ({ event: 'participant_joined', room: m.room, identity: m.identity, sid });
+const left = (m: Seat, sid: string): WebhookInit => ({
   event: 'participant_left',
   room: m.room,
   identity: m.identity,
@@ -182,6 +191,40 @@ describe.skipIf(!!redis.skip)(`cluster mode${skipped}`, () => {
     await hook(c.replica(1), c, left(leaver, `PA_${members.indexOf(leaver)}`));
     await c.hs.waitForRequests(leaver.delayId, 'send', 1, 20_000);
     for (const m of members.filter((x) => x !== moved[0] && x !== leaver)) expect(c.hs.actionRequests(m.delayId, 'send')).toHaveLength(0);
+  });
+
+  it("cancels a replaced delegation's delayed event once, even when its owner dies before the cancel lands", async () => {
+    c = await startCluster(3);
+    await c.settled();
+    const first = await delegate(c, c.replica(0));
+    c.sfu.join(first.room, { identity: first.identity, sid: 'PA_R' });
+    await c.hs.waitForRequests(first.delayId, 'restart', 1, 20_000);
+    const owner = c.ownerOf(first.room);
+    // The homeserver refuses the cancel until the owner is gone.
+    c.hs.script(first.delayId, 'cancel', [], { status: 502 });
+    // The client reopened its session and delegated its new hangup, at another replica.
+    const second = await delegate(c, c.replica((owner + 1) % 3), 60_000, first);
+    expect([second.room, second.identity]).toEqual([first.room, first.identity]);
+    await c.hs.waitForRequests(first.delayId, 'cancel', 1, 20_000);
+    await c.hs.waitForRequests(second.delayId, 'restart', 1, 20_000);
+    await c.replica(owner).proc.kill();
+    c.hs.script(first.delayId, 'cancel', [], { status: 200 });
+    // A survivor takes the partition over and still owes the cancel: it makes it.
+    await waitFor(
+      'a cancel that landed',
+      () => c!.hs.actionRequests(first.delayId, 'cancel').some((r) => r.status === 200),
+      { timeoutMs: 30_000 },
+    );
+    await c.settled();
+    await sleep(2000);
+    expect(c.hs.actionRequests(first.delayId, 'cancel').filter((r) => r.status === 200)).toHaveLength(1);
+    expect(c.hs.actionRequests(first.delayId, 'send')).toEqual([]);
+    expect(c.hs.actionRequests(second.delayId, 'send')).toEqual([]);
+    // The replacement is driven by the new owner: it leaves, and its own hangup is sent once.
+    c.sfu.leave(second.room, second.identity);
+    await hook(c.running()[0]!, c, left(second, 'PA_R'));
+    await c.hs.waitForRequests(second.delayId, 'send', 1, 20_000);
+    expect(c.hs.actionRequests(first.delayId, 'send')).toEqual([]);
   });
 
   it('survives a Redis restart: nothing acknowledged is lost, nobody present is hung up, a leave meanwhile is sent after', async () => {

@@ -46,6 +46,13 @@ describe('FSM table', () => {
 
   it('never leaves a terminal state and reaches every state', () => {
     const terminal: JobState[] = ['sent', 'aborted', 'replaced', 'expired'];
+    // Only a replacement leads into cancelling, and nothing leads out of it but to an end.
+    for (const t of TRANSITIONS.filter((t) => t.to === 'cancelling')) {
+      expect(t.signal === 'replace' || t.state === 'cancelling', `${t.state}|${t.signal}`).toBe(true);
+    }
+    for (const t of TRANSITIONS.filter((t) => t.state === 'cancelling')) {
+      expect(['cancelling', ...terminal]).toContain(t.to);
+    }
     for (const t of TRANSITIONS) expect(terminal).not.toContain(t.state);
     const reached = new Set(TRANSITIONS.map((t) => t.to));
     for (const s of JOB_STATES.filter((s) => s !== 'waiting')) expect(reached.has(s), s).toBe(true);
@@ -111,11 +118,16 @@ async function reach(
       rig.actions.script.restart.push({ kind: 'not_found' });
       await connect();
       break;
+    case 'cancelling':
     case 'replaced': {
+      // The replaced job's cancel fails and waits for its retry, or lands.
       await connect();
       const old = id();
+      if (state === 'cancelling') rig.actions.script.cancel.push({ kind: 'transient', detail: '502' });
       await rig.delegate({ delayTimeoutMs: DELAY, delayId: 'syd_delay_two' });
-      expect(rig.engine.getById(old)?.state).toBe('replaced');
+      await rig.advance(0);
+      expect(rig.actions.of('cancel', 'syd_delay_one')).toHaveLength(1);
+      expect(rig.engine.getById(old)?.state).toBe(state);
       return { rig, jobId: old };
     }
     case 'expired':
@@ -138,13 +150,17 @@ async function expectAfter(rig: Rig, count: () => number, after: number): Promis
   expect(count()).toBe(before + 1);
 }
 
-const TIMED: Partial<Record<Action, { what: 'restart' | 'send' | 'lookup'; after: number }>> = {
+type Effect = 'restart' | 'send' | 'cancel' | 'lookup';
+
+const TIMED: Partial<Record<Action, { what: Effect; after: number }>> = {
   retryLookup: { what: 'lookup', after: BACKOFF },
   scheduleRestart: { what: 'restart', after: NEXT_RESTART },
   backoffRestart: { what: 'restart', after: BACKOFF },
   pauseRestarts: { what: 'restart', after: RETRY_AFTER },
   backoffSend: { what: 'send', after: BACKOFF },
   retryAfterSend: { what: 'send', after: RETRY_AFTER },
+  backoffCancel: { what: 'cancel', after: BACKOFF },
+  retryAfterCancel: { what: 'cancel', after: RETRY_AFTER },
   leaveGrace: { what: 'lookup', after: GRACE_MS },
 };
 
@@ -165,12 +181,18 @@ describe('every FSM cell, through a real engine', () => {
     it(name, async () => {
       const { rig, jobId } = await reach(cell.state, settings);
       // From here on nothing completes on its own, so every effect seen is the cell's.
-      rig.actions.hold = { restart: true, send: true };
+      rig.actions.hold = { restart: true, send: true, cancel: true };
       rig.presence.hold = true;
-      const calls = (what: 'restart' | 'send' | 'lookup') =>
+      const calls = (what: Effect) =>
         what === 'lookup' ? rig.presence.calls.length : rig.actions.of(what).length;
+      const effects = () => ({
+        restart: calls('restart'),
+        send: calls('send'),
+        cancel: calls('cancel'),
+        lookup: calls('lookup'),
+      });
       const before = rig.engine.getById(jobId)!;
-      const counts = { restart: calls('restart'), send: calls('send'), lookup: calls('lookup') };
+      const counts = effects();
       const transitions = rig.transitions.length;
       const now = rig.clock.now();
 
@@ -186,7 +208,7 @@ describe('every FSM cell, through a real engine', () => {
       if (cell.kind === 'ignored') {
         expect(after).toEqual(before);
         expect(rig.transitions).toHaveLength(transitions);
-        expect({ restart: calls('restart'), send: calls('send'), lookup: calls('lookup') }).toEqual(counts);
+        expect(effects()).toEqual(counts);
         return;
       }
 
@@ -198,10 +220,14 @@ describe('every FSM cell, through a real engine', () => {
       expect(after.sid).toBe(has('adopt') ? 'S-new' : before.sid);
       expect(calls('restart')).toBe(counts.restart + (has('restart') ? 1 : 0));
       expect(calls('send')).toBe(counts.send + (has('send') ? 1 : 0));
+      expect(calls('cancel')).toBe(counts.cancel + (has('cancel') ? 1 : 0));
       expect(calls('lookup')).toBe(counts.lookup + (has('lookup') ? 1 : 0));
       if (has('armDeadline') || has('scheduleRestart')) expect(after.deadlineMs).toBe(now + DELAY);
       if (has('grace')) expect(after.deadlineMs).toBe(now + GRACE);
-      if (cell.to === 'sending' && cell.state === 'waiting') expect(after.deadlineMs).toBe(now + DELAY);
+      // Out of waiting, a send or cancel gets the budget of min(delay, maxWaitingMs) (here the delay).
+      if (['sending', 'cancelling'].includes(cell.to) && cell.state === 'waiting') {
+        expect(after.deadlineMs).toBe(now + DELAY);
+      } else if (cell.to === 'cancelling') expect(after.deadlineMs).toBe(before.deadlineMs);
       if (!has('armDeadline') && !has('scheduleRestart') && !has('grace') && cell.to === cell.state) {
         expect(after.deadlineMs).toBe(before.deadlineMs);
       }
@@ -210,12 +236,13 @@ describe('every FSM cell, through a real engine', () => {
       expect(timed.length).toBeLessThanOrEqual(1);
       if (timed[0]) await expectAfter(rig, () => calls(timed[0]!.what), timed[0].after);
 
-      if (!['waiting', 'connected', 'leaving', 'sending'].includes(cell.to)) {
+      if (!['waiting', 'connected', 'leaving', 'sending', 'cancelling'].includes(cell.to)) {
         // A finished job has no timers left: nothing at all happens any more.
         // (A replacement keeps working under another delay id; only the old job must be silent.)
         const mine = () =>
           rig.actions.of('restart', 'syd_delay_one').length +
           rig.actions.of('send', 'syd_delay_one').length +
+          rig.actions.of('cancel', 'syd_delay_one').length +
           (cell.to === 'replaced' ? 0 : rig.presence.calls.length);
         const total = mine();
         await rig.advance(10 * DELAY);

@@ -61,9 +61,13 @@ export interface ActionCall {
  */
 export class ScriptedActions implements DelayedEventActions {
   readonly calls: ActionCall[] = [];
-  readonly script: Record<DelayedAction, ActionOutcome[]> = { restart: [], send: [] };
-  defaults: Record<DelayedAction, ActionOutcome> = { restart: { kind: 'ok' }, send: { kind: 'ok' } };
-  hold: Record<DelayedAction, boolean> = { restart: false, send: false };
+  readonly script: Record<DelayedAction, ActionOutcome[]> = { restart: [], send: [], cancel: [] };
+  defaults: Record<DelayedAction, ActionOutcome> = {
+    restart: { kind: 'ok' },
+    send: { kind: 'ok' },
+    cancel: { kind: 'ok' },
+  };
+  hold: Record<DelayedAction, boolean> = { restart: false, send: false, cancel: false };
   readonly held: Array<Deferred<ActionOutcome> & { call: ActionCall }> = [];
   constructor(private readonly clock: Clock) {}
 

@@ -135,6 +135,34 @@ describe('restore after a crash', () => {
     expect(b.actions.calls).toEqual([]);
   });
 
+  it('still cancels the replaced job\'s delayed event after a crash, once, and keeps the replacement', async () => {
+    const a = await makeRig(dirs);
+    await a.delegate({ identity: 'alice', delayId: 'alice-old' });
+    await join(a, 'alice', 'S1');
+    await a.delegate({ identity: 'bob', delayId: 'bob-old', delayTimeoutMs: 10_000 });
+    await join(a, 'bob', 'S2');
+    // The cancels never come back before the crash: only the store knows they are owed.
+    a.actions.hold.cancel = true;
+    await a.delegate({ identity: 'alice', delayId: 'alice-new' });
+    await a.delegate({ identity: 'bob', delayId: 'bob-new' });
+    expect(a.actions.of('cancel').map((c) => c.delayId)).toEqual(['alice-old', 'bob-old']);
+
+    // Bob's old event was due at T0 + 10 s; restored past that, its cancel is still tried (a
+    // cancel too many answers 404, one too few ends a membership).
+    const b = await afterCrash(a, T0 + 60_000, { alice: 'S1', bob: 'S2' });
+    expect(b.actions.of('cancel').map((c) => c.delayId).sort()).toEqual(['alice-old', 'bob-old']);
+    expect(b.engine.counts()).toMatchObject({ replaced: 2, cancelling: 0, connected: 2 });
+    expect(b.engine.get(ROOM, 'alice')).toMatchObject({ state: 'connected', sid: 'S1' });
+    await b.advance(3_600_000);
+    expect(b.actions.of('cancel')).toHaveLength(2);
+    expect(b.actions.of('send')).toEqual([]);
+    expect(b.actions.of('restart', 'alice-old')).toEqual([]);
+
+    // And once done, a further restart of the agent cancels nothing again.
+    const c = await afterCrash(b, T0 + 3_700_000, { alice: 'S1', bob: 'S2' });
+    expect(c.actions.of('cancel')).toEqual([]);
+  });
+
   it('reconciles a never-connected job whose wait ran out before its delay, and sends only for the absent', async () => {
     const a = await makeRig(dirs);
     const delay = 2 * 3_600_000; // over the 1 h wait: the event is still scheduled when the wait ends

@@ -451,14 +451,91 @@ describe('replacement and independence', () => {
     await connected(rig);
     const old = rig.engine.get(ROOM, IDENTITY)!.jobId;
     await rig.advance(1_000);
+    const calls = rig.actions.calls.length;
     await rig.delegate({ delayId: 'syd_delay_two' });
     expect(rig.engine.getById(old)?.state).toBe('replaced');
-    // The replacement follows the session the old job followed and restarts at once.
+    // The old delayed event is cancelled (it would end the new membership when it fires); the
+    // replacement follows the session the old job followed and restarts at once.
     expect(rig.engine.get(ROOM, IDENTITY)).toMatchObject({ state: 'connected', sid: 'S1' });
-    expect(rig.actions.calls.at(-1)).toMatchObject({ action: 'restart', delayId: 'syd_delay_two' });
+    expect(rig.actions.calls.slice(calls).map((c) => [c.action, c.delayId]).sort()).toEqual([
+      ['cancel', 'syd_delay_one'],
+      ['restart', 'syd_delay_two'],
+    ]);
     await leave(rig);
     expect(rig.actions.of('send').map((c) => c.delayId)).toEqual(['syd_delay_two']);
-    expect(rig.engine.counts()).toMatchObject({ replaced: 1, sent: 1, connected: 0 });
+    expect(rig.actions.of('cancel')).toHaveLength(1);
+    expect(rig.engine.counts()).toMatchObject({ replaced: 1, sent: 1, connected: 0, cancelling: 0 });
+  });
+
+  it('a repeated delegation with the same delay id cancels nothing', async () => {
+    // Element Call asks /sfu/get again on every reconnect, with the delay id it already handed over.
+    const rig = await makeRig(dirs);
+    await connected(rig);
+    const old = rig.engine.get(ROOM, IDENTITY)!.jobId;
+    await rig.delegate({ delayId: 'syd_delay_one' });
+    expect(rig.engine.getById(old)?.state).toBe('replaced');
+    expect(rig.actions.of('cancel')).toEqual([]);
+    expect(rig.outcomes.filter((o) => o.action === 'cancel')).toEqual([]);
+    expect(rig.state()).toBe('connected');
+  });
+
+  it('cancels the replaced job of a waiting delegation too', async () => {
+    const rig = await makeRig(dirs);
+    await rig.delegate();
+    await rig.delegate({ delayId: 'syd_delay_two' });
+    expect(rig.actions.of('cancel').map((c) => c.delayId)).toEqual(['syd_delay_one']);
+    expect(rig.engine.counts()).toMatchObject({ replaced: 1, waiting: 1 });
+  });
+
+  it('retries a failing cancel with backoff and after Retry-After until it lands', async () => {
+    const rig = await makeRig(dirs);
+    await connected(rig);
+    const old = rig.engine.get(ROOM, IDENTITY)!.jobId;
+    rig.actions.script.cancel.push(
+      { kind: 'transient', detail: '502' },
+      { kind: 'rate_limited', retryAfterMs: 20_000 },
+      { kind: 'unresolvable', detail: 'NXDOMAIN' },
+    );
+    await rig.delegate({ delayId: 'syd_delay_two' });
+    expect(rig.engine.getById(old)?.state).toBe('cancelling');
+    await rig.advance(120_000);
+    expect(rig.engine.getById(old)?.state).toBe('replaced');
+    const at = rig.actions.of('cancel').map((c) => c.at - T0);
+    expect(at).toHaveLength(4);
+    // The 429's Retry-After is honoured to the millisecond.
+    expect(at[2]! - at[1]!).toBe(20_000);
+    expect(rig.outcomes.filter((o) => o.action === 'cancel').map((o) => o.outcome)).toEqual([
+      'transient',
+      'rate_limited',
+      'unresolvable',
+      'ok',
+    ]);
+    // The replacement kept its call meanwhile.
+    expect(rig.state()).toBe('connected');
+    expect(sends(rig)).toBe(0);
+  });
+
+  it('gives up cancelling once the old event has fired by itself', async () => {
+    const rig = await makeRig(dirs);
+    rig.actions.defaults.cancel = { kind: 'transient', detail: 'ECONNREFUSED' };
+    await connected(rig, 10_000);
+    const old = rig.engine.get(ROOM, IDENTITY)!.jobId;
+    await rig.delegate({ delayId: 'syd_delay_two', delayTimeoutMs: 10_000 });
+    await rig.advance(10_000);
+    expect(rig.engine.getById(old)?.state).toBe('expired');
+    const count = rig.actions.of('cancel').length;
+    await rig.advance(600_000);
+    expect(rig.actions.of('cancel')).toHaveLength(count);
+  });
+
+  it('a cancel that finds the event gone (404) ends the replaced job', async () => {
+    const rig = await makeRig(dirs);
+    await connected(rig);
+    const old = rig.engine.get(ROOM, IDENTITY)!.jobId;
+    rig.actions.script.cancel.push({ kind: 'not_found' });
+    await rig.delegate({ delayId: 'syd_delay_two' });
+    expect(rig.engine.getById(old)?.state).toBe('replaced');
+    expect(rig.actions.of('cancel')).toHaveLength(1);
   });
 
   it('discards a late restart result of the replaced job', async () => {
