@@ -93,4 +93,18 @@ describe('the soak checker', () => {
     expect(r.violations).toEqual([]);
     expect(r.afterLiveKit.clean).toEqual([1400]);
   });
+
+  it('finds a delayed leave still scheduled at the end: an orphaned hangup', () => {
+    const m = membership({ departure: { at: T + 60_000, cause: 'clean' }, goneAt: T + 61_000, hangups: [T + 61_000], scheduledAtEnd: false });
+    expect(check([m], [session(T + 1000, T + 60_100)], [], OPTS).violations).toEqual([]);
+    expect(check([{ ...m, scheduledAtEnd: true }], [session(T + 1000, T + 60_100)], [], OPTS).violations.map((v) => v.kind)).toEqual(['orphaned_hangup']);
+  });
+
+  it('a superseded membership needs no hangup of its own, but may not leave one scheduled', () => {
+    // Killed at +60 s and reopened on the same device at +62 s; LiveKit only noticed at +80 s.
+    const old = membership({ departure: { at: T + 60_000, cause: 'crash' }, supersededAt: T + 62_000 });
+    const sessions = [session(T + 1000, T + 80_000)];
+    expect(check([old], sessions, [], OPTS).violations).toEqual([]);
+    expect(check([{ ...old, scheduledAtEnd: true }], sessions, [], OPTS).violations.map((v) => v.kind)).toEqual(['orphaned_hangup']);
+  });
 });

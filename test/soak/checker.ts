@@ -20,6 +20,13 @@ export interface MembershipRecord {
   goneAt?: number;
   /** The room history's hangups of this membership (origin_server_ts of each). */
   hangups: number[];
+  /**
+   * When a new membership of the same device took its place (the app reopened before LiveKit
+   * noticed the crash): it ends without a hangup of its own.
+   */
+  supersededAt?: number;
+  /** Whether its delayed leave was still scheduled on the homeserver when the run ended. */
+  scheduledAtEnd?: boolean;
 }
 
 /** One LiveKit session of an identity, from participant_joined to participant_left. */
@@ -54,7 +61,8 @@ export interface CheckOptions {
   endedAt: number;
 }
 
-export type ViolationKind = 'false_hangup' | 'late_hangup' | 'lost_delegation' | 'double_hangup';
+export type ViolationKind = 'false_hangup' | 'late_hangup' | 'lost_delegation' | 'double_hangup' | 'orphaned_hangup';
+export const VIOLATION_KINDS: readonly ViolationKind[] = ['false_hangup', 'late_hangup', 'lost_delegation', 'double_hangup', 'orphaned_hangup'];
 
 export interface Violation {
   kind: ViolationKind;
@@ -85,7 +93,10 @@ export const REPORT_SLACK_MS = 2000;
  *    last session ended: graceMs + baseBoundMs, plus each overlapping fault's remaining duration
  *    and perFaultMs (the faults' report says which);
  * 3. one who left and never lost its membership by the end is a lost delegation;
- * 4. more than one hangup for one membership (from the room history) is a double hangup.
+ * 4. more than one hangup for one membership (from the room history) is a double hangup;
+ * 5. a delayed leave still scheduled when the run ended (everyone gone) is an orphaned hangup: it
+ *    would fire later on the same state key and end whatever membership the device has then.
+ * A superseded membership (its device joined again before LiveKit saw it go) is judged by 1, 4, 5.
  * The moment of a hangup is the homeserver's timestamp of the event when the history has it (an
  * observer whose sync was cut sees it late); lateness is judged by when the observer saw it.
  */
@@ -129,7 +140,14 @@ export function check(
         });
       }
     }
-    if (!m.departure) continue;
+    if (m.scheduledAtEnd) {
+      violations.push({
+        kind: 'orphaned_hangup',
+        label: m.label,
+        detail: `its delayed leave is still scheduled after the run${m.supersededAt ? ' (superseded by a new membership of the same device)' : ''}`,
+      });
+    }
+    if (!m.departure || (m.supersededAt !== undefined && m.goneAt === undefined)) continue;
     // LiveKit's report that the last of its sessions before the departure ended (a rejoin with the
     // same identity comes later and belongs to the next membership).
     const departedAt = m.departure.at;

@@ -42,12 +42,12 @@ function runSection(r: SoakReport): string {
     '',
     `- Workload: ${c.memberships} memberships (delegations) in ${r.rooms} rooms, ${c.participantsStarted} LiveKit sessions started; ` +
       `${c.clean} clean leaves, ${c.crash} crashes, ${c.freeze} freezes (${c.freezeSurvived} woke up in time), ${c.reconnect} reconnects, ` +
-      `${c.rejoin} rejoins, ${c.drain} left at the end; ${c.abandoned} never connected, ${c.workloadErrors} workload requests failed (during faults) and were retried.`,
+      `${c.rejoin} rejoins, ${c.reopen ?? 0} reopens, ${c.drain} left at the end; ${c.abandoned} never connected, ${c.workloadErrors} workload requests failed (during faults) and were retried.`,
     `- Faults (${r.faultSchedule.length}): ${faults || 'none'}. Webhook deliveries through the proxy: ${Object.entries(r.webhookProxy)
       .map(([k, n]) => `${k} ${n}`)
       .join(', ')}.`,
     `- Checked: ${r.checked} memberships. **Violations: ${r.violations.length}** (false hangups ${v.false_hangup}, late hangups ${v.late_hangup}, ` +
-      `lost delegations ${v.lost_delegation}, double hangups ${v.double_hangup}).`,
+      `lost delegations ${v.lost_delegation}, double hangups ${v.double_hangup}, orphaned hangups ${v.orphaned_hangup ?? '–'}).`,
     '',
     '| cause | n | departure → end p50 (s) | p99 | max | LiveKit report → end p50 (s) | p99 | max |',
     '|---|---|---|---|---|---|---|---|',
@@ -99,8 +99,10 @@ runs a short one in each mode (\`test/soak/soak.test.ts\`, fixed seeds) that fai
   \`@livekit/rtc-node\` participant in a child process. Then, at seeded moments: a clean leave, a
   crash (SIGKILL), a freeze (SIGSTOP for 3–45 s, then SIGCONT: LiveKit drops it after about 20 s, or
   it wakes up in time and stays), a reconnect with the same identity (a new session replaces the
-  old one), or a leave and a rejoin with the same device (the same LiveKit identity, a new
-  delegation). Every other cycle uses a new device. At the end everyone leaves.
+  old one), a leave and a rejoin with the same device once the hangup is seen (the same LiveKit
+  identity, a new delegation), or a reopen: the app is killed and opened again on the same device at
+  once, so its new membership and delegation replace the old ones long before LiveKit notices the
+  dead session. Every other cycle uses a new device. At the end everyone leaves.
 - **The app's Matrix client stops when its participant leaves**, so every membership end is the
   agent's doing; a client's own leave would hide a missed hangup.
 - **Faults**, one at a time, at seeded moments from 15 s in until 40 s before the end:
@@ -138,6 +140,9 @@ it through /sync, and the room's history.
    in effect, 0.75 d + 5 s; lost webhooks: the presence poll, 5 s here, + 5 s).
 3. **No lost delegation**: everyone who left has their membership ended by the end of the run.
 4. **No double hangup**: no membership has more than one hangup event in the room history.
+5. **No orphaned hangup**: when the run ends (everyone gone), no delegated delayed leave is still
+   scheduled on the homeserver. One that is would fire up to an hour later on the same state key
+   and end whatever membership the device has by then (a reopened app's, for one).
 
 Latency is reported two ways, by cause: from the participant's real departure (a crash includes
 LiveKit's own detection, about 20 s, which no service next to the SFU can beat), and from LiveKit's

@@ -20,7 +20,17 @@ import { sleep } from '../e2e/support/proc.js';
 import type { RegisteredUser } from '../e2e/support/synapse.js';
 import { prng } from '../support/prng.js';
 import { distribution, type Distribution } from '../../bench/lib/stats.js';
-import { type Cause, check, type CheckOptions, type FaultRecord, type MembershipRecord, type SessionRecord, type Violation } from './checker.js';
+import {
+  type Cause,
+  check,
+  type CheckOptions,
+  type FaultRecord,
+  type MembershipRecord,
+  type SessionRecord,
+  type Violation,
+  VIOLATION_KINDS,
+  type ViolationKind,
+} from './checker.js';
 import { SOAK_LEASE_MS, SOAK_SANITY_S, type SoakHomeserver, type SoakMode, type SoakWorld, startSoakWorld } from './world.js';
 
 export const FAULT_KINDS = [
@@ -88,6 +98,7 @@ export interface SoakReport {
     freezeSurvived: number;
     reconnect: number;
     rejoin: number;
+    reopen: number;
     drain: number;
     abandoned: number;
     workloadErrors: number;
@@ -96,7 +107,7 @@ export interface SoakReport {
   webhookProxy: Record<string, number>;
   checked: number;
   violations: Violation[];
-  violationCounts: Record<Violation['kind'], number>;
+  violationCounts: Record<ViolationKind, number>;
   /** Real departure → membership end seen by the observer, ms, by cause. */
   latency: Record<Cause, Distribution>;
   /** LiveKit's report of the departure → membership end, ms, by cause. */
@@ -121,17 +132,20 @@ interface Room {
 
 interface Tracked extends MembershipRecord {
   stateKey: string;
+  delayId: string;
+  user: RegisteredUser;
   roomId: string;
   timeline: Timeline;
 }
 
-type Action = 'clean' | 'crash' | 'freeze' | 'reconnect' | 'rejoin';
+type Action = 'clean' | 'crash' | 'freeze' | 'reconnect' | 'rejoin' | 'reopen';
 const ACTIONS: ReadonlyArray<[Action, number]> = [
-  ['clean', 0.25],
-  ['crash', 0.25],
+  ['clean', 0.2],
+  ['crash', 0.2],
   ['freeze', 0.2],
   ['reconnect', 0.15],
   ['rejoin', 0.15],
+  ['reopen', 0.1],
 ];
 
 const pick = <T>(rng: () => number, weighted: ReadonlyArray<readonly [T, number]>): T => {
@@ -155,6 +169,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     freezeSurvived: 0,
     reconnect: 0,
     rejoin: 0,
+    reopen: 0,
     drain: 0,
     abandoned: 0,
     workloadErrors: 0,
@@ -195,6 +210,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     log(`drained: ${departed().length} memberships still present`);
     await sleep(3000); // LiveKit's last reports
     for (const room of rooms) await attributeHangups(world.hs, room, tracked);
+    await findScheduled(world.hs, slots, tracked);
     const sessions = sessionsFrom(world);
 
     const checkOpts: CheckOptions = { graceMs: GRACE_MS, baseBoundMs: BASE_BOUND_MS, perFaultMs: 15_000, endedAt: Date.now() };
@@ -205,7 +221,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const faultCounts: Record<string, number> = {};
     for (const f of faultSchedule) faultCounts[f.kind] = (faultCounts[f.kind] ?? 0) + 1;
-    const violationCounts = { false_hangup: 0, late_hangup: 0, lost_delegation: 0, double_hangup: 0 };
+    const violationCounts = Object.fromEntries(VIOLATION_KINDS.map((k) => [k, 0])) as Record<ViolationKind, number>;
     for (const v of result.violations) violationCounts[v.kind]++;
     const byCause = (lists: Record<Cause, number[]>) =>
       Object.fromEntries(Object.entries(lists).map(([c, l]) => [c, distribution(l)])) as Record<Cause, Distribution>;
@@ -336,12 +352,14 @@ async function runSlot(slot: Slot, env: SlotEnv): Promise<void> {
   // Staggered starts, so joins do not all land at once.
   await sleep(slot.rng() * 5000);
   let device: RegisteredUser | undefined = slot.user;
+  let previous: Tracked | undefined;
   let cycle = 0;
   while (Date.now() + 15_000 < deadline) {
     device ??= await retrying('login', () => login(world.hs, slot.user), deadline, env.workloadError);
     if (!device) return;
-    const outcome = await runMembership(slot, device, `u${slot.index}#${cycle++}`, env);
-    if (outcome === 'rejoin') continue; // same device, same identity
+    const { outcome, membership } = await runMembership(slot, device, `u${slot.index}#${cycle++}`, env, previous);
+    previous = outcome === 'reopen' ? membership : undefined;
+    if (outcome === 'rejoin' || outcome === 'reopen') continue; // same device, same identity
     device = undefined;
     if (outcome === 'failed') await sleep(2000);
   }
@@ -353,7 +371,9 @@ async function runMembership(
   device: RegisteredUser,
   label: string,
   env: SlotEnv,
-): Promise<'left' | 'rejoin' | 'failed'> {
+  /** The membership this one takes the place of (the app reopened on the same device). */
+  supersedes: Tracked | undefined,
+): Promise<{ outcome: 'left' | 'rejoin' | 'reopen' | 'failed'; membership?: Tracked }> {
   const { world, deadline, counts, participants } = env;
   const { rng, room } = slot;
   const timeline = new Timeline();
@@ -366,9 +386,13 @@ async function runMembership(
     });
   } catch (err) {
     env.workloadError(`${label} join`, err);
-    return 'failed';
+    return { outcome: 'failed' };
   }
   const a = app;
+  if (supersedes) {
+    supersedes.supersededAt = Date.now();
+    supersedes.timeline.mark('test', `superseded by ${label}, a new membership of the same device`);
+  }
   const m: Tracked = {
     label,
     key: `${device.userId}|${device.deviceId}`,
@@ -376,6 +400,8 @@ async function runMembership(
     handedOverAt: 0,
     hangups: [],
     stateKey: a.stateKey,
+    delayId: a.delayId,
+    user: device,
     roomId: room.roomId,
     timeline,
   };
@@ -396,7 +422,7 @@ async function runMembership(
     // Nothing was handed over for sure, so nothing is judged (counted as a workload error).
     leaveApp();
     env.active.delete(m.key);
-    return 'failed';
+    return { outcome: 'failed' };
   }
   m.handedOverAt = Date.now();
   timeline.mark('test', `${label}: handed over ${inToken ? 'in /get_token' : 'by /delegate_delayed_leave'}`);
@@ -422,7 +448,7 @@ async function runMembership(
     counts.abandoned++;
     m.handedOverAt = 0;
     leaveApp();
-    return 'failed';
+    return { outcome: 'failed' };
   }
 
   const depart = async (cause: Cause, how: 'disconnect' | 'kill', at = Date.now()) => {
@@ -444,16 +470,23 @@ async function runMembership(
       timeline.mark('test', 'membership ended while the participant stayed');
       leaveApp();
       await p.kill();
-      return 'left';
+      return { outcome: 'left' };
     }
     if (Date.now() >= deadline) {
       await depart('drain', 'disconnect');
-      return 'left';
+      return { outcome: 'left' };
     }
     const action = pick(rng, ACTIONS);
     if (action === 'clean' || action === 'crash') {
       await depart(action, action === 'clean' ? 'disconnect' : 'kill');
-      return 'left';
+      return { outcome: 'left' };
+    }
+    if (action === 'reopen') {
+      // The app dies and is opened again on the same device at once, long before LiveKit notices
+      // the dead session: a new membership and delegation for the same identity replace this one.
+      counts.reopen++;
+      await depart('crash', 'kill');
+      return { outcome: 'reopen', membership: m };
     }
     if (action === 'rejoin') {
       counts.rejoin++;
@@ -462,7 +495,7 @@ async function runMembership(
       // Back with the same device once the hangup is seen (a fresh membership, the same identity).
       const seen = Date.now() + 120_000;
       while (m.goneAt === undefined && Date.now() < seen) await sleep(250);
-      return m.goneAt === undefined ? 'left' : 'rejoin';
+      return { outcome: m.goneAt === undefined ? 'left' : 'rejoin' };
     }
     if (action === 'reconnect') {
       // The same identity joins again with a fresh token; LiveKit then drops the older session
@@ -493,7 +526,7 @@ async function runMembership(
       leaveApp();
       timeline.mark('test', 'LiveKit dropped the frozen participant');
       await p.kill();
-      return 'left';
+      return { outcome: 'left' };
     }
     counts.freezeSurvived++;
     frozeAt = undefined;
@@ -664,6 +697,26 @@ async function attributeHangups(hs: MatrixServer, room: Room, tracked: Tracked[]
     if (chunk.length === 0 || typeof end !== 'string' || end === from) break;
     from = end;
   }
+}
+
+/** Marks the memberships whose delayed leave the homeserver still has scheduled. */
+async function findScheduled(hs: MatrixServer, slots: Slot[], tracked: Tracked[]): Promise<void> {
+  const scheduled = new Set<string>();
+  for (const slot of slots) {
+    let from: string | undefined;
+    for (let page = 0; page < 100; page++) {
+      const q = from ? `?from=${encodeURIComponent(from)}` : '';
+      const r = await requestJson('GET', `${hs.baseUrl}/_matrix/client/unstable/org.matrix.msc4140/delayed_events${q}`, {
+        token: slot.user.accessToken,
+      });
+      if (r.status !== 200) throw new Error(`delayed_events: ${r.status} ${JSON.stringify(r.body)}`);
+      for (const d of (r.body.delayed_events ?? []) as Array<{ delay_id: string }>) scheduled.add(d.delay_id);
+      const next = r.body.next_batch;
+      if (typeof next !== 'string') break;
+      from = next;
+    }
+  }
+  for (const m of tracked) m.scheduledAtEnd = scheduled.has(m.delayId);
 }
 
 function replay(v: Violation, tracked: Tracked[], sessions: SessionRecord[], faults: FaultRecord[], opts: SoakOptions): string {
