@@ -339,7 +339,7 @@ Every item was found with these benchmarks and a CPU profile of the system under
    and leaves anything unusual to the SDK's decoder); undici's \`request()\` with its response stream
    and async iterator cost a third of each homeserver call (now \`dispatch\` with a small handler);
    every turn's progress commit waited for an fsync (progress is now committed without one, see the
-   README's durability note); and the benchmark served all 8 homeserver names from one fake, so the
+   durability note in docs/operations.md); and the benchmark served all 8 homeserver names from one fake, so the
    agent's per-origin connection cap measured the benchmark. 10 k leaving at once, grace 0: all sent in
    ${fmt(med(burst0, 'all_sent_s'), 2)} s (before: 3.79 s, then 2.61 s), the agent using ${fmt(med(burst0, 'agent_cpu_s'), 2)} s of CPU for it (before
    these last two fixes ≈ 3.2 s); at 1 k/s, p99 ${fmt(med(paced0, 'latency_ms_p99'), 1)} ms (before: 48.8 ms). The agent runs at

@@ -3,7 +3,7 @@
 // compares what a client can observe: status codes and errcodes, the `msc4354_sticky` event field
 // and the TTL in `unsigned` wherever an event is served, and the per-room `msc4354_sticky` /sync
 // section. Values that legitimately differ (event ids, timestamps, a TTL read a moment later) are
-// reduced to what must hold on both. Where the two differ on purpose (README, "Sticky events"),
+// reduced to what must hold on both. Where the two differ on purpose (docs/homeserver.md, "Sticky events"),
 // the test asserts each side's documented behaviour, so a change on either side shows up here.
 import { randomBytes } from 'node:crypto';
 
@@ -125,7 +125,7 @@ describe.skipIf(!!synapsePy.skip)(`sticky events (MSC4354): the bundled homeserv
 
   beforeAll(async () => {
     [synapse, bundled] = await Promise.all([startSynapse({ extraConfig: SYNAPSE_MSC4354 }), startBundledHomeserver()]);
-    // The pinned version is what the README's findings were checked against.
+    // The pinned version is what the findings in docs/homeserver.md were checked against.
     expect(synapse.version).toBe(SYNAPSE_VERSION);
     servers.synapse = synapse;
     servers.bundled = bundled;
@@ -368,7 +368,7 @@ describe.skipIf(!!synapsePy.skip)(`sticky events (MSC4354): the bundled homeserv
       action: { sticky: { duration_ms: HOUR }, ttl: 'live' },
     };
     expect(r.synapse).toEqual({ ...synapseView, listedDuration: 'absent' });
-    // Our choice (README): listings show the duration the send will carry.
+    // Our choice (docs/homeserver.md): listings show the duration the send will carry.
     expect(r.bundled).toEqual({ ...synapseView, listedDuration: { duration_ms: HOUR } });
   });
 

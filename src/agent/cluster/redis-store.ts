@@ -152,7 +152,7 @@ export class RedisJobStore implements JobStore {
     private readonly leases: LeaseHolder,
   ) {}
 
-  /** Durable (Redis replied, so it is in its AOF: see the README on durability) before it resolves. */
+  /** Durable (Redis replied, so it is in its AOF: see docs/agent.md, cluster mode, on durability) before it resolves. */
   insert(d: Delegation, waitDeadlineMs: number, nowMs: number): Promise<number> {
     return this.insertWith(d, waitDeadlineMs, nowMs);
   }

@@ -2,7 +2,7 @@
  * The delegate job's state machine as data. The engine turns every outside event (a webhook, a
  * presence lookup, a timer, the outcome of a restart, send or cancel) into one `Signal`, looks the
  * pair (state, signal) up here and runs the listed actions; it has no other control flow. Every
- * pair is either a transition or explicitly ignored, so the README table and the tests cover all
+ * pair is either a transition or explicitly ignored, so the documented table (docs/agent.md) and the tests cover all
  * of them.
  */
 import type { JobState } from '../contracts.js';
@@ -57,7 +57,7 @@ export function isRestarting(state: JobState): boolean {
   return state === 'connected' || state === 'leaving';
 }
 
-/** What the engine can tell a job, each with the one-line meaning the README prints. */
+/** What the engine can tell a job, each with the one-line meaning docs/agent.md prints. */
 export const SIGNAL_DOCS = {
   joined: 'participant_joined of a session newer than the current one',
   left: 'left/aborted of the current session (while waiting: of any session not already ended)',
@@ -94,7 +94,7 @@ export const SIGNAL_DOCS = {
 export type Signal = keyof typeof SIGNAL_DOCS;
 export const SIGNALS = Object.keys(SIGNAL_DOCS) as Signal[];
 
-/** The engine's side effects, each with the meaning the README prints. */
+/** The engine's side effects, each with the meaning docs/agent.md prints. */
 export const ACTION_DOCS = {
   adopt: 'make the signal\'s session the current one',
   lookup: 'look the identity up now (batched per room; resets the lookup backoff)',
@@ -227,7 +227,7 @@ const CANCEL_OUTCOMES = [
   'cancel_unneeded',
 ] as const satisfies readonly Signal[];
 
-/** Pairs that deliberately do nothing (logged at debug), with the reason the README prints. */
+/** Pairs that deliberately do nothing (logged at debug), with the reason docs/agent.md prints. */
 const IGNORED_ACTIVE: ReadonlyArray<readonly [JobState | readonly JobState[], readonly Signal[], string]> = [
   [
     'waiting',
@@ -385,7 +385,7 @@ export function fsmTable(variant = WITH_GRACE): FsmCell[] {
 const transitionLine = (t: TransitionCell) =>
   `| ${t.state} | ${t.signal} | ${t.to} | ${t.actions.join(', ') || '—'} |`;
 
-/** The README's FSM section: transitions, then ignored pairs of active states, then the legends. */
+/** The FSM section of docs/agent.md: transitions, then ignored pairs of active states, then the legends. */
 export function renderFsmMarkdown(): string {
   const lines: string[] = [
     '| From | Signal | To | Actions |',

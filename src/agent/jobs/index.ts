@@ -144,7 +144,7 @@ export type JobEngineWithIntrospection = JobEngine & {
   get(livekitRoom: string, identity: string): JobSnapshot | undefined;
   /** Every (state, signal) cell of the FSM. */
   fsmTable(): FsmCell[];
-  /** The FSM as the README's Markdown tables. */
+  /** The FSM as the Markdown tables in docs/agent.md. */
   renderFsmMarkdown(): string;
 };
 

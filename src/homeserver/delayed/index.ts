@@ -1,7 +1,7 @@
 /**
  * The MSC4140 delayed-events module of lastwill's homeserver. The core wires it in through
  * `createDelayedEvents`; the MSC4195 delegation endpoint additionally uses `mintScopedToken` and
- * `lookupOwned`. Behaviour per generation is tabulated in the README (The homeserver module).
+ * `lookupOwned`. Behaviour per generation is tabulated in docs/homeserver.md.
  */
 import type { GatherOptions } from '../../lib/sqlite.js';
 import type { Auth, DelayedEvents, HomeserverDeps, RoomEngine } from '../contracts.js';

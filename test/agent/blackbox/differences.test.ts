@@ -1,4 +1,4 @@
-// The README's "Differences from lk-jwt-service" table and the names the black-box tests mark
+// The "Differences from lk-jwt-service" table (docs/migration.md) and the names the black-box tests mark
 // differences with are one list: a difference cannot be tested without being documented, nor
 // documented under a name the tests do not know.
 import { readFileSync } from 'node:fs';
@@ -9,8 +9,8 @@ import { DIFFERENCES } from './harness.js';
 
 describe('the differences table', () => {
   it('lists exactly the differences the black-box tests know, in the same order', () => {
-    const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
-    const table = /<!-- differences:start -->\n([\s\S]*?)<!-- differences:end -->/.exec(readme)?.[1] ?? '';
+    const doc = readFileSync(new URL('../../../docs/migration.md', import.meta.url), 'utf8');
+    const table = /<!-- differences:start -->\n([\s\S]*?)<!-- differences:end -->/.exec(doc)?.[1] ?? '';
     const rows = table
       .split('\n')
       .slice(2)

@@ -11,7 +11,7 @@
 // LASTWILL_BLACKBOX_SERVICE names another program, such as an lk-jwt-service binary built from
 // its source: `LASTWILL_BLACKBOX_SERVICE=/tmp/lk-jwt-service npm run test:blackbox`. Tests of a
 // behaviour where lastwill differs from lk-jwt-service on purpose are declared with `differs(id)`
-// and run against lastwill only; each id is a row of the README's differences table
+// and run against lastwill only; each id is a row of the differences table in docs/migration.md
 // (differences.test.ts keeps the two in step). On a failed test the child's log is printed.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -47,7 +47,7 @@ export const CLUSTER_MODE = UNDER_TEST_IS_LASTWILL && process.env.LASTWILL_BLACK
 
 /**
  * Where lastwill differs from lk-jwt-service on purpose. The keys are the first column of the
- * README's "Differences from lk-jwt-service" table.
+ * "Differences from lk-jwt-service" table in docs/migration.md.
  */
 export const DIFFERENCES = [
   'unknown JSON fields',

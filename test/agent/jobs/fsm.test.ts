@@ -66,9 +66,9 @@ describe('FSM table', () => {
     }
     expect(md).toContain('| sent, aborted, replaced, expired | all | terminal states ignore everything |');
     expect(step('sent', 'joined')).toBeNull();
-    // The README's copy is generated from the table, so it cannot drift from it.
-    const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
-    const section = /<!-- fsm:start -->\n([\s\S]*)<!-- fsm:end -->/.exec(readme);
+    // The documented copy (docs/agent.md) is generated from the table, so it cannot drift from it.
+    const doc = readFileSync(new URL('../../../docs/agent.md', import.meta.url), 'utf8');
+    const section = /<!-- fsm:start -->\n([\s\S]*)<!-- fsm:end -->/.exec(doc);
     expect(section?.[1]).toBe(md);
     expect(step('waiting', 'joined')?.to).toBe('connected');
     expect(step('connected', 'left')?.to).toBe('leaving');
