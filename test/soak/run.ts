@@ -204,7 +204,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     await Promise.all([...slots.map((s) => runSlot(s, env)), faults]);
 
     // Every participant has left (the drain). Wait for the last hangups, then read the histories.
-    const departed = () => tracked.filter((m) => m.departure && m.goneAt === undefined);
+    // A superseded membership's state key now holds its successor: it never ends by itself.
+    const departed = () => tracked.filter((m) => m.departure && m.goneAt === undefined && m.supersededAt === undefined);
     const drainUntil = Date.now() + 120_000;
     while (departed().length > 0 && Date.now() < drainUntil) await sleep(500);
     log(`drained: ${departed().length} memberships still present`);
