@@ -16,6 +16,7 @@ import { agentSettings } from '../../src/config/agent.js';
 import { loadConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { FakeClock } from '../support/fake-clock.js';
+import { readMetric } from '../support/metrics.js';
 import {
   GRACE_MS,
   makeRig,
@@ -35,25 +36,8 @@ afterEach(async () => {
   for (const d of tmp.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-/**
- * The sum of a family's samples whose labels include `labels`, read from the registry as a
- * scrape would (gauges run their collect()). `sample` picks a histogram's _count or _sum.
- */
-async function read(
-  metrics: AgentMetrics,
-  name: string,
-  labels: Record<string, string> = {},
-  sample?: '_count' | '_sum',
-): Promise<number> {
-  const family = (await metrics.registry.getMetricsAsJSON()).find((m) => m.name === name);
-  if (!family) throw new Error(`no metric family ${name}`);
-  let total = 0;
-  for (const v of family.values as Array<{ labels: Record<string, unknown>; value: number; metricName?: string }>) {
-    if (sample !== undefined && v.metricName !== name + sample) continue;
-    if (Object.entries(labels).every(([k, x]) => v.labels[k] === x)) total += v.value;
-  }
-  return total;
-}
+const read = (metrics: AgentMetrics, name: string, labels: Record<string, string> = {}, sample?: '_count' | '_sum') =>
+  readMetric(metrics.registry, name, labels, sample);
 
 const delegation = (identity: string, delayTimeoutMs = 3_600_000): Delegation => ({
   livekitRoom: 'room-a',
