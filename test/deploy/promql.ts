@@ -40,7 +40,17 @@ export function labelValuesMetricNames(query: string): string[] {
 /** Series Prometheus makes itself for every target. */
 export const SCRAPE_SERIES = new Set(['up']);
 
-/** Every sample name the agent's and the homeserver's registries export (histograms with their suffixes). */
+/** The metric families of the agent's and the homeserver's registries. */
+export async function exportedFamilies(): Promise<Array<{ name: string; type: string }>> {
+  const registries = [new AgentMetrics({ jobCounts: () => undefined }).registry, new HomeserverMetrics({ scheduled: () => 0 }).registry];
+  const families = [];
+  for (const registry of registries) {
+    for (const f of await registry.getMetricsAsJSON()) families.push({ name: f.name, type: String(f.type) });
+  }
+  return families;
+}
+
+/** Every sample name those registries export (histograms with their suffixes). */
 export async function exportedMetricNames(): Promise<Set<string>> {
   const agent = new AgentMetrics({ jobCounts: () => undefined });
   const homeserver = new HomeserverMetrics({ scheduled: () => 0 });
