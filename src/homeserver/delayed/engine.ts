@@ -169,10 +169,10 @@ export class DelayedEngine {
   private readonly finalisedCounts = new CappedMap<string, number>(MAX_COUNTED_USERS);
   private readonly observer: DelayedObserver;
   /**
-   * While a batch is open: its finalisations (by status and cause) and its timed sends' lateness,
-   * told to the observer only once the batch has committed (a failed commit undid them).
+   * While a batch is open: its finalisations (by status and cause) and its timed sends' due
+   * times, told to the observer only once the batch has committed (a failed commit undid them).
    */
-  private batchReport: { finalised: Map<string, number>; lateMs: number[] } | undefined;
+  private batchReport: { finalised: Map<string, number>; dueTimes: number[] } | undefined;
 
   constructor(deps: EngineDeps) {
     this.config = deps.config;
@@ -410,7 +410,7 @@ export class DelayedEngine {
     const attempted: ScheduledEvent[] = [];
     const trims = new Map<string, number>();
     this.pendingTrims = trims;
-    const report = { finalised: new Map<string, number>(), lateMs: [] as number[] };
+    const report = { finalised: new Map<string, number>(), dueTimes: [] as number[] };
     this.batchReport = report;
     try {
       this.rooms.batch(() => {
@@ -467,7 +467,7 @@ export class DelayedEngine {
       const limited = item.catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
       if (limited.ok) {
         this.sendNow(ev, 'delay', item.due);
-        if (!item.catchUp) this.batchReport?.lateMs.push(this.clock.now() - item.due);
+        if (!item.catchUp) this.batchReport?.dueTimes.push(item.due);
       } else {
         // Latest MSC text: a timed send refused by the rate limit is not retried but finalised.
         this.finaliseFailure(ev, 'delay', rateLimited(limited.retryAfterMs, 'Delayed event send rate limited'));
@@ -613,7 +613,10 @@ export class DelayedEngine {
       const [status, cause] = key.split(' ') as [FinalStatus, FinaliseCause];
       this.observer.finalised?.(status, cause, count);
     }
-    if (this.observer.timedSendLateness) for (const ms of report.lateMs) this.observer.timedSendLateness(ms);
+    if (!this.observer.timedSendLateness) return;
+    // Late until the commit made them visible, so the commit's fsync counts too.
+    const now = this.clock.now();
+    for (const due of report.dueTimes) this.observer.timedSendLateness(now - due);
   }
 
   /** Delayed events scheduled now (for the metrics). */
