@@ -63,7 +63,7 @@ export class AgentMetrics {
     });
     this.actions = new Counter({
       name: 'lastwill_agent_delayed_event_actions_total',
-      help: 'Restart, send and cancel requests to homeservers by outcome.',
+      help: 'Restart, send and cancel requests to homeservers by outcome (ok, not_found, rate_limited, transient, unresolvable).',
       labelNames: ['action', 'outcome'],
       registers,
     });

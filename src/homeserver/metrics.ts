@@ -52,7 +52,9 @@ export class HomeserverMetrics {
     });
     this.actions = new Counter({
       name: 'lastwill_homeserver_delayed_event_actions_total',
-      help: 'Management requests (restart, cancel, send) by action and outcome.',
+      help:
+        'Management requests (restart, cancel, send) by action and outcome (ok, not_found, conflict, ' +
+        'rate_limited, forbidden, invalid, error).',
       labelNames: ['action', 'outcome'],
       registers,
     });

@@ -65,7 +65,7 @@ export interface DelayedObserver {
 }
 
 /** How a management request ended, for the metrics: ok, or its error by HTTP status. */
-export type ActionOutcome = 'ok' | 'not_found' | 'conflict' | 'rate_limited' | 'forbidden' | 'unauthorized' | 'invalid' | 'error';
+export type ActionOutcome = 'ok' | 'not_found' | 'conflict' | 'rate_limited' | 'forbidden' | 'invalid' | 'error';
 
 /**
  * The delayed state events at one (room, type, state_key). `owner` is their one owner, or undefined

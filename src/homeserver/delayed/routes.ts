@@ -71,14 +71,15 @@ export interface RouteDeps {
   observer?: DelayedObserver;
 }
 
-/** A management request's outcome for the metrics, from the error it was answered with. */
+/**
+ * A management request's outcome for the metrics, from the error it was answered with. A request
+ * that fails authentication is refused before its action counts (HTTP metrics only).
+ */
 function outcomeOf(err: unknown): ActionOutcome {
   if (!isMatrixError(err)) return 'error';
   switch (err.status) {
     case 400:
       return 'invalid';
-    case 401:
-      return 'unauthorized';
     case 403:
       return 'forbidden';
     case 404:
