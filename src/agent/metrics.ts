@@ -5,9 +5,20 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { JobState } from './contracts.js';
-import type { EngineObserver, PacingCounts } from './jobs/index.js';
+import type { ActionOutcome, DelayedAction, Delegation, JobState } from './contracts.js';
+import type { EngineObserver, PacingCounts, StoreOperation } from './jobs/index.js';
 import { JOB_STATES } from './jobs/fsm.js';
+
+const ACTIONS = ['restart', 'send', 'cancel'] as const satisfies readonly DelayedAction[];
+const OUTCOMES = ['ok', 'not_found', 'rate_limited', 'transient', 'unresolvable'] as const satisfies readonly ActionOutcome['kind'][];
+const SOURCES = [
+  'sfu_get',
+  'get_token',
+  'delegate_delayed_leave',
+  'msc4195',
+  'lk-jwt-service',
+] as const satisfies readonly Delegation['source'][];
+const STORE_OPERATIONS = ['insert', 'progress', 'remove'] as const satisfies readonly StoreOperation[];
 
 /** What the gauges read at scrape time, so they are never stale. */
 export interface MetricSources {
@@ -207,6 +218,7 @@ export class AgentMetrics {
       labelNames: ['command'],
       registers,
     });
+    this.initialiseSeries();
   }
 
   /** The engine's hooks, feeding these metrics. */
@@ -227,6 +239,27 @@ export class AgentMetrics {
         else this.storeCommitErrors.inc({ operation });
       },
     };
+  }
+
+  /**
+   * Creates the series of every known label set at zero. A labelled counter appears only at its
+   * first increment, and increase() and rate() cannot see that one (there is no earlier sample):
+   * the first forged webhook, failed send or lost lease after a start would pass every alert.
+   */
+  private initialiseSeries(): void {
+    this.webhooks.inc({ event: 'unverified', verdict: 'forged' }, 0);
+    for (const action of ACTIONS) {
+      this.actionDuration.zero({ action });
+      for (const outcome of OUTCOMES) this.actions.inc({ action, outcome }, 0);
+    }
+    for (const source of SOURCES) this.delegations.inc({ source }, 0);
+    for (const outcome of ['ok', 'failed']) this.lookups.inc({ outcome }, 0);
+    for (const operation of STORE_OPERATIONS) {
+      this.storeCommitDuration.zero({ operation });
+      this.storeCommitErrors.inc({ operation }, 0);
+    }
+    for (const outcome of ['ok', 'failed']) this.leaseRenewals.inc({ outcome }, 0);
+    for (const reason of ['fenced', 'expired', 'released']) this.leasesLost.inc({ reason }, 0);
   }
 
   async render(): Promise<{ contentType: string; text: string }> {

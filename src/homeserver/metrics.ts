@@ -11,7 +11,29 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
-import type { DelayedObserver } from './delayed/index.js';
+import type { ActionOutcome, DelayedObserver, FinalStatus } from './delayed/index.js';
+import type { DelayedAction } from './delayed/engine.js';
+import type { FinaliseCause } from './delayed/store.js';
+
+const ACTIONS = ['restart', 'cancel', 'send'] as const satisfies readonly DelayedAction[];
+const OUTCOMES = [
+  'ok',
+  'not_found',
+  'conflict',
+  'rate_limited',
+  'forbidden',
+  'invalid',
+  'error',
+] as const satisfies readonly ActionOutcome[];
+/** The finalisations that can happen: only a cancel is caused by another user's state update. */
+const FINALISATIONS: ReadonlyArray<readonly [FinalStatus, FinaliseCause]> = [
+  ['sent', 'delay'],
+  ['sent', 'action'],
+  ['failed', 'delay'],
+  ['failed', 'action'],
+  ['cancelled', 'action'],
+  ['cancelled', 'state'],
+];
 
 export interface HomeserverMetricSources {
   /** Delayed events scheduled now. */
@@ -77,6 +99,9 @@ export class HomeserverMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30],
       registers,
     });
+    // Every known label set from zero, so the first increment after a start shows in rate() too.
+    for (const action of ACTIONS) for (const outcome of OUTCOMES) this.actions.inc({ action, outcome }, 0);
+    for (const [status, cause] of FINALISATIONS) this.finalised.inc({ status, cause }, 0);
   }
 
   /** The delayed-events module's hooks, feeding these metrics. */

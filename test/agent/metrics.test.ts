@@ -167,6 +167,10 @@ describe('readiness', () => {
       const text = await (await fetch(`${url}/metrics`)).text();
       expect(text).toMatch(/^lastwill_agent_ready 1$/m);
       expect(text).toMatch(/^lastwill_agent_restarts_queued\{queue="paced"\} 0$/m);
+      // Series an alert takes the increase() of exist from the start, so their first increment counts.
+      expect(text).toMatch(/^lastwill_agent_webhooks_total\{event="unverified",verdict="forged"\} 0$/m);
+      expect(text).toMatch(/^lastwill_agent_delayed_event_actions_total\{action="send",outcome="transient"\} 0$/m);
+      expect(text).toMatch(/^lastwill_agent_cluster_leases_lost_total\{reason="expired"\} 0$/m);
     } finally {
       await agent.close();
     }

@@ -137,7 +137,10 @@ describe('the metrics listener', () => {
       const scrape = await fetch(running.metricsUrl!);
       expect(scrape.status).toBe(200);
       expect(scrape.headers.get('content-type')).toMatch(/^text\/plain/);
-      expect(await scrape.text()).toMatch(/^lastwill_homeserver_delayed_events_scheduled 0$/m);
+      const first = await scrape.text();
+      expect(first).toMatch(/^lastwill_homeserver_delayed_events_scheduled 0$/m);
+      // Known label sets start at zero, so their first increment shows in rate().
+      expect(first).toMatch(/^lastwill_homeserver_delayed_events_finalised_total\{status="sent",cause="delay"\} 0$/m);
       expect((await fetch(new URL('/_matrix/client/versions', running.metricsUrl)).then((r) => r.status))).toBe(404);
       expect((await fetch(`${running.url}/metrics`)).status).toBe(404);
       // The client API's requests are counted; the scrapes themselves are not.
