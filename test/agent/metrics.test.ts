@@ -115,6 +115,13 @@ describe('LiveKit lookups', () => {
   });
 });
 
+/** A store whose disk refuses delegations (full): the client gets an error, the metrics see it. */
+class FullDiskStore extends SqliteJobStore {
+  override insert(): Promise<number> {
+    return Promise.reject(new Error('SQLITE_FULL: database or disk is full'));
+  }
+}
+
 describe('store commits', () => {
   it('time every delegation insert and progress commit until it is durable', async () => {
     const metrics = new AgentMetrics({ jobCounts: () => undefined });
@@ -132,9 +139,7 @@ describe('store commits', () => {
   it('count a write that fails, and do not time it', async () => {
     const metrics = new AgentMetrics({ jobCounts: () => undefined });
     const clock = new FakeClock(T0);
-    const store = new SqliteJobStore(join(dirs.make(), 'jobs.sqlite'), 'normal');
-    // The disk refuses the delegation (full, read-only): the client gets an error, the metrics see it.
-    store.insert = () => Promise.reject(new Error('SQLITE_FULL: database or disk is full'));
+    const store = new FullDiskStore(join(dirs.make(), 'jobs.sqlite'), 'normal');
     const engine = dirs.track(
       new Engine({
         store,
