@@ -11,13 +11,8 @@ import { JOB_STATES } from './jobs/fsm.js';
 
 const ACTIONS = ['restart', 'send', 'cancel'] as const satisfies readonly DelayedAction[];
 const OUTCOMES = ['ok', 'not_found', 'rate_limited', 'transient', 'unresolvable'] as const satisfies readonly ActionOutcome['kind'][];
-const SOURCES = [
-  'sfu_get',
-  'get_token',
-  'delegate_delayed_leave',
-  'msc4195',
-  'lk-jwt-service',
-] as const satisfies readonly Delegation['source'][];
+/** The requests that carry delegations (jobs taken over from lk-jwt-service are not counted). */
+const SOURCES = ['sfu_get', 'get_token', 'delegate_delayed_leave', 'msc4195'] as const satisfies readonly Delegation['source'][];
 const STORE_OPERATIONS = ['insert', 'progress', 'remove'] as const satisfies readonly StoreOperation[];
 
 /** What the gauges read at scrape time, so they are never stale. */

@@ -87,6 +87,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   const { wait_ms: waitMs, returning_window_ms: windowMs } = config.group_commit;
   const returning = config.sqlite_synchronous === 'full' && waitMs > 0 ? new ReturningClients(windowMs) : undefined;
   const gather = returning && { expected: () => returning.anyExpected(), maxWaitMs: waitMs };
+  // Its gauge reads the module at scrape time; the module reports to it from the start.
   const metrics = new HomeserverMetrics({ scheduled: () => delayed.scheduledCount() });
   const delayed = createDelayedEvents({
     config,
