@@ -45,6 +45,13 @@ function dashboardQueries(): Array<{ panel: string; expr: string }> {
     }));
 }
 
+/** The instant-query answer of Prometheus' HTTP API. */
+interface QueryResponse {
+  status: string;
+  error?: string;
+  data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+}
+
 const prereq = await prerequisite();
 
 describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (skipped: ${prereq.skip})` : ''}`, () => {
@@ -59,8 +66,8 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
   let prometheus: ManagedProcess | undefined;
   let api = '';
 
-  const query = async (expr: string): Promise<{ status: string; error?: string; data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } }> =>
-    (await fetch(`${api}/api/v1/query?query=${encodeURIComponent(expr)}`)).json() as never;
+  const query = async (expr: string): Promise<QueryResponse> =>
+    (await (await fetch(`${api}/api/v1/query?query=${encodeURIComponent(expr)}`)).json()) as QueryResponse;
 
   beforeAll(async () => {
     const config = loadConfig(agentSettings, { env: { LASTWILL_AGENT_DATA_DIR: tempDir('agent') }, envHook: agentEnvHook });
@@ -86,9 +93,10 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
       auth: { type: 'm.login.dummy' },
     });
     const { room_id: room } = await post('/_matrix/client/v3/createRoom', {}, token);
-    const schedule = async (n: number, delayMs: number) =>
-      (await post(`/_matrix/client/v3/rooms/${encodeURIComponent(room!)}/send/m.room.message/t${n}?org.matrix.msc4140.delay=${delayMs}`, { body: `${n}` }, token))
-        .delay_id!;
+    const schedule = async (n: number, delayMs: number) => {
+      const path = `/_matrix/client/v3/rooms/${encodeURIComponent(room!)}/send/m.room.message/t${n}`;
+      return (await post(`${path}?org.matrix.msc4140.delay=${delayMs}`, { body: `${n}` }, token)).delay_id!;
+    };
     await schedule(1, 100);
     const kept = await schedule(2, 600_000);
     const cancelled = await schedule(3, 600_000);
