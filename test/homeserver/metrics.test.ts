@@ -56,7 +56,10 @@ describe('delayed-event metrics (manual clock)', () => {
     expect((await act(t, ids[1]!, 'cancel')).status).toBe(200);
     expect((await act(t, ids[1]!, 'cancel')).status).toBe(404);
     // The older body form counts the same.
-    const bodyForm = await t.request('POST', `${U}/delayed_events/${enc(ids[0]!)}`, { token: alice.accessToken, body: { action: 'restart' } });
+    const bodyForm = await t.request('POST', `${U}/delayed_events/${enc(ids[0]!)}`, {
+      token: alice.accessToken,
+      body: { action: 'restart' },
+    });
     expect(bodyForm.status).toBe(200);
     expect(await read('lastwill_homeserver_delayed_event_actions_total', { action: 'restart', outcome: 'ok' })).toBe(2);
     expect(await read('lastwill_homeserver_delayed_event_actions_total', { action: 'cancel', outcome: 'ok' })).toBe(1);
