@@ -42,7 +42,14 @@ import { OutboundGuard } from '../matrix/outbound-guard.js';
 import { OutboundHttp } from '../matrix/outbound-http.js';
 import type { Delegation, DelayedEventActions, JobEngine, ParticipantSignal, PresenceLookup } from './contracts.js';
 import { ClusterNode } from './cluster/node.js';
-import { createJobEngine, DEFAULT_ENGINE_SETTINGS, type EngineOptions, type EngineSettings, type JobSnapshot } from './jobs/index.js';
+import {
+  createJobEngine,
+  DEFAULT_ENGINE_SETTINGS,
+  type EngineOptions,
+  type EngineSettings,
+  type JobSnapshot,
+  type PacingCounts,
+} from './jobs/index.js';
 import { SqliteJobStore } from './jobs/sqlite-store.js';
 import { AgentMetrics } from './metrics.js';
 import { type DelayRequest, forwardedDelegation, parseLegacyRequest, parseTokenRequest, type OpenIdToken } from './requests.js';
@@ -84,7 +91,10 @@ export interface AgentDeps {
 }
 
 /** The engine as the app sees it: the embedded one, or a cluster replica's. */
-export type AgentEngine = JobEngine & { get(livekitRoom: string, identity: string): JobSnapshot | undefined };
+export type AgentEngine = JobEngine & {
+  get(livekitRoom: string, identity: string): JobSnapshot | undefined;
+  pacingCounts(): PacingCounts;
+};
 
 export interface Agent {
   readonly app: HttpApp;
@@ -146,10 +156,14 @@ export function buildAgent(deps: AgentDeps): Agent {
   let closing = false;
   let engine: AgentEngine | undefined;
   let cluster: ClusterNode | undefined;
-  const metrics = new AgentMetrics(
-    () => (started ? engine?.counts() : undefined),
-    () => cluster?.ownedPartitions() ?? 0,
-  );
+  // Cluster mode: also Redis reachable and the leases renewed in time.
+  const ready = () => started && !closing && (cluster?.ready() ?? true);
+  const metrics = new AgentMetrics({
+    jobCounts: () => (started ? engine?.counts() : undefined),
+    ownedPartitions: () => cluster?.ownedPartitions() ?? 0,
+    ready,
+    pacing: () => engine?.pacingCounts(),
+  });
   const engineOptions: Omit<EngineOptions, 'store' | 'ownership'> = {
     ...(deps.clock ? { clock: deps.clock } : {}),
     ...(deps.random ? { random: deps.random } : {}),
@@ -157,14 +171,7 @@ export function buildAgent(deps: AgentDeps): Agent {
     presence,
     log: log.child({ component: 'jobs' }),
     settings: engineSettingsOf(config),
-    observer: {
-      transition: (from, to, signal) => metrics.transitions.inc({ from, to, signal }),
-      action: (action, outcome, ms) => {
-        metrics.actions.inc({ action, outcome });
-        metrics.actionDuration.observe({ action }, ms / 1000);
-      },
-      disconnectToSend: (ms) => metrics.disconnectToSend.observe(ms / 1000),
-    },
+    observer: metrics.engineObserver(),
   };
   if (config.redis_url !== undefined) {
     cluster = new ClusterNode({
@@ -405,10 +412,7 @@ export function buildAgent(deps: AgentDeps): Agent {
   if (config.homeserver_secret !== undefined) router.add('POST', '/_lastwill/v1/delegations', forwardedRoute);
   router.add('GET', '/healthz', () => ({ status: 200 }));
   router.add(otherMethods('GET'), '/healthz', () => ({ status: 405 }));
-  // Cluster mode: also Redis reachable and the leases renewed in time.
-  router.add('GET', '/readyz', () =>
-    started && !closing && (cluster?.ready() ?? true) ? { body: { ready: true } } : { status: 503, body: { ready: false } },
-  );
+  router.add('GET', '/readyz', () => (ready() ? { body: { ready: true } } : { status: 503, body: { ready: false } }));
   router.add('GET', '/metrics', async () => {
     const { contentType, text } = await metrics.render();
     return { raw: text, headers: { 'content-type': contentType } };

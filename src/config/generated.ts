@@ -1,4 +1,10 @@
-/** The files generated from the config schema; a test checks the committed copies match. */
+/**
+ * The files generated from the config schema and the metric registries; a test checks the
+ * committed copies match.
+ */
+import { AgentMetrics } from '../agent/metrics.js';
+import { HomeserverMetrics } from '../homeserver/metrics.js';
+import { renderMetricsMarkdown } from '../lib/metrics-reference.js';
 import { agentSettings, homeserverSettings, SAMPLE_FILES } from './index.js';
 import { renderMarkdown, renderSampleYaml } from './sample.js';
 
@@ -10,6 +16,21 @@ export function generatedFiles(): Array<{ path: string; text: string }> {
       text: renderMarkdown([
         { title: 'homeserver (`lastwill homeserver`)', root: homeserverSettings },
         { title: 'agent (`lastwill agent`)', root: agentSettings },
+      ]),
+    },
+    {
+      path: 'docs/metrics.md',
+      text: renderMetricsMarkdown([
+        {
+          title: 'agent (`lastwill agent`)',
+          intro: '`GET /metrics` on the agent\'s listener (`bind`). The cluster families stay at zero on a single node.',
+          registry: new AgentMetrics({ jobCounts: () => undefined }).registry,
+        },
+        {
+          title: 'homeserver (`lastwill homeserver`)',
+          intro: '`GET /metrics` on the listener of `metrics_bind` (off unless set), never on the client API.',
+          registry: new HomeserverMetrics({ scheduled: () => 0 }).registry,
+        },
       ]),
     },
   ];

@@ -27,6 +27,14 @@ export const homeserverSettings = group(
       doc: 'Listen address (host:port). Loopback by default; use 0.0.0.0:8008 in a container.',
       env: 'string',
     }),
+    metrics_bind: setting(hostPort.optional(), {
+      doc:
+        'Listen address (host:port) of a separate listener serving Prometheus metrics at /metrics; unset, ' +
+        'there is none. It needs no token, so keep it off the public network (loopback, or a port only the ' +
+        'scraper reaches).',
+      env: 'string',
+      example: '127.0.0.1:9108',
+    }),
     server_name: setting(
       serverName.default('localhost'),
       { doc: 'The Matrix server name: the domain part of user ids (@alice:<server_name>).', env: 'string' },

@@ -17,6 +17,7 @@ import { AgentForwarder } from './agent-forwarder.js';
 import { TokenAuth } from './auth.js';
 import type { Auth, DelayedEvents, RoomEngine } from './contracts.js';
 import { createDelayedEvents } from './delayed/index.js';
+import { HomeserverMetrics } from './metrics.js';
 import { StreamNotifier } from './notifier.js';
 import { Rooms } from './rooms.js';
 import { registerAccountRoutes } from './routes/account.js';
@@ -45,6 +46,8 @@ export interface Homeserver {
   auth: Auth;
   delayed: DelayedEvents;
   db: CoreStore['db'];
+  /** Served by the metrics listener (see metrics.ts), which main.ts starts when configured. */
+  metrics: HomeserverMetrics;
   /** The core's own services, for tests and the fuzz harness. */
   services: Services;
   /** Starts the delayed-events scheduler (sends overdue events). Call before listening. */
@@ -84,7 +87,19 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
   const { wait_ms: waitMs, returning_window_ms: windowMs } = config.group_commit;
   const returning = config.sqlite_synchronous === 'full' && waitMs > 0 ? new ReturningClients(windowMs) : undefined;
   const gather = returning && { expected: () => returning.anyExpected(), maxWaitMs: waitMs };
-  const delayed = createDelayedEvents({ config, db, log, clock, rooms, auth, txns, ...(gather ? { gather } : {}) });
+  // Its gauge reads the module at scrape time; the module reports to it from the start.
+  const metrics = new HomeserverMetrics({ scheduled: () => delayed.scheduledCount() });
+  const delayed = createDelayedEvents({
+    config,
+    db,
+    log,
+    clock,
+    rooms,
+    auth,
+    txns,
+    observer: metrics.delayedObserver(),
+    ...(gather ? { gather } : {}),
+  });
   delayedRef = delayed;
   const forwarder =
     config.rtc.agent_url !== undefined && config.rtc.agent_secret !== undefined
@@ -119,6 +134,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
     maxBodyBytes: MAX_BODY_BYTES,
     commonHeaders: CORS_HEADERS,
     ...(returning ? { returning } : {}),
+    onResponse: (info) => metrics.response(info),
   });
   let closed = false;
 
@@ -129,6 +145,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
     auth,
     delayed,
     db,
+    metrics,
     services,
     start: () => delayed.start(),
     async close() {

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { fail } from '../../lib/errors.js';
 import type { Delegation, JobEngine, JobState, ParticipantSignal } from '../contracts.js';
 import { Engine } from '../jobs/engine.js';
-import type { EngineOptions, JobSnapshot } from '../jobs/index.js';
+import type { EngineOptions, JobSnapshot, PacingCounts } from '../jobs/index.js';
 import type { AgentMetrics } from '../metrics.js';
 import { Inbox } from './inbox.js';
 import { Leases } from './leases.js';
@@ -155,6 +155,10 @@ export class ClusterNode implements JobEngine {
   /** Redis reachable and the leases renewed in time. */
   ready(): boolean {
     return this.started && !this.stopping && this.redis.ready && this.leases.healthy();
+  }
+
+  pacingCounts(): PacingCounts {
+    return this.engine.pacingCounts();
   }
 
   ownedPartitions(): number {

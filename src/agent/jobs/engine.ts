@@ -40,7 +40,7 @@ import {
   type Signal,
   step,
 } from './fsm.js';
-import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot, Ownership } from './index.js';
+import type { EngineObserver, EngineOptions, EngineSettings, JobSnapshot, Ownership, StoreOperation } from './index.js';
 import {
   EVICTED,
   FROM_CONNECTED,
@@ -49,7 +49,6 @@ import {
   Job,
   type JobTimers,
   PERSIST_QUEUED,
-  QUEUED,
   RESTARTED,
   Room,
   TIMER_ACTION,
@@ -57,7 +56,7 @@ import {
   TIMER_LOOKUP,
   TIMERS,
 } from './model.js';
-import { RestartPacing } from './pacing.js';
+import { type PacingCounts, RestartPacing } from './pacing.js';
 import { PresenceTracker } from './presence.js';
 import type { JobRef, JobRow, JobStore } from './store.js';
 
@@ -240,7 +239,8 @@ export class Engine implements JobEngine {
     }
     const now = this.clock.now();
     const waitUntil = now + Math.min(this.settings.maxWaitingMs, d.delayTimeoutMs);
-    return { id: await this.store.insert(d, waitUntil, now), now, waitUntil };
+    const id = await this.timedWrite('insert', () => this.store.insert(d, waitUntil, now));
+    return { id, now, waitUntil };
   }
 
   /**
@@ -291,6 +291,7 @@ export class Engine implements JobEngine {
     for (const job of this.jobSlots) {
       if (!job || !partitions.has(job.room.partition)) continue;
       for (const timer of [TIMER_DEADLINE, TIMER_ACTION, TIMER_LOOKUP]) this.jobTimers.cancel(job, timer);
+      this.pacing.unqueue(job);
       job.flags = (job.flags & IN_FLIGHT) | EVICTED;
       job.epoch++;
       this.cancelling.delete(job.id);
@@ -364,6 +365,11 @@ export class Engine implements JobEngine {
 
   counts(): Record<JobState, number> {
     return { ...this.stateCounts };
+  }
+
+  /** The restart pacing of every homeserver together (for the metrics). */
+  pacingCounts(): PacingCounts {
+    return this.pacing.counts();
   }
 
   get(livekitRoom: string, identity: string): JobSnapshot | undefined {
@@ -487,7 +493,7 @@ export class Engine implements JobEngine {
     // (timer, queue place, backoff) carries over.
     if (!isRestarting(from) || !isRestarting(to)) {
       job.tries = 0;
-      job.flags &= ~QUEUED;
+      this.pacing.unqueue(job);
       this.jobTimers.cancel(job, TIMER_ACTION);
     }
     if (to === 'connected') this.presence.armPoll(job.room);
@@ -749,8 +755,25 @@ export class Engine implements JobEngine {
     }));
     const previous = this.writing;
     this.writing = previous
-      .then(() => this.store.writeProgress(changes))
+      .then(() => this.timedWrite('progress', () => this.store.writeProgress(changes)))
       .catch((err: unknown) => this.log.error({ err }, 'job store write failed'));
+  }
+
+  /**
+   * Runs a store write and reports how long it took to become durable or fail. Timed by
+   * performance.now(), not the engine's clock: it measures the store's I/O, which an injected
+   * clock does not see.
+   */
+  private async timedWrite<T>(operation: StoreOperation, write: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      const result = await write();
+      this.observer.storeCommit?.(operation, performance.now() - started, true);
+      return result;
+    } catch (err) {
+      this.observer.storeCommit?.(operation, performance.now() - started, false);
+      throw err;
+    }
   }
 
   private schedulePurge(): void {
@@ -775,7 +798,9 @@ export class Engine implements JobEngine {
       if (job.room.jobs.get(job.identity) === job) job.room.jobs.delete(job.identity);
       this.forgetRoomIfIdle(job.room);
     }
-    if (gone.length > 0) this.store.remove(gone).catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
+    if (gone.length > 0) {
+      this.timedWrite('remove', () => this.store.remove(gone)).catch((err: unknown) => this.log.error({ err }, 'job purge failed'));
+    }
     this.schedulePurge();
   }
 

@@ -18,9 +18,11 @@ import type {
 } from '../contracts.js';
 import { Engine } from './engine.js';
 import type { FsmCell } from './fsm.js';
+import type { PacingCounts } from './pacing.js';
 import type { JobStore } from './store.js';
 
 export type { FsmCell, Signal, Action } from './fsm.js';
+export type { PacingCounts } from './pacing.js';
 export { fsmTable, renderFsmMarkdown, JOB_STATES, SIGNALS } from './fsm.js';
 
 export interface EngineSettings {
@@ -84,6 +86,9 @@ export const DEFAULT_ENGINE_SETTINGS: EngineSettings = {
   terminalRetentionMs: 24 * 3_600_000,
 };
 
+/** The store writes the engine times: a delegation's insert, a turn's progress, a purge. */
+export type StoreOperation = 'insert' | 'progress' | 'remove';
+
 /** Hooks for metrics; every method is optional and must not throw. */
 export interface EngineObserver {
   transition?(from: JobState, to: JobState, signal: string): void;
@@ -92,6 +97,12 @@ export interface EngineObserver {
   disconnectToSend?(ms: number): void;
   /** One listParticipants call (shared by every job of the room that asked). */
   lookup?(outcome: 'ok' | 'failed', ms: number): void;
+  /**
+   * One store write became durable (`ok`) or failed. A delegation's insert is one SQLite group
+   * commit (fsynced) or one Redis script; progress is one transaction per turn or one fenced
+   * script per partition.
+   */
+  storeCommit?(operation: StoreOperation, ms: number, ok: boolean): void;
 }
 
 /** A job as tests and metrics see it; the delay id and token are deliberately absent. */
@@ -142,6 +153,8 @@ export interface EngineOptions {
 export type JobEngineWithIntrospection = JobEngine & {
   /** The current (or last) job for the key; for tests and metrics. */
   get(livekitRoom: string, identity: string): JobSnapshot | undefined;
+  /** The restart pacing of every homeserver together; for metrics. */
+  pacingCounts(): PacingCounts;
   /** Every (state, signal) cell of the FSM. */
   fsmTable(): FsmCell[];
   /** The FSM as the Markdown tables in docs/agent.md. */

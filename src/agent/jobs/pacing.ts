@@ -43,10 +43,36 @@ export interface PacingOptions {
   backoff(attempt: number): number;
 }
 
+/** The pacing of every homeserver together, for the metrics (no homeserver is named). */
+export interface PacingCounts {
+  /** Restarts waiting behind the pacing's rate. */
+  queued: number;
+  /** Restarts past their urgency point, waiting only for a free in-flight slot. */
+  urgent: number;
+  /** Restart calls awaiting their answer. */
+  inFlight: number;
+  /** Homeservers whose restarts are paused after a 429. */
+  paused: number;
+}
+
+/** Which count a job's queue flags put it in: urgent wins when it waits in both queues. */
+const NOT_QUEUED = 0;
+const PACED = 1;
+const URGENT = 2;
+function queueOf(flags: number): number {
+  return flags & URGENT_QUEUED ? URGENT : flags & RESTART_QUEUED ? PACED : NOT_QUEUED;
+}
+
 export class RestartPacing {
   private readonly servers = new Map<string, Homeserver>();
   private readonly serversByIndex: Homeserver[] = [];
   private readonly bucket: RateLimiter;
+  /**
+   * Jobs per queueOf() value, and restarts in flight, over every homeserver. Kept as the flags
+   * change, because the queues themselves hold stale entries until they reach the head.
+   */
+  private readonly waiting = [0, 0, 0];
+  private inFlight = 0;
 
   constructor(private readonly opts: PacingOptions) {
     this.bucket = new RateLimiter(opts.pacing, opts.clock);
@@ -65,6 +91,18 @@ export class RestartPacing {
 
   byIndex(index: number): Homeserver | undefined {
     return this.serversByIndex[index];
+  }
+
+  counts(): PacingCounts {
+    const now = this.opts.clock.now();
+    let paused = 0;
+    for (const hs of this.serversByIndex) if (hs.pausedUntil > now) paused++;
+    return { queued: this.waiting[PACED]!, urgent: this.waiting[URGENT]!, inFlight: this.inFlight, paused };
+  }
+
+  /** Takes the job out of the queues (its entries go stale; see nextQueued). */
+  unqueue(job: Job): void {
+    this.setQueued(job, job.flags & ~QUEUED);
   }
 
   /**
@@ -90,16 +128,16 @@ export class RestartPacing {
       timers.cancel(job, TIMER_ACTION);
       if (hs.restartsInFlight < this.opts.maxInFlight) {
         // Its place in a queue, if any, is skipped by the drain once the flags are gone.
-        job.flags &= ~QUEUED;
+        this.unqueue(job);
         this.start(job);
       } else if (!(job.flags & URGENT_QUEUED)) {
-        job.flags |= URGENT_QUEUED;
+        this.setQueued(job, job.flags | URGENT_QUEUED);
         hs.urgent.push(job);
       }
       return;
     }
     if (!(job.flags & RESTART_QUEUED)) {
-      job.flags |= RESTART_QUEUED;
+      this.setQueued(job, job.flags | RESTART_QUEUED);
       hs.queue.push(job);
     }
     timers.schedule(job, TIMER_ACTION, urgentAt);
@@ -129,7 +167,7 @@ export class RestartPacing {
         }
       }
       (urgent ? hs.urgent : hs.queue).shift();
-      job.flags &= ~QUEUED;
+      this.unqueue(job);
       // Its urgency timer is moot; the restart's outcome sets the next one.
       this.opts.timers.cancel(job, TIMER_ACTION);
       this.start(job);
@@ -139,6 +177,7 @@ export class RestartPacing {
   /** A restart call ended: its slot is free (drain the homeserver once its outcome is applied). */
   release(job: Job): void {
     job.server.restartsInFlight--;
+    this.inFlight--;
   }
 
   /** Pauses the homeserver's restarts (429 is back-pressure); returns when they resume. */
@@ -150,7 +189,17 @@ export class RestartPacing {
 
   private start(job: Job): void {
     job.server.restartsInFlight++;
+    this.inFlight++;
     this.opts.perform(job);
+  }
+
+  private setQueued(job: Job, flags: number): void {
+    const from = queueOf(job.flags);
+    const to = queueOf(flags);
+    job.flags = flags;
+    if (from === to) return;
+    this.waiting[from]!--;
+    this.waiting[to]!++;
   }
 
   /** From when a restart may no longer wait for the pacing (see URGENT_FRACTION). */

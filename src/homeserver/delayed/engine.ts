@@ -50,6 +50,23 @@ export interface ScheduledEvent {
 
 export type DelayedAction = 'send' | 'cancel' | 'restart';
 
+export type FinalStatus = Exclude<DelayedRow['status'], 'scheduled'>;
+
+/** Hooks for metrics; every method is optional and must not throw. Told only of what committed. */
+export interface DelayedObserver {
+  /** A delayed event was scheduled (its row committed). */
+  scheduled?(): void;
+  /** `count` delayed events were finalised with this status and cause. */
+  finalised?(status: FinalStatus, cause: FinaliseCause, count: number): void;
+  /** A timed send committed this long after its due time (not the catch-up after a start). */
+  timedSendLateness?(ms: number): void;
+  /** A management request (restart, cancel, send) was answered with this outcome. */
+  action?(action: DelayedAction, outcome: ActionOutcome): void;
+}
+
+/** How a management request ended, for the metrics: ok, or its error by HTTP status. */
+export type ActionOutcome = 'ok' | 'not_found' | 'conflict' | 'rate_limited' | 'forbidden' | 'invalid' | 'error';
+
 /**
  * The delayed state events at one (room, type, state_key). `owner` is their one owner, or undefined
  * once several users had events there (kept until the slot empties: only a shortcut).
@@ -106,6 +123,7 @@ export interface EngineDeps {
   log: Logger;
   /** Lets commits of schedules and restarts wait briefly for more writers (see `BatchWriter`). */
   gather?: GatherOptions;
+  observer?: DelayedObserver;
 }
 
 export class DelayedEngine {
@@ -149,6 +167,12 @@ export class DelayedEngine {
    * forgets them all, and the batch counts an absent one again inside its transaction.
    */
   private readonly finalisedCounts = new CappedMap<string, number>(MAX_COUNTED_USERS);
+  private readonly observer: DelayedObserver;
+  /**
+   * While a batch is open: its finalisations (by status and cause) and its timed sends' due
+   * times, told to the observer only once the batch has committed (a failed commit undid them).
+   */
+  private batchReport: { finalised: Map<string, number>; dueTimes: number[] } | undefined;
 
   constructor(deps: EngineDeps) {
     this.config = deps.config;
@@ -156,6 +180,7 @@ export class DelayedEngine {
     this.rooms = deps.rooms;
     this.clock = deps.clock;
     this.log = deps.log;
+    this.observer = deps.observer ?? {};
     this.writer = new BatchWriter(this.store.db, deps.gather);
     this.finSeq = this.store.maxFinSeq();
     this.heap = new TimerHeap((delayId, due) => this.fire(delayId, due), this.clock);
@@ -275,6 +300,7 @@ export class DelayedEngine {
       () => {
         ev.committed = true;
         if (!this.stopped) this.heap.schedule(ev.delayId, ev.due);
+        this.observer.scheduled?.();
         return ev.delayId;
       },
       (err: unknown) => {
@@ -384,6 +410,8 @@ export class DelayedEngine {
     const attempted: ScheduledEvent[] = [];
     const trims = new Map<string, number>();
     this.pendingTrims = trims;
+    const report = { finalised: new Map<string, number>(), dueTimes: [] as number[] };
+    this.batchReport = report;
     try {
       this.rooms.batch(() => {
         while (attempted.length < maxSends && this.dueHead < this.dueQueue.length && !this.stopped) {
@@ -395,6 +423,7 @@ export class DelayedEngine {
         // Once per user and batch rather than per send: the cap still holds at every commit.
         for (const [userId, added] of trims) this.trimFinalised(userId, added);
       });
+      this.tellCommitted(report);
     } catch (err) {
       // The commit failed, so nothing of the batch happened: its rows are still scheduled on disk
       // and go out at the next start, like a single send the database refused.
@@ -403,6 +432,7 @@ export class DelayedEngine {
       this.restoreScheduled(attempted);
     } finally {
       this.pendingTrims = undefined;
+      this.batchReport = undefined;
     }
     if (this.dueHead < this.dueQueue.length && !this.stopped) {
       this.scheduleDrain();
@@ -437,6 +467,7 @@ export class DelayedEngine {
       const limited = item.catchUp ? { ok: true as const } : this.sendLimiter.take(ev.userId);
       if (limited.ok) {
         this.sendNow(ev, 'delay', item.due);
+        if (!item.catchUp) this.batchReport?.dueTimes.push(item.due);
       } else {
         // Latest MSC text: a timed send refused by the rate limit is not retried but finalised.
         this.finaliseFailure(ev, 'delay', rateLimited(limited.retryAfterMs, 'Delayed event send rate limited'));
@@ -509,6 +540,8 @@ export class DelayedEngine {
   ): boolean {
     const ok = this.store.finalise(ev.delayId, { ...fields, now: this.clock.now(), finSeq: ++this.finSeq });
     if (!ok) return false;
+    // One that may still roll back is counted once its fate is known (see onStateEvent).
+    if (!opts.mayRollBack) this.tellFinalised(fields.status, fields.cause);
     const trims = this.pendingTrims;
     if (trims) {
       trims.set(ev.userId, opts.mayRollBack ? NaN : (trims.get(ev.userId) ?? 0) + 1);
@@ -558,11 +591,37 @@ export class DelayedEngine {
     // still scheduled on disk and must come back into the schedule.
     queueMicrotask(() => {
       for (const d of cancelled) {
-        if (this.store.get(d.delayId)?.status !== 'scheduled' || this.scheduled.has(d.delayId)) continue;
+        const status = this.store.get(d.delayId)?.status;
+        if (status === 'cancelled') this.observer.finalised?.('cancelled', 'state', 1);
+        if (status !== 'scheduled' || this.scheduled.has(d.delayId)) continue;
         this.remember(d);
         if (!this.stopped) this.heap.schedule(d.delayId, d.due);
       }
     });
+  }
+
+  /** A finalisation, told now, or once its batch commits. */
+  private tellFinalised(status: FinalStatus, cause: FinaliseCause): void {
+    const report = this.batchReport;
+    if (!report) return this.observer.finalised?.(status, cause, 1);
+    const key = `${status} ${cause}`;
+    report.finalised.set(key, (report.finalised.get(key) ?? 0) + 1);
+  }
+
+  private tellCommitted(report: NonNullable<DelayedEngine['batchReport']>): void {
+    for (const [key, count] of report.finalised) {
+      const [status, cause] = key.split(' ') as [FinalStatus, FinaliseCause];
+      this.observer.finalised?.(status, cause, count);
+    }
+    if (!this.observer.timedSendLateness) return;
+    // Late until the commit made them visible, so the commit's fsync counts too.
+    const now = this.clock.now();
+    for (const due of report.dueTimes) this.observer.timedSendLateness(now - due);
+  }
+
+  /** Delayed events scheduled now (for the metrics). */
+  get scheduledCount(): number {
+    return this.scheduled.size;
   }
 
   // ---- scoped delegation tokens -----------------------------------------------------------

@@ -6,11 +6,11 @@
 import type { GatherOptions } from '../../lib/sqlite.js';
 import type { Auth, DelayedEvents, HomeserverDeps, RoomEngine } from '../contracts.js';
 import type { TxnCache } from '../txns.js';
-import { DelayedEngine, type ScheduledEvent } from './engine.js';
+import { type DelayedObserver, DelayedEngine, type ScheduledEvent } from './engine.js';
 import { registerDelayedRoutes } from './routes.js';
 import { DelayedStore } from './store.js';
 
-export type { ScheduledEvent } from './engine.js';
+export type { ActionOutcome, DelayedObserver, FinalStatus, ScheduledEvent } from './engine.js';
 
 /** `DelayedEvents` plus what the MSC4195 delegation endpoint needs. */
 export interface DelayedEventsModule extends DelayedEvents {
@@ -29,6 +29,8 @@ export interface DelayedEventsModule extends DelayedEvents {
   revokeScopedToken(token: string): Promise<void>;
   /** The user's own still-scheduled delayed event, or undefined (unknown, finalised, or not theirs). */
   lookupOwned(userId: string, delayId: string): ScheduledEvent | undefined;
+  /** Delayed events scheduled now. */
+  scheduledCount(): number;
 }
 
 /**
@@ -36,20 +38,22 @@ export interface DelayedEventsModule extends DelayedEvents {
  * dedicated PUT's transaction ids are remembered there, exactly like those of `/send`.
  */
 export function createDelayedEvents(
-  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth; txns: TxnCache; gather?: GatherOptions },
+  deps: HomeserverDeps & { rooms: RoomEngine; auth: Auth; txns: TxnCache; gather?: GatherOptions; observer?: DelayedObserver },
 ): DelayedEventsModule {
   const { config, clock, rooms, auth, txns } = deps;
+  const observer = deps.observer ?? {};
   const log = deps.log.child({ component: 'delayed-events' });
   const store = new DelayedStore(deps.db);
-  const engine = new DelayedEngine({ config, store, rooms, clock, log, ...(deps.gather ? { gather: deps.gather } : {}) });
+  const engine = new DelayedEngine({ config, store, rooms, clock, log, observer, ...(deps.gather ? { gather: deps.gather } : {}) });
   return {
     schedule: (req) => engine.schedule(req).then((delayId) => ({ delayId })),
     resolveScopedToken: (token) => engine.resolveScopedToken(token),
-    registerRoutes: (router) => registerDelayedRoutes(router, { engine, auth, txns, config, clock }),
+    registerRoutes: (router) => registerDelayedRoutes(router, { engine, auth, txns, config, clock, observer }),
     start: () => engine.start(),
     stop: async () => engine.stop(),
     mintScopedToken: (userId, delayIds, ttlMs) => engine.mintScopedToken(userId, delayIds, ttlMs),
     lookupOwned: (userId, delayId) => engine.lookupOwned(userId, delayId),
     revokeScopedToken: (token) => engine.revokeScopedToken(token),
+    scheduledCount: () => engine.scheduledCount,
   };
 }

@@ -6,14 +6,20 @@
 import { z } from 'zod';
 
 import type { HomeserverConfig } from '../../config/homeserver.js';
-import { fail, rateLimited } from '../../lib/errors.js';
+import { fail, isMatrixError, rateLimited } from '../../lib/errors.js';
 import { type Handler, jsonObject, type Method, parseWith, type RequestContext, type Router } from '../../lib/http.js';
 import { bucketOf, RateLimiter } from '../../lib/rate-limit.js';
 import type { Clock } from '../../lib/timer-heap.js';
 import type { Auth, Requester } from '../contracts.js';
 import { stickyDurationOf } from '../routes/common.js';
 import type { TxnCache } from '../txns.js';
-import { type DelayedAction, type DelayedEngine, SCOPED_TOKEN_MAX_IDS } from './engine.js';
+import {
+  type ActionOutcome,
+  type DelayedAction,
+  type DelayedEngine,
+  type DelayedObserver,
+  SCOPED_TOKEN_MAX_IDS,
+} from './engine.js';
 import type { DelayedRow } from './store.js';
 import {
   decodePageToken,
@@ -62,10 +68,34 @@ export interface RouteDeps {
   txns: TxnCache;
   config: HomeserverConfig;
   clock: Clock;
+  observer?: DelayedObserver;
+}
+
+/**
+ * A management request's outcome for the metrics, from the error it was answered with. A request
+ * that fails authentication is refused before its action counts (HTTP metrics only).
+ */
+function outcomeOf(err: unknown): ActionOutcome {
+  if (!isMatrixError(err)) return 'error';
+  switch (err.status) {
+    case 400:
+      return 'invalid';
+    case 403:
+      return 'forbidden';
+    case 404:
+      return 'not_found';
+    case 409:
+      return 'conflict';
+    case 429:
+      return 'rate_limited';
+    default:
+      return 'error';
+  }
 }
 
 export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
   const { engine, auth, txns, config } = deps;
+  const observer = deps.observer ?? {};
   const limits = config.rate_limits;
   const management = new RateLimiter(bucketOf(limits.management), deps.clock);
   const trusted = new RateLimiter(bucketOf(limits.trusted), deps.clock);
@@ -89,6 +119,17 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
       throw fail.forbidden('This token may not do that to this delayed event');
     }
     await engine.act(delayId, action, requester?.userId);
+  }
+
+  /** Runs a management request whose action is known, telling the observer how it ended. */
+  async function counted(action: DelayedAction, run: () => Promise<void>): Promise<void> {
+    try {
+      await run();
+    } catch (err) {
+      observer.action?.(action, outcomeOf(err));
+      throw err;
+    }
+    observer.action?.(action, 'ok');
   }
 
   function add(method: Method, prefixes: string[], suffix: string, handler: Handler): void {
@@ -179,7 +220,8 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
     // zod reports a missing enum value as a bad value; the body form answers M_MISSING_PARAM.
     if (body.action === undefined) throw fail.missingParam('Missing action');
     const { action } = parseWith(actionBody, body, 'invalidParam');
-    await manage(ctx.params.delayId!, action, requester);
+    // The rate limit above answers before the action is read, so its 429s are in the HTTP metrics only.
+    await counted(action, () => manage(ctx.params.delayId!, action, requester));
     return { body: {} };
   });
 
@@ -188,8 +230,10 @@ export function registerDelayedRoutes(router: Router, deps: RouteDeps): void {
   add('POST', MANAGEMENT_PREFIXES, '/delayed_events/:delayId/:action(send|cancel|restart)', async (ctx) => {
     const action = ctx.params.action as DelayedAction;
     const requester = auth.optionalRequester(ctx, { allowScoped: action !== 'cancel' });
-    limitManagement(ctx, requester);
-    await manage(ctx.params.delayId!, action, requester);
+    await counted(action, async () => {
+      limitManagement(ctx, requester);
+      await manage(ctx.params.delayId!, action, requester);
+    });
     return { body: {} };
   });
 

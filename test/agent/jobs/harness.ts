@@ -20,7 +20,12 @@ import type {
 } from '../../../src/agent/contracts.js';
 import { Engine } from '../../../src/agent/jobs/engine.js';
 import { SqliteJobStore } from '../../../src/agent/jobs/sqlite-store.js';
-import { DEFAULT_ENGINE_SETTINGS, type EngineSettings, type Ownership } from '../../../src/agent/jobs/index.js';
+import {
+  DEFAULT_ENGINE_SETTINGS,
+  type EngineObserver,
+  type EngineSettings,
+  type Ownership,
+} from '../../../src/agent/jobs/index.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import type { Clock } from '../../../src/lib/timer-heap.js';
 import { FakeClock } from '../../support/fake-clock.js';
@@ -195,6 +200,8 @@ export async function makeRig(
     random?: () => number;
     start?: boolean;
     ownership?: Ownership;
+    /** Told of everything the rig records, and of store commits (the agent's metrics, say). */
+    observer?: EngineObserver;
   } = {},
 ): Promise<Rig> {
   const clock = opts.clock ?? new FakeClock(T0);
@@ -205,6 +212,7 @@ export async function makeRig(
   const disconnectToSend: number[] = [];
   const lookups: Rig['lookups'] = [];
   const dbPath = opts.dbPath ?? join(dirs.make(), 'jobs.sqlite');
+  const extra = opts.observer ?? {};
   const engine = dirs.track(
     new Engine({
       store: new SqliteJobStore(dbPath, 'normal'),
@@ -216,10 +224,23 @@ export async function makeRig(
       settings: testSettings(opts.settings),
       ...(opts.ownership ? { ownership: opts.ownership } : {}),
       observer: {
-        transition: (from, to, signal) => transitions.push({ from, to, signal }),
-        action: (action, outcome, ms) => outcomes.push({ action, outcome, ms }),
-        disconnectToSend: (ms) => disconnectToSend.push(ms),
-        lookup: (outcome) => lookups.push(outcome),
+        transition: (from, to, signal) => {
+          transitions.push({ from, to, signal });
+          extra.transition?.(from, to, signal);
+        },
+        action: (action, outcome, ms) => {
+          outcomes.push({ action, outcome, ms });
+          extra.action?.(action, outcome, ms);
+        },
+        disconnectToSend: (ms) => {
+          disconnectToSend.push(ms);
+          extra.disconnectToSend?.(ms);
+        },
+        lookup: (outcome, ms) => {
+          lookups.push(outcome);
+          extra.lookup?.(outcome, ms);
+        },
+        storeCommit: (operation, ms, ok) => extra.storeCommit?.(operation, ms, ok),
       },
     }),
   );

@@ -47,11 +47,15 @@ describe('restart pacing per homeserver', () => {
     await rig.advance(1_000);
     expect(rig.actions.of('send').map((c) => [c.delayId, c.at])).toEqual([['d-id-999', T0 + GRACE_MS]]);
     expect(paced()).toHaveLength(70);
+    // The rest of hs.example's wait behind its rate; the one that left no longer does.
+    expect(rig.engine.pacingCounts()).toMatchObject({ queued: 1001 - 1 - 70 - 1, inFlight: 0 });
     await rig.advance(9_000);
     expect(paced()).toHaveLength(520);
     await rig.advance(20_000);
     expect(paced()).toHaveLength(999);
     expect(rig.actions.of('restart', 'd-id-999')).toHaveLength(0);
+    // Every restart went out: nothing is left counted as waiting or in flight.
+    expect(rig.engine.pacingCounts()).toEqual({ queued: 0, urgent: 0, inFlight: 0, paused: 0 });
     // Never more than the rate plus the burst in any one second.
     const perSecond = new Map<number, number>();
     for (const c of paced()) {
@@ -100,6 +104,7 @@ describe('restarts in flight per homeserver', () => {
       await settle();
     }
     expect(new Set(rig.actions.of('restart').map((c) => c.delayId)).size).toBe(20);
+    expect(rig.engine.pacingCounts()).toEqual({ queued: 0, urgent: 0, inFlight: 0, paused: 0 });
     expect(rig.engine.counts().connected).toBe(20);
   });
 });

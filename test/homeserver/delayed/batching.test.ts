@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { waitFor } from '../../e2e/support/proc.js';
 import { FakeClock } from '../../support/fake-clock.js';
+import { readMetric } from '../../support/metrics.js';
 import { type Session, startWithRoom, type TestHomeserver } from '../harness.js';
 import {
   act,
@@ -148,6 +149,12 @@ describe('batched timed sends', () => {
     await waitFor('the failed batch logged', failed);
     expect(ids.map((id) => rowOf(t!, id).status)).toEqual(['scheduled', 'scheduled', 'scheduled']);
     expect(await timeline(t, alice, roomId, 'com.example.test')).toEqual([]);
+    // The metrics count only what committed.
+    const registry = t.hs.metrics.registry;
+    const sentByDelay = () =>
+      readMetric(registry, 'lastwill_homeserver_delayed_events_finalised_total', { status: 'sent', cause: 'delay' });
+    const lateness = () => readMetric(registry, 'lastwill_homeserver_timed_send_lateness_seconds', {}, '_count');
+    expect([await sentByDelay(), await lateness()]).toEqual([0, 0]);
     // They are still in the schedule: listed, and a restart arms them again.
     const listed = await t.request('GET', `${U}/delayed_events`, { token: alice.accessToken });
     expect(listed.body.delayed_events.map((e: { delay_id: string }) => e.delay_id)).toEqual(ids);
@@ -159,6 +166,7 @@ describe('batched timed sends', () => {
       return got.length === 3 ? got : undefined;
     });
     expect(sent.map((e) => e.content.n)).toEqual([1, 2, 3]);
+    expect([await sentByDelay(), await lateness()]).toEqual([3, 3]);
   });
 
   it('keeps exactly the newest terminated_keep_per_user finalised rows per user: across batches, manual actions and a failed batch', async () => {

@@ -1,0 +1,150 @@
+// deploy/grafana/lastwill.json: imports as it is (a ${DS_PROMETHEUS} input, no fixed datasource),
+// a sound panel structure, and queries that read only metrics the code exports, every one of them
+// shown somewhere. Grafana itself is not installable here (Debian ships no package of it); the
+// queries' PromQL is parsed by promtool instead, as recording rules.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { execFileText, REPO_ROOT } from '../e2e/support/proc.js';
+import { ensurePromtool } from '../support/promtool.js';
+import { exportedFamilies, exportedMetricNames, labelValuesMetricNames, metricNames } from './promql.js';
+
+interface Datasource {
+  type?: string;
+  uid?: string;
+}
+
+interface Target {
+  refId?: string;
+  expr?: string;
+  datasource?: Datasource;
+}
+
+interface Panel {
+  id?: number;
+  type: string;
+  title?: string;
+  gridPos?: { x: number; y: number; w: number; h: number };
+  datasource?: Datasource;
+  targets?: Target[];
+  panels?: Panel[];
+}
+
+interface Variable {
+  name: string;
+  type: string;
+  datasource?: Datasource;
+  query?: string | { query: string };
+}
+
+interface Dashboard {
+  __inputs: Array<{ name: string; type: string; pluginId: string }>;
+  schemaVersion: number;
+  uid: string;
+  title: string;
+  id: number | null;
+  panels: Panel[];
+  templating: { list: Variable[] };
+}
+
+const dashboard = JSON.parse(readFileSync(join(REPO_ROOT, 'deploy', 'grafana', 'lastwill.json'), 'utf8')) as Dashboard;
+const INPUT_DATASOURCE = { type: 'prometheus', uid: '${DS_PROMETHEUS}' };
+
+/** Rows and their panels, whether the row is collapsed (panels inside it) or not (panels after it). */
+const allPanels: Panel[] = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
+const queryPanels = allPanels.filter((p) => p.type !== 'row');
+const exprs = queryPanels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr })));
+const variableQueries = dashboard.templating.list
+  .filter((v) => v.type === 'query')
+  .map((v) => ({ name: v.name, query: typeof v.query === 'string' ? v.query : (v.query?.query ?? '') }));
+
+describe('deploy/grafana/lastwill.json', () => {
+  it('imports as it is: a Prometheus datasource input, no instance-specific id', () => {
+    expect(dashboard.__inputs).toEqual([expect.objectContaining({ name: 'DS_PROMETHEUS', type: 'datasource', pluginId: 'prometheus' })]);
+    expect(dashboard.schemaVersion).toBeGreaterThanOrEqual(36);
+    expect(dashboard.id).toBeNull();
+    expect(dashboard.uid).toMatch(/^[\w-]{1,40}$/);
+    // Nothing names a datasource but through the input (the built-in annotations use Grafana's own).
+    const datasources: unknown[] = [];
+    const walk = (node: unknown): void => {
+      if (Array.isArray(node)) return node.forEach(walk);
+      if (node === null || typeof node !== 'object') return;
+      for (const [key, value] of Object.entries(node)) {
+        if (key === 'datasource') datasources.push(value);
+        else walk(value);
+      }
+    };
+    walk(dashboard);
+    expect(datasources.length).toBeGreaterThan(0);
+    for (const ds of datasources) expect([INPUT_DATASOURCE, { type: 'grafana', uid: '-- Grafana --' }]).toContainEqual(ds);
+  });
+
+  it('has unique panel ids and panels that fit the 24-column grid', () => {
+    const ids = allPanels.map((p) => p.id);
+    expect(ids.every((id) => Number.isInteger(id))).toBe(true);
+    expect(new Set(ids).size).toBe(ids.length);
+    for (const p of allPanels) {
+      expect([p.title, p.gridPos && p.gridPos.x + p.gridPos.w <= 24 && p.gridPos.w > 0 && p.gridPos.h > 0]).toEqual([p.title, true]);
+    }
+  });
+
+  it('gives every panel and target the input datasource, and every target an expr and a unique refId', () => {
+    expect(queryPanels.length).toBeGreaterThan(20);
+    for (const p of queryPanels) {
+      expect([p.title, p.datasource]).toEqual([p.title, INPUT_DATASOURCE]);
+      expect([p.title, (p.targets ?? []).length > 0]).toEqual([p.title, true]);
+      const refIds = new Set<string | undefined>();
+      for (const t of p.targets ?? []) {
+        expect([p.title, t.datasource]).toEqual([p.title, INPUT_DATASOURCE]);
+        expect([p.title, typeof t.expr === 'string' && t.expr.trim().length > 0]).toEqual([p.title, true]);
+        expect([p.title, refIds.has(t.refId)]).toEqual([p.title, false]);
+        refIds.add(t.refId);
+      }
+    }
+    for (const v of dashboard.templating.list) if (v.type === 'query') expect([v.name, v.datasource]).toEqual([v.name, INPUT_DATASOURCE]);
+  });
+
+  it('queries only metrics the agent and the homeserver export', async () => {
+    const exported = await exportedMetricNames();
+    for (const { panel, expr } of exprs) {
+      const names = metricNames(expr!);
+      expect([panel, expr, names.length > 0]).toEqual([panel, expr, true]);
+      for (const name of names) expect([panel, name, exported.has(name)]).toEqual([panel, name, true]);
+    }
+    for (const { name, query } of variableQueries) {
+      for (const metric of labelValuesMetricNames(query)) expect([name, metric, exported.has(metric)]).toEqual([name, metric, true]);
+    }
+  });
+
+  it('shows every metric family the code exports', async () => {
+    const used = new Set(exprs.flatMap(({ expr }) => metricNames(expr!)));
+    const shown = (name: string) => [name, `${name}_bucket`, `${name}_sum`, `${name}_count`].some((n) => used.has(n));
+    expect((await exportedFamilies()).map((f) => f.name).filter((name) => !shown(name))).toEqual([]);
+  });
+});
+
+const promtool = await ensurePromtool();
+
+describe.skipIf(!!promtool.skip)(`dashboard PromQL parsed by promtool${promtool.skip ? ` (skipped: ${promtool.skip})` : ''}`, () => {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('every query parses (Grafana variables given example values)', async () => {
+    // Grafana replaces these before Prometheus sees the query.
+    const concrete = (expr: string) =>
+      expr.replaceAll('$__rate_interval', '1m').replaceAll('$__interval', '1m').replace(/\$\w+/g, '.*');
+    const rules = exprs.map(({ expr }, i) => ({ record: `lastwill:dashboard_query:${i}`, expr: concrete(expr!) }));
+    const dir = mkdtempSync(join(tmpdir(), 'lastwill-grafana-'));
+    dirs.push(dir);
+    const file = join(dir, 'dashboard-queries.yml');
+    writeFileSync(file, JSON.stringify({ groups: [{ name: 'dashboard', rules }] }));
+    const r = await execFileText(promtool.path!, ['check', 'rules', file], { timeoutMs: 60_000 });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain(`SUCCESS: ${rules.length} rules found`);
+  });
+});
