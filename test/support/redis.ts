@@ -3,31 +3,14 @@
 // stopped and started again with its data, as a production Redis restarts.
 import { join } from 'node:path';
 
-import {
-  execFileText,
-  freeTcpPort,
-  type ManagedProcess,
-  PrerequisiteMissing,
-  REPO_ROOT,
-  skipOrThrow,
-  spawnManaged,
-  waitFor,
-} from '../e2e/support/proc.js';
+import { freeTcpPort, type ManagedProcess, PrerequisiteMissing, spawnManaged, waitFor } from '../e2e/support/proc.js';
+import { type Provisioned, provisionOnce } from './provision.js';
 
-export type EnsureRedis = { path: string; skip?: undefined } | { path?: undefined; skip: string };
-
-let ensured: Promise<EnsureRedis> | undefined;
+export type EnsureRedis = Provisioned;
 
 /** The redis-server binary, or why the tests that need one are skipped (a failure with CI=true). */
 export function ensureRedis(): Promise<EnsureRedis> {
-  ensured ??= (async (): Promise<EnsureRedis> => {
-    const r = await execFileText('bash', [join(REPO_ROOT, 'scripts', 'provision-redis.sh')], { stderrToParent: true });
-    const path = r.stdout.trim();
-    if (r.code === 0 && path) return { path };
-    const why = r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-redis:')).pop() ?? `exit ${r.code}`;
-    return { skip: skipOrThrow(`Redis unavailable: ${why}`) };
-  })();
-  return ensured;
+  return provisionOnce('redis', 'Redis');
 }
 
 export interface RedisServer {

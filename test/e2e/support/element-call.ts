@@ -26,10 +26,11 @@ import { build } from 'esbuild';
 import { type Browser, type BrowserContext, chromium, type Frame, type Page } from 'playwright-core';
 
 import { CALL_MEMBER_TYPE, createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer, Timeline } from './flow.js';
+import { type Provisioned, provisionOnce } from '../../support/provision.js';
 import type { HostState } from '../element-call/host.js';
 import { startLiveKit, type LiveKitServer } from './livekit.js';
 import type { Netns } from './netns.js';
-import { cleanupStack, execFileText, freeTcpPort, REPO_ROOT, skipOrThrow, waitFor, which } from './proc.js';
+import { cleanupStack, freeTcpPort, REPO_ROOT, waitFor, which } from './proc.js';
 import type { RegisteredUser } from './synapse.js';
 import { startWebhookSink, type WebhookSink } from './webhook-sink.js';
 
@@ -61,19 +62,11 @@ export const CHROMIUM_FLAGS = [
   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost',
 ];
 
-export type EnsureChromium = { path: string; skip?: undefined } | { path?: undefined; skip: string };
-let ensured: Promise<EnsureChromium> | undefined;
+export type EnsureChromium = Provisioned;
 
 /** Debian's chromium, installed by scripts/provision-chromium.sh when missing (a failure under CI=true). */
 export function ensureChromium(): Promise<EnsureChromium> {
-  ensured ??= (async (): Promise<EnsureChromium> => {
-    const r = await execFileText('bash', [path.join(REPO_ROOT, 'scripts', 'provision-chromium.sh')], { stderrToParent: true });
-    const bin = r.stdout.trim().split('\n').pop() ?? '';
-    if (r.code === 0 && bin && existsSync(bin)) return { path: bin };
-    const why = r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-chromium:')).pop() ?? `exit ${r.code}`;
-    return { skip: skipOrThrow(`Chromium unavailable: ${why}`) };
-  })();
-  return ensured;
+  return provisionOnce('chromium', 'Chromium');
 }
 
 // ---------------------------------------------------------------------------------------------
