@@ -22,6 +22,8 @@ import {
   type HandOver,
   jwtPayload,
   type Metrics,
+  MSC4140,
+  requestJson,
   setupCall,
   startFlowStack,
   type SetupCallOptions,
@@ -237,6 +239,52 @@ async function expectStickyFlow(s: Harness): Promise<void> {
   await expectHangupDelivered(s, call, { sticky: true });
 }
 
+/**
+ * Scenario 7 (soak finding 4): mid-call, js-sdk finds its delayed leave gone and schedules a new
+ * one. Element Call hands every new delay_id over again; with `handOverAgain` so does the app here,
+ * and the agent ends the call with the new one. Without it the agent holds a dead delay_id: its
+ * hangup finds nothing, and the membership stays until the client's own delayed leave fires.
+ */
+async function expectNewDelayIdFlow(s: Harness, { handOverAgain }: { handOverAgain: boolean }): Promise<void> {
+  // The client restarts every 3 s, so it notices the loss at once; its delayed leave is still 1 h ahead.
+  const call = await s.call({ delayedLeaveEventRestartMs: 3_000 });
+  const { app, observer } = call;
+  const replaced = new Promise<string>((resolve) => app.onDelayIdChanged(resolve));
+  const h = await handOver(call, { viaGetToken: true, viaDelegate: false });
+  // The delayed leave disappears behind the client's back, as one a homeserver lost.
+  const lost = await requestJson('POST', `${s.stack.hs.baseUrl}${MSC4140}/delayed_events/${encodeURIComponent(app.delayId)}/cancel`, {
+    token: app.user.accessToken,
+    body: {},
+  });
+  expect(lost.status).toBe(200);
+  const newDelayId = await Promise.race([replaced, sleep(30_000).then(() => undefined)]);
+  expect(newDelayId, 'js-sdk scheduled a new delayed leave').toBeDefined();
+  expect(newDelayId).not.toBe(app.delayId);
+  expect((await app.listing())?.delay_id).toBe(newDelayId);
+  if (handOverAgain) await app.getToken({ delegate: true });
+  app.crash();
+
+  const t0 = Date.now();
+  await h.participant.disconnect();
+  if (!handOverAgain) {
+    // Long past the agent's grace: it sent nothing it could not send, and faked no leave.
+    await sleep(8_000);
+    expect(call.membershipPresent()).toBe(true);
+    expect((await app.listing())?.delay_id).toBe(newDelayId);
+    expect((await s.counters()).sendsOk).toBe(0);
+    return;
+  }
+  const goneAt = await call.waitMembershipGone(30_000);
+  log(`7 on ${s.stack.hs.label}: clean disconnect -> membership gone after ${secs(goneAt - t0)} (new delay_id)`);
+  expect(goneAt - t0).toBeLessThanOrEqual(CLEAN_LEAVE_BOUND_MS);
+  expect(await observer.stateContent(app.stateKey)).toEqual({});
+  expect(await app.listing()).toBeUndefined();
+  if (s.stack.hs.kind === 'bundled') {
+    expect(await app.finalised()).toMatchObject({ outcome: 'send', reason: 'action' });
+  }
+  expect((await s.counters()).sendsOk).toBe(1);
+}
+
 const skipped = (reason: string | undefined) => (reason ? ` (skipped: ${reason})` : '');
 
 describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${skipped(bundledSkip)}`, () => {
@@ -422,6 +470,14 @@ describe.skipIf(!!bundledSkip)(`flow on the bundled homeserver${skipped(bundledS
   it('5 (MSC4354): a membership published as sticky events ends with the delayed sticky leave the agent sends', async () => {
     await expectStickyFlow(s);
   }, 120_000);
+
+  it('7: js-sdk replaces its delayed leave mid-call; handed over again, the new one ends the call', async () => {
+    await expectNewDelayIdFlow(s, { handOverAgain: true });
+  }, 120_000);
+
+  it('7 (limit): a new delayed leave never handed over is not the agent\'s to send, and none is faked', async () => {
+    await expectNewDelayIdFlow(s, { handOverAgain: false });
+  }, 120_000);
 });
 
 describe.skipIf(!!synapseSkip)(`flow on Synapse (MSC4354 on)${skipped(synapseSkip)}`, () => {
@@ -444,6 +500,10 @@ describe.skipIf(!!synapseSkip)(`flow on Synapse (MSC4354 on)${skipped(synapseSki
 
   it('5 (MSC4354): a membership published as sticky events ends with the delayed sticky leave the agent sends', async () => {
     await expectStickyFlow(s);
+  }, 120_000);
+
+  it('7: js-sdk replaces its delayed leave mid-call; handed over again, the new one ends the call', async () => {
+    await expectNewDelayIdFlow(s, { handOverAgain: true });
   }, 120_000);
 });
 

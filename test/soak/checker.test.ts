@@ -2,7 +2,7 @@
 // the promise passes, so a soak with 0 violations means something.
 import { describe, expect, it } from 'vitest';
 
-import { boundAfter, check, type CheckOptions, type FaultRecord, type MembershipRecord, type SessionRecord } from './checker.js';
+import { boundAfter, check, type CheckOptions, endedRecord, type FaultRecord, type MembershipRecord, type SessionRecord } from './checker.js';
 
 const T = 1_800_000_000_000;
 const OPTS: CheckOptions = { graceMs: 1000, baseBoundMs: 8000, perFaultMs: 15_000, endedAt: T + 600_000 };
@@ -106,5 +106,21 @@ describe('the soak checker', () => {
     const sessions = [session(T + 1000, T + 80_000)];
     expect(check([old], sessions, [], OPTS).violations).toEqual([]);
     expect(check([{ ...old, scheduledAtEnd: true }], sessions, [], OPTS).violations.map((v) => v.kind)).toEqual(['orphaned_hangup']);
+  });
+
+  it('gives a membership end to the record of the app session that began before the hangup', () => {
+    // The agent hung up at +100 s; the app noticed and scheduled a new delayed leave at +101 s
+    // (record 2); the observer saw the end only at +102 s.
+    interface Rec { label: string; createdAt: number; predecessor?: Rec }
+    const first: Rec = { label: 'u0#0', createdAt: T };
+    const second: Rec = { label: 'u0#0.1', createdAt: T + 101_000, predecessor: first };
+    expect(endedRecord(second, T + 100_000).label).toBe('u0#0');
+    // A later hangup belongs to the new record; so does an end whose hangup is unknown.
+    expect(endedRecord(second, T + 150_000).label).toBe('u0#0.1');
+    expect(endedRecord(second, undefined).label).toBe('u0#0.1');
+    // The chain is followed as far as needed, and never past its first record.
+    const third: Rec = { label: 'u0#0.2', createdAt: T + 200_000, predecessor: second };
+    expect(endedRecord(third, T + 100_000).label).toBe('u0#0');
+    expect(endedRecord(third, T - 1).label).toBe('u0#0');
   });
 });

@@ -185,4 +185,17 @@ export function boundAfter(at: number, faults: readonly FaultRecord[], opts: Che
   return bound;
 }
 
+/**
+ * Which record of an app session a membership end belongs to. An app that schedules a new delayed
+ * leave mid-session starts a new record (`predecessor` links them); the observer may see the end
+ * of the old one only after that. An end belongs to the latest record that began before the
+ * hangup's timestamp; without the hangup's timestamp, to the latest record.
+ */
+export function endedRecord<T extends { createdAt: number; predecessor?: T }>(latest: T, hangupAt: number | undefined): T {
+  let record = latest;
+  if (hangupAt === undefined) return record;
+  while (record.createdAt > hangupAt && record.predecessor) record = record.predecessor;
+  return record;
+}
+
 const iso = (t: number) => new Date(t).toISOString();

@@ -42,11 +42,12 @@ function runSection(r: SoakReport): string {
     '',
     `- Workload: ${c.memberships} memberships (delegations) in ${r.rooms} rooms, ${c.participantsStarted} LiveKit sessions started; ` +
       `${c.clean} clean leaves, ${c.crash} crashes, ${c.freeze} freezes (${c.freezeSurvived} woke up in time), ${c.reconnect} reconnects, ` +
-      `${c.rejoin} rejoins, ${c.reopen ?? 0} reopens, ${c.drain} left at the end; ${c.abandoned} never connected, ${c.workloadErrors} workload requests failed (during faults) and were retried.`,
+      `${c.rejoin} rejoins, ${c.reopen ?? 0} reopens, ${c.drain} left at the end; ${c.abandoned} never connected, ${c.workloadErrors} workload requests failed (during faults) and were retried` +
+      (c.redelegations === undefined ? '.' : `; js-sdk scheduled ${c.redelegations} new delayed leaves mid-session, each handed over again.`),
     `- Faults (${r.faultSchedule.length}): ${faults || 'none'}. Webhook deliveries through the proxy: ${Object.entries(r.webhookProxy)
       .map(([k, n]) => `${k} ${n}`)
       .join(', ')}.`,
-    `- Checked: ${r.checked} memberships. **Violations: ${r.violations.length}** (false hangups ${v.false_hangup}, late hangups ${v.late_hangup}, ` +
+    `- Checked: ${r.checked} ${c.redelegations ? 'records (a membership, or its new delayed leave)' : 'memberships'}. **Violations: ${r.violations.length}** (false hangups ${v.false_hangup}, late hangups ${v.late_hangup}, ` +
       `lost delegations ${v.lost_delegation}, double hangups ${v.double_hangup}, orphaned hangups ${v.orphaned_hangup ?? '–'}).`,
     '',
     '| cause | n | departure → end p50 (s) | p99 | max | LiveKit report → end p50 (s) | p99 | max |',
@@ -105,6 +106,12 @@ runs a short one in each mode (\`test/soak/soak.test.ts\`, fixed seeds) that fai
   dead session. Every other cycle uses a new device. At the end everyone leaves.
 - **The app's Matrix client stops when its participant leaves**, so every membership end is the
   agent's doing; a client's own leave would hide a missed hangup.
+- **A new delayed leave is handed over again.** While the app runs, js-sdk may schedule a new
+  delayed leave: when a restart finds the old one gone, or when it joins again after the agent hung
+  up a participant LiveKit had dropped and that then came back. As Element Call does, the app hands
+  the new \`delay_id\` over the same way as the first. The checker counts it as a new record from
+  then on; the old record is judged by what happened to it until then (no false, double or orphaned
+  hangup).
 - **Faults**, one at a time, at seeded moments from 15 s in until 40 s before the end:
 
   | kind | what | how long |

@@ -14,6 +14,8 @@
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 
+import type { MatrixClient } from 'matrix-js-sdk';
+
 import { CALL_MEMBER_TYPE, type JoinedApp, type MatrixServer, requestJson, startApp, startObserver, Timeline } from '../e2e/support/flow.js';
 import { startParticipant, type Participant } from '../e2e/support/participant.js';
 import { sleep } from '../e2e/support/proc.js';
@@ -24,6 +26,7 @@ import {
   type Cause,
   check,
   type CheckOptions,
+  endedRecord,
   type FaultRecord,
   type MembershipRecord,
   type SessionRecord,
@@ -102,6 +105,8 @@ export interface SoakReport {
     drain: number;
     abandoned: number;
     workloadErrors: number;
+    /** New delayed leaves js-sdk scheduled mid-session, each handed over again as Element Call does. */
+    redelegations?: number;
   };
   faults: Record<string, number>;
   webhookProxy: Record<string, number>;
@@ -133,6 +138,10 @@ interface Room {
 interface Tracked extends MembershipRecord {
   stateKey: string;
   delayId: string;
+  /** When this record began: the app's join, or the moment js-sdk scheduled a new delayed leave. */
+  createdAt: number;
+  /** The record this one took over from within the same app session (a new delayed leave). */
+  predecessor?: Tracked;
   user: RegisteredUser;
   roomId: string;
   timeline: Timeline;
@@ -173,6 +182,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     drain: 0,
     abandoned: 0,
     workloadErrors: 0,
+    redelegations: 0,
   };
   const workloadErrorSamples: string[] = [];
   const workloadError = (what: string, err: unknown) => {
@@ -290,17 +300,26 @@ async function makeRoom(hs: MatrixServer, name: string, active: Map<string, Trac
   const roomId = String(created.body.room_id);
   // The observer: another client whose /sync shows when each membership ends.
   let present = new Set<string>();
+  let observerClient: MatrixClient | undefined;
+  /** origin_server_ts of the hangup now in the state key, as the observer's client holds it. */
+  const hangupTs = (stateKey: string): number | undefined => {
+    const e = observerClient?.getRoom(roomId)?.currentState.getStateEvents(CALL_MEMBER_TYPE, stateKey);
+    return e && Object.keys(e.getContent()).length === 0 ? e.getTs() : undefined;
+  };
   const observer = await startObserver(hs, owner, roomId, (now, at) => {
     for (const key of present) {
       if (now.has(key)) continue;
-      const m = active.get(key);
+      const latest = active.get(key);
+      // The observer may see a hangup only after the app has already scheduled its next delayed leave.
+      const m = latest && endedRecord(latest, hangupTs(latest.stateKey));
       if (m && m.goneAt === undefined) {
         m.goneAt = at;
-        m.timeline.mark('observer', 'saw the membership end');
+        m.timeline.mark('observer', `saw the membership end (${m.label})`);
       }
     }
     present = new Set(now);
   });
+  observerClient = observer.client;
   return { roomId, observer };
 }
 
@@ -378,6 +397,7 @@ async function runMembership(
   const { world, deadline, counts, participants } = env;
   const { rng, room } = slot;
   const timeline = new Timeline();
+  const createdAt = Date.now();
   let app: (JoinedApp & { close(): void }) | undefined;
   try {
     app = await startApp({ hs: world.hs, agent: world.agent, timeline }, device, room.roomId, room.observer, {
@@ -394,8 +414,9 @@ async function runMembership(
     supersedes.supersededAt = Date.now();
     supersedes.timeline.mark('test', `superseded by ${label}, a new membership of the same device`);
   }
-  const m: Tracked = {
+  let m: Tracked = {
     label,
+    createdAt,
     key: `${device.userId}|${device.deviceId}`,
     identity: a.identity,
     handedOverAt: 0,
@@ -427,6 +448,52 @@ async function runMembership(
   }
   m.handedOverAt = Date.now();
   timeline.mark('test', `${label}: handed over ${inToken ? 'in /get_token' : 'by /delegate_delayed_leave'}`);
+
+  // js-sdk schedules a new delayed leave when a restart finds the old one gone, or when it joins
+  // again after its membership ended (the agent hung up a participant LiveKit dropped, and the
+  // device came back). Element Call hands every new delay_id over again, the same way as the first.
+  // The new delay_id makes a new record for the checker: the old one is judged by what happened to
+  // it until then, and the hangup the agent must send from now on belongs to the new one.
+  let generation = 0;
+  const handOverAgain = async (next: Tracked) => {
+    const until = Math.min(deadline, Date.now() + 60_000);
+    const stillCurrent = () => m === next && next.departure === undefined && a.currentDelayId() === next.delayId;
+    const handed = await retrying(
+      `${next.label} redelegate`,
+      async () => {
+        if (!stillCurrent()) return false;
+        if (inToken) await a.getToken({ delegate: true });
+        else await a.delegateToAgent();
+        return true;
+      },
+      until,
+      env.workloadError,
+    );
+    if (handed && stillCurrent()) {
+      next.handedOverAt = Date.now();
+      timeline.mark('test', `${next.label}: handed over again ${inToken ? 'in /get_token' : 'by /delegate_delayed_leave'}`);
+    } else {
+      // Not handed over before the participant left (or replaced again): not judged, as a first
+      // handover that failed.
+      timeline.mark('test', `${next.label}: not handed over; not judged`);
+    }
+  };
+  const onNewDelayId = (delayId: string) => {
+    if (delayId === m.delayId || m.departure !== undefined) return;
+    const prev = m;
+    const next: Tracked = { ...prev, label: `${label}.${++generation}`, delayId, createdAt: Date.now(), predecessor: prev, handedOverAt: 0, hangups: [] };
+    delete next.goneAt;
+    prev.supersededAt = next.createdAt;
+    timeline.mark('test', `${prev.label}: superseded by ${next.label}, a new delayed leave of the same session`);
+    env.tracked.push(next);
+    env.active.set(next.key, next);
+    counts.redelegations = (counts.redelegations ?? 0) + 1;
+    m = next;
+    void handOverAgain(next);
+  };
+  a.onDelayIdChanged(onNewDelayId);
+  const now = a.currentDelayId();
+  if (now !== undefined) onNewDelayId(now); // changed while the first handover ran
 
   const connect = async (jwt: string): Promise<Participant | undefined> => {
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -514,6 +581,7 @@ async function runMembership(
     // freeze: the device sleeps; LiveKit drops it after about 20 s, or it wakes up in time.
     counts.freeze++;
     frozeAt = Date.now();
+    const frozen = m;
     p.stop();
     timeline.mark('participant', 'frozen (SIGSTOP)');
     await sleep(between(rng, 3_000, 45_000));
@@ -521,9 +589,13 @@ async function runMembership(
     timeline.mark('participant', 'thawed (SIGCONT)');
     await sleep(8000);
     const disconnected = p.messages.some((msg) => msg.type === 'event' && msg.name === 'disconnected');
-    const dropped = disconnected || !sessionPresent(world, p.identity) || m.goneAt !== undefined;
+    // A new record since the freeze means js-sdk scheduled a new delayed leave meanwhile: mostly
+    // because the agent hung up (LiveKit dropped the participant) and js-sdk joined again.
+    const dropped = disconnected || !sessionPresent(world, p.identity) || frozen.goneAt !== undefined || frozen !== m;
     if (dropped) {
-      m.departure = { at: frozeAt, cause: 'freeze' };
+      frozen.departure = { at: frozeAt, cause: 'freeze' };
+      // The membership js-sdk published again ends with this participant, killed now.
+      if (m !== frozen) m.departure = { at: Date.now(), cause: 'crash' };
       leaveApp();
       timeline.mark('test', 'LiveKit dropped the frozen participant');
       await p.kill();

@@ -73,7 +73,7 @@ export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
 /** How long js-sdk 43 keeps a sticky membership sticky (MembershipManager's MEMBERSHIP_STICKY_DURATION_MS). */
 export const STICKY_MEMBERSHIP_MS = 3_600_000;
 export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
-const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
+export const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 const MSC4195_DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
 const MSC4143_TRANSPORTS = '/_matrix/client/unstable/org.matrix.msc4143/rtc/transports';
 
@@ -834,7 +834,15 @@ export interface JoinedApp {
   client: MatrixClient;
   session: MatrixRTCSession;
   memberId: string;
+  /** The delay_id of the delayed leave scheduled at the join. */
   delayId: string;
+  /**
+   * The delay_id matrix-js-sdk holds now: it schedules a new delayed leave (and forgets the old one)
+   * when a restart finds its delayed leave gone, or when it joins again after its membership ended.
+   */
+  currentDelayId(): string | undefined;
+  /** Called with each new delay_id after the first (js-sdk's DelayIdChanged), as Element Call listens. */
+  onDelayIdChanged(listener: (delayId: string) => void): void;
   /** State key of the app's call member event. */
   stateKey: string;
   /** running_since of the delayed leave right after the client scheduled it. */
@@ -844,9 +852,9 @@ export interface JoinedApp {
   livekitRoom: string;
   /** Restart/send requests the client made after setupCall returned (answered ones). */
   clientRestartsSinceSetup(): string[];
-  /** POST /get_token (with the delay_id when `delegate`), as Element Call does. */
+  /** POST /get_token (with the current delay_id when `delegate`), as Element Call does. */
   getToken(o: { delegate: boolean }): Promise<{ url: string; jwt: string }>;
-  /** POST /delegate_delayed_leave on the agent. */
+  /** POST /delegate_delayed_leave on the agent, with the current delay_id. */
   delegateToAgent(): Promise<void>;
   /**
    * The LiveKit service the homeserver offers (MSC4143 rtc/transports), as a client discovers the
@@ -858,7 +866,7 @@ export interface JoinedApp {
   /** The app dies without leaving: its network is cut, then the client is stopped. */
   crash(): void;
   crashed(): boolean;
-  /** The scheduled delayed leave as the homeserver lists it (read with the user's token). */
+  /** The latest delayed leave, if still scheduled, as the homeserver lists it (read with the user's token). */
   listing(): Promise<DelayedEventListing | undefined>;
   /**
    * The finalised delayed leave (`?status=finalised`, the bundled homeserver's MSC4140 revision):
@@ -1021,6 +1029,18 @@ export async function startApp(
     );
     const delayId = await delayIdKnown;
     timeline.setVar('DELAY_ID', delayId);
+    let currentDelayId: string | undefined = delayId;
+    /** The last delay_id js-sdk held, for the listings (it forgets it once it has sent it). */
+    let lastDelayId = delayId;
+    const delayIdListeners: Array<(id: string) => void> = [];
+    session.on(MembershipManagerEvent.DelayIdChanged, (id: string | undefined) => {
+      if (id === currentDelayId) return;
+      currentDelayId = id;
+      if (id === undefined) return;
+      lastDelayId = id;
+      timeline.mark('client', `scheduled a new delayed leave (${id}) in place of the old one`);
+      for (const listener of delayIdListeners) listener(id);
+    });
     const connected = () => session.membershipStatus === Status.Connected;
     await waitFor('the app to report its membership as Connected', connected, { timeoutMs: 15_000 });
     const seen = () => observer.sees(user.userId, user.deviceId);
@@ -1036,14 +1056,14 @@ export async function startApp(
 
     const listing = async (): Promise<DelayedEventListing | undefined> => {
       const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events`, { token: user.accessToken });
-      return ((body.delayed_events ?? []) as DelayedEventListing[]).find((d) => d.delay_id === delayId);
+      return ((body.delayed_events ?? []) as DelayedEventListing[]).find((d) => d.delay_id === lastDelayId);
     };
     const finalised = async (): Promise<Record<string, unknown> | undefined> => {
       const body = await okJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events?status=finalised`, {
         token: user.accessToken,
       });
       const list = (body.finalised ?? []) as Array<Record<string, unknown>>;
-      return list.find((f) => (f.delayed_event as DelayedEventListing | undefined)?.delay_id === delayId);
+      return list.find((f) => (f.delayed_event as DelayedEventListing | undefined)?.delay_id === lastDelayId);
     };
     const scheduled = await listing();
     if (!scheduled) throw new Error(`the homeserver does not list delay_id ${delayId} as scheduled`);
@@ -1096,7 +1116,11 @@ export async function startApp(
       curl('POST', `$AGENT${route}`, {
         body: { ...body, openid_token: { ...body.openid_token, access_token: '<from request_token>' } },
       });
-    const delay = { delay_id: delayId, delay_timeout: timing.delayMs };
+    /** The delegation fields with the delay_id js-sdk holds now (none while it schedules a new one). */
+    const delay = () => {
+      if (currentDelayId === undefined) throw new Error('no delayed leave is scheduled right now');
+      return { delay_id: currentDelayId, delay_timeout: timing.delayMs };
+    };
     let crashed = false;
 
     return {
@@ -1105,6 +1129,8 @@ export async function startApp(
       session,
       memberId,
       delayId,
+      currentDelayId: () => currentDelayId,
+      onDelayIdChanged: (listener) => void delayIdListeners.push(listener),
       stateKey,
       scheduledRunningSince: scheduled.running_since,
       identity: hashJsonArray([user.userId, user.deviceId, memberId]),
@@ -1116,7 +1142,7 @@ export async function startApp(
           slot_id: SLOT_ID,
           openid_token: await openid(),
           member,
-          ...(delegate ? delay : {}),
+          ...(delegate ? delay() : {}),
         };
         const res = await okJson('POST', `${agent.url}/get_token`, { body });
         timeline.mark(
@@ -1131,7 +1157,7 @@ export async function startApp(
         return { url: res.url, jwt: res.jwt };
       },
       async delegateToAgent() {
-        const body = { room_id: roomId, slot_id: SLOT_ID, openid_token: await openid(), member, ...delay };
+        const body = { room_id: roomId, slot_id: SLOT_ID, openid_token: await openid(), member, ...delay() };
         await okJson('POST', `${agent.url}/delegate_delayed_leave`, { body });
         timeline.mark('client', 'handed the delay_id to the agent (/delegate_delayed_leave)', [
           openidCurl,
