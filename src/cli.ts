@@ -10,8 +10,7 @@ import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 
 import { type AgentConfig, type HomeserverConfig, agentSettings, allSettings, ConfigError, homeserverSettings, loadConfig } from './config/index.js';
-import { agentEnvHook } from './config/agent-env.js';
-import type { EnvOverride } from './config/load.js';
+import { agentEnvHook, allEnvHook } from './config/agent-env.js';
 import { generatedFiles } from './config/generated.js';
 import { createLogger, type LogLevel } from './lib/logger.js';
 import type { RunningService } from './lib/service.js';
@@ -79,11 +78,6 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`unknown command: ${command}\n\n${USAGE}\n`);
       return 2;
   }
-}
-
-/** `lastwill all` reads the agent's lk-jwt-service variables into its `agent:` section. */
-function allEnvHook(env: Readonly<Record<string, string | undefined>>): EnvOverride[] {
-  return agentEnvHook(env).map((o) => ({ ...o, path: ['agent', ...o.path] }));
 }
 
 function writeSamples(write: boolean): number {
