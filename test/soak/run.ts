@@ -14,10 +14,18 @@
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 
-import { CALL_MEMBER_TYPE, type JoinedApp, type MatrixServer, requestJson, startApp, startObserver, Timeline } from '../e2e/support/flow.js';
-import { startParticipant, type Participant } from '../e2e/support/participant.js';
+import {
+  CALL_MEMBER_TYPE,
+  type JoinedApp,
+  type RegisteredUser,
+  requestJson,
+  startApp,
+  startObserver,
+} from '../../scripts/lib/matrixrtc.js';
+import { startParticipant, type Participant } from '../../scripts/lib/participant.js';
+import { Timeline } from '../../scripts/lib/timeline.js';
+import type { MatrixServer } from '../e2e/support/flow.js';
 import { sleep } from '../e2e/support/proc.js';
-import type { RegisteredUser } from '../e2e/support/synapse.js';
 import { prng } from '../support/prng.js';
 import { distribution, type Distribution } from '../../bench/lib/stats.js';
 import {

@@ -25,13 +25,14 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { type Browser, type BrowserContext, chromium, type Frame, type Page } from 'playwright-core';
 
-import { CALL_MEMBER_TYPE, createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer, Timeline } from './flow.js';
+import { CALL_MEMBER_TYPE, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
+import type { Netns } from '../../../scripts/lib/netns.js';
+import { Timeline } from '../../../scripts/lib/timeline.js';
+import { createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer } from './flow.js';
 import { type Provisioned, provisionOnce } from '../../support/provision.js';
 import type { HostState } from '../element-call/host.js';
 import { startLiveKit, type LiveKitServer } from './livekit.js';
-import type { Netns } from './netns.js';
 import { cleanupStack, freeTcpPort, REPO_ROOT, waitFor, which } from './proc.js';
-import type { RegisteredUser } from './synapse.js';
 import { startWebhookSink, type WebhookSink } from './webhook-sink.js';
 
 const EC_PACKAGE = path.join(REPO_ROOT, 'node_modules', '@element-hq', 'element-call-embedded');
