@@ -20,7 +20,7 @@ const USAGE = `Usage: lastwill <command> [--config FILE]
 Commands:
   homeserver      run the bundled MSC4140 delayed-events homeserver
   agent           run the delegate agent beside the LiveKit SFU
-  all             run both in one process on embedded defaults (what \`npm start\` runs)
+  all             run both in one process on embedded defaults (\`npm start\` runs it beside LiveKit)
   check-config    validate the configuration of --for homeserver|agent|all and exit
   sample-config   print the generated sample configs; --write updates config/ and docs/
 

@@ -99,6 +99,45 @@ export async function registerWithSharedSecret(
   return { userId: body.user_id, accessToken: body.access_token, deviceId: body.device_id, password };
 }
 
+/** A new device of the user (a new LiveKit identity, or a second client watching). */
+export async function login(hs: HomeserverAddress, user: RegisteredUser): Promise<RegisteredUser> {
+  const body = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/login`, {
+    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: user.userId }, password: user.password },
+  });
+  return { ...user, accessToken: String(body.access_token), deviceId: String(body.device_id) };
+}
+
+/** A public room where, as in Element Web's rooms with calls, every member may publish a call membership. */
+export async function createCallRoom(hs: HomeserverAddress, creator: RegisteredUser, name: string): Promise<string> {
+  const created = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/createRoom`, {
+    token: creator.accessToken,
+    body: { preset: 'public_chat', name, power_level_content_override: { events: { [CALL_MEMBER_TYPE]: 0 } } },
+  });
+  return String(created.room_id);
+}
+
+export async function joinRoom(hs: HomeserverAddress, user: RegisteredUser, roomIdOrAlias: string): Promise<string> {
+  const joined = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomIdOrAlias)}`, {
+    token: user.accessToken,
+    body: {},
+  });
+  return String(joined.room_id);
+}
+
+/**
+ * The RTC transports the homeserver offers (MSC4143), as Element Call finds its LiveKit service:
+ * the raw answer and the first `livekit` transport's `livekit_service_url`, if any.
+ */
+export async function rtcTransports(
+  hs: HomeserverAddress,
+  user: RegisteredUser,
+): Promise<{ status: number; body: Record<string, unknown>; livekitServiceUrl: string | undefined }> {
+  const r = await requestJson('GET', `${hs.baseUrl}${MSC4143_TRANSPORTS}`, { token: user.accessToken });
+  const transports = (r.body.rtc_transports ?? []) as Array<Record<string, unknown>>;
+  const url = transports.find((t) => t.type === 'livekit')?.livekit_service_url;
+  return { ...r, livekitServiceUrl: typeof url === 'string' ? url : undefined };
+}
+
 // ---------------------------------------------------------------------------------------------
 // matrix-js-sdk clients
 
@@ -500,13 +539,11 @@ export async function startApp(
         ]);
       },
       async livekitServiceUrl() {
-        const r = await requestJson('GET', `${hs.baseUrl}${MSC4143_TRANSPORTS}`, { token: user.accessToken });
-        const transports = (r.body.rtc_transports ?? []) as Array<Record<string, unknown>>;
-        const url = transports.find((t) => t.type === 'livekit')?.livekit_service_url;
+        const r = await rtcTransports(hs, user);
         timeline.mark('client', `asked its homeserver for RTC transports -> ${r.status} ${JSON.stringify(r.body)}`, [
           curl('GET', `$HS${MSC4143_TRANSPORTS}`, { token: '$ALICE_TOKEN' }),
         ]);
-        return typeof url === 'string' ? url : undefined;
+        return r.livekitServiceUrl;
       },
       async delegateViaHomeserver(url) {
         const body = {

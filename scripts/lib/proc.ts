@@ -143,13 +143,18 @@ export function spawnManaged(
 export function execFileText(
   cmd: string,
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; stderrToParent?: boolean } = {},
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; stderrToParent?: boolean; signal?: AbortSignal } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const c = execFile(
       cmd,
       args,
-      { env: opts.env ?? process.env, timeout: opts.timeoutMs ?? 0, maxBuffer: 64 * 1024 * 1024 },
+      {
+        env: opts.env ?? process.env,
+        timeout: opts.timeoutMs ?? 0,
+        maxBuffer: 64 * 1024 * 1024,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      },
       (err, stdout, stderr) => {
         const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 127) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });

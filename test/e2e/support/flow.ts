@@ -87,15 +87,17 @@ export async function flowSkipReason(kind: HomeserverKind): Promise<string | und
   return undefined;
 }
 
-/** The parent's environment minus every setting of ours, so a developer's shell cannot leak in. */
-function cleanEnv(): NodeJS.ProcessEnv {
+/**
+ * The parent's environment minus every setting of ours, so a developer's shell cannot leak in
+ * (LIVEKIT_SERVER_BIN, which names the test binary, stays).
+ */
+export function cleanEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(LASTWILL_HS_|LASTWILL_AGENT_|LIVEKIT_)/.test(k)) env[k] = v;
+    if (!/^(LASTWILL_HS_|LASTWILL_AGENT_|LASTWILL_DEFAULT_|LIVEKIT_)/.test(k) || k === 'LIVEKIT_SERVER_BIN') env[k] = v;
   }
   return env;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Homeservers
