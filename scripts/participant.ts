@@ -112,12 +112,13 @@ async function main(argv: string[]): Promise<number> {
   // The watcher: the same user on a second device, reporting each membership it sees come and go.
   const watcher = await login(hs, user);
   let present = new Set<string>();
+  const whose = (key: string) => key.replace('|', ', device ');
   const observer = await startObserver(hs, watcher, roomId, (now) => {
-    for (const key of now) if (!present.has(key)) timeline.mark('observer', `sees the call membership of ${key.replace('|', ', device ')}`);
+    for (const key of now) if (!present.has(key)) timeline.mark('observer', `sees the call membership of ${whose(key)}`);
     for (const key of present) {
       if (now.has(key)) continue;
-      const mine = key === `${user.userId}|${user.deviceId}`;
-      timeline.mark('observer', `${mine ? 'the hangup reached the room: ' : ''}the membership of ${key.replace('|', ', device ')} ended`);
+      const hangup = key === `${user.userId}|${user.deviceId}` ? 'the hangup reached the room: ' : '';
+      timeline.mark('observer', `${hangup}the membership of ${whose(key)} ended`);
     }
     present = new Set(now);
   });
@@ -132,7 +133,8 @@ async function main(argv: string[]): Promise<number> {
     observer.close();
     throw err;
   });
-  timeline.mark('participant', `connected to LiveKit at ${url} as ${participant.identity} (sid ${participant.sid}, pid ${participant.pid})`);
+  const { identity, sid, pid } = participant;
+  timeline.mark('participant', `connected to LiveKit at ${url} as ${identity} (sid ${sid}, pid ${pid})`);
   process.stdout.write('commands: leave, crash, freeze, thaw, quit\n');
 
   /** Waits for the membership to end after the participant went at `wentAt`. */

@@ -120,7 +120,11 @@ async function main(argv: string[]): Promise<number> {
     if (livekitSource) {
       say(`LiveKit: ${agent.livekit.url} (${livekitSource}), not started here`);
     } else {
-      say('LiveKit: provisioning the server binary (scripts/provision-livekit.sh; the first start builds it with Go, which takes minutes)');
+      say(
+        env.LIVEKIT_SERVER_BIN
+          ? `LiveKit: the binary LIVEKIT_SERVER_BIN names (${env.LIVEKIT_SERVER_BIN})`
+          : 'LiveKit: provisioning the server binary (scripts/provision-livekit.sh; the first start builds it with Go, which takes minutes)',
+      );
       const bin = await provisionLiveKit(abort.signal);
       if (abort.signal.aborted) return 0;
       if (!bin.path) {
@@ -165,7 +169,9 @@ async function main(argv: string[]): Promise<number> {
     started.push(async () => {
       const e = await all.stop(DRAIN_MS);
       // 143/130: drained after our SIGTERM (or the terminal's SIGINT, which reaches it too).
-      if (e.code !== 143 && e.code !== 130 && e.code !== 0) complain(`lastwill all ended with ${describeExit(e)} while stopping`);
+      if (e.code !== 143 && e.code !== 130 && e.code !== 0) {
+        complain(`lastwill all ended with ${describeExit(e)} while stopping`);
+      }
     });
     const answers = async (url: string) => (await fetch(url, { signal: AbortSignal.timeout(2000) })).ok;
     await waitFor(

@@ -19,7 +19,7 @@ import { createCallRoom, registerWithSharedSecret, startObserver } from '../../s
 import { DEFAULT_STATE_FILE, readStackState, type StackState } from '../../scripts/lib/stack-state.js';
 import { cleanEnv, Metrics } from './support/flow.js';
 import { ensureLiveKitBinary } from './support/livekit.js';
-import { freePorts, type ManagedProcess, REPO_ROOT, spawnManaged, waitFor } from './support/proc.js';
+import { type ExitInfo, freePorts, type ManagedProcess, REPO_ROOT, spawnManaged, waitFor } from './support/proc.js';
 
 const livekit = await ensureLiveKitBinary();
 if (livekit.skip) console.warn(`[local-stack] skipping the stack with LiveKit: ${livekit.skip}`);
@@ -127,17 +127,21 @@ async function startStack(env: Record<string, string> = {}): Promise<RunningStac
   return stack;
 }
 
+/** What is still running of `tree` once its parent exited (the kernel may take a moment to reap the last). */
+async function leftOf(tree: number[]): Promise<string[]> {
+  await waitFor('the processes to be gone', () => stillRunning(tree).length === 0, { timeoutMs: 5_000 }).catch(() => undefined);
+  return stillRunning(tree);
+}
+
 /** SIGTERM, and what is left of the stack's processes afterwards. */
-async function terminate(stack: RunningStack): Promise<{ exit: { code: number | null; signal: string | null }; left: string[] }> {
+async function terminate(stack: RunningStack): Promise<{ exit: ExitInfo; left: string[] }> {
   const tree = descendants(stack.proc.pid);
   stack.proc.signal('SIGTERM');
   const exit = await Promise.race([
     stack.proc.exited,
     new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the stack did not exit within 90 s')), 90_000)),
   ]);
-  // The stack waits for its children; give the kernel a moment to reap the last of them.
-  await waitFor('its processes to be gone', () => stillRunning(tree).length === 0, { timeoutMs: 5_000 }).catch(() => undefined);
-  return { exit, left: stillRunning(tree) };
+  return { exit, left: await leftOf(tree) };
 }
 
 afterEach(async (ctx) => {
@@ -167,6 +171,8 @@ describe.skipIf(!!livekit.skip)('npm start: the local stack with LiveKit', () =>
     expect(state.livekit.netnsHolderPid).toBeGreaterThan(0);
     const tree = descendants(stack.proc.pid);
     expect(tree).toEqual(expect.arrayContaining([state.livekit.pid, state.livekit.netnsHolderPid]));
+    const provisioned = /^\[stack\] LiveKit: (provisioning the server binary|the binary LIVEKIT_SERVER_BIN names)/m;
+    expect(stack.proc.logs()).toMatch(provisioned);
     // What to do next, printed.
     expect(stack.proc.logs()).toContain('npm run participant');
     expect(stack.proc.logs()).toContain(`${state.agent.url}/metrics`);
@@ -225,8 +231,8 @@ describe.skipIf(!!livekit.skip)('npm start: the local stack with LiveKit', () =>
     const exit = await stack.proc.exited;
     expect(exit).toEqual({ code: 1, signal: null });
     expect(stack.proc.logs()).toContain('[stack] LiveKit exited unexpectedly (signal SIGKILL): stopping the rest');
-    await waitFor('its processes to be gone', () => stillRunning(tree).length === 0, { timeoutMs: 5_000 }).catch(() => undefined);
-    expect(stillRunning(tree)).toEqual([]);
+    expect(await leftOf(tree)).toEqual([]);
+    expect(existsSync(stack.stateFile)).toBe(false);
   }, 300_000);
 });
 
@@ -235,7 +241,7 @@ describe('npm start: the local stack with another SFU', () => {
     const url = 'ws://127.0.0.1:9'; // nothing listens: the agent needs LiveKit only for rooms
     const stack = await startStack({ LIVEKIT_URL: url });
     expect(stack.proc.logs()).toContain(`[stack] LiveKit: ${url} (from LIVEKIT_URL), not started here`);
-    expect(stack.proc.logs()).not.toContain('provisioning');
+    expect(stack.proc.logs()).not.toMatch(/LiveKit: (provisioning|the binary)/);
     expect(stack.state.livekit).toEqual({ url, started: false });
     const { exit, left } = await terminate(stack);
     expect(exit).toEqual({ code: 0, signal: null });
