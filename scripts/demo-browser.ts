@@ -20,8 +20,9 @@ import {
   type Shots,
   type TwoInCall,
 } from '../test/e2e/support/element-call-scenarios.js';
-import { flowSkipReason, formatEntry, Timeline, watchAgent } from '../test/e2e/support/flow.js';
-import { REPO_ROOT } from '../test/e2e/support/proc.js';
+import { flowSkipReason, watchAgent } from '../test/e2e/support/flow.js';
+import { REPO_ROOT } from './lib/proc.js';
+import { formatEntry, Timeline } from './lib/timeline.js';
 
 const HOLD_MS = 10_000;
 const DETECTION_WAIT_MS = 60_000;

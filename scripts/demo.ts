@@ -14,20 +14,16 @@
 // (scripts/demo-browser.ts).
 import {
   flowSkipReason,
-  formatEntry,
   handOver,
   setupCall,
   startFlowStack,
-  Timeline,
   watchAgent,
-  curl,
-  CALL_MEMBER_TYPE,
   type Call,
   type FlowStack,
 } from '../test/e2e/support/flow.js';
-import { sleep } from '../test/e2e/support/proc.js';
-
-const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
+import { CALL_MEMBER_TYPE, MSC4140 } from './lib/matrixrtc.js';
+import { sleep } from './lib/proc.js';
+import { curl, formatEntry, Timeline } from './lib/timeline.js';
 const HOLD_MS = 5_000;
 
 function banner(text: string): void {

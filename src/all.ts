@@ -10,17 +10,10 @@ import type { Logger } from 'pino';
 
 import { startAgent } from './agent/main.js';
 import type { AgentConfig } from './config/agent.js';
-import { splitHostPort } from './config/common.js';
+import { localUrl, splitHostPort } from './config/common.js';
 import type { HomeserverConfig } from './config/homeserver.js';
 import { startHomeserver } from './homeserver/main.js';
 import type { RunningService } from './lib/service.js';
-
-/** The URL a local peer uses to reach a bind address (a wildcard bind is reached on loopback). */
-export function localUrl(bind: string): string {
-  const { host, port } = splitHostPort(bind);
-  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${port}`;
-}
 
 /** Completes both configurations so each component knows the other. */
 export function wireTogether(

@@ -10,8 +10,7 @@ import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 
 import { type AgentConfig, type HomeserverConfig, agentSettings, allSettings, ConfigError, homeserverSettings, loadConfig } from './config/index.js';
-import { agentEnvHook } from './config/agent-env.js';
-import type { EnvOverride } from './config/load.js';
+import { agentEnvHook, allEnvHook } from './config/agent-env.js';
 import { generatedFiles } from './config/generated.js';
 import { createLogger, type LogLevel } from './lib/logger.js';
 import type { RunningService } from './lib/service.js';
@@ -21,7 +20,7 @@ const USAGE = `Usage: lastwill <command> [--config FILE]
 Commands:
   homeserver      run the bundled MSC4140 delayed-events homeserver
   agent           run the delegate agent beside the LiveKit SFU
-  all             run both in one process on embedded defaults (what \`npm start\` runs)
+  all             run both in one process on embedded defaults (\`npm start\` runs it beside LiveKit)
   check-config    validate the configuration of --for homeserver|agent|all and exit
   sample-config   print the generated sample configs; --write updates config/ and docs/
 
@@ -79,11 +78,6 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`unknown command: ${command}\n\n${USAGE}\n`);
       return 2;
   }
-}
-
-/** `lastwill all` reads the agent's lk-jwt-service variables into its `agent:` section. */
-function allEnvHook(env: Readonly<Record<string, string | undefined>>): EnvOverride[] {
-  return agentEnvHook(env).map((o) => ({ ...o, path: ['agent', ...o.path] }));
 }
 
 function writeSamples(write: boolean): number {

@@ -44,3 +44,8 @@ export function agentEnvHook(env: Env): EnvOverride[] {
     { path: ['livekit', 'secret'], value: secret, source: 'LIVEKIT_KEY_FILE' },
   ];
 }
+
+/** `lastwill all` reads the agent's lk-jwt-service variables into its `agent:` section. */
+export function allEnvHook(env: Env): EnvOverride[] {
+  return agentEnvHook(env).map((o) => ({ ...o, path: ['agent', ...o.path] }));
+}

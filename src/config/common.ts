@@ -14,6 +14,13 @@ export function splitHostPort(value: string): { host: string; port: number } {
   return { host: value.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(value.slice(i + 1)) };
 }
 
+/** The URL a local peer uses to reach a bind address (a wildcard bind is reached on loopback). */
+export function localUrl(bind: string): string {
+  const { host, port } = splitHostPort(bind);
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${port}`;
+}
+
 /** A Matrix server name: hostname or IP literal, optional port. */
 export const serverName = z
   .string()

@@ -77,6 +77,12 @@ export interface SettingInfo {
   setting: Setting;
   /** Canonical environment name. */
   envName: string;
+  /**
+   * The variable that sets only a default (below the file and every other variable): the canonical
+   * name with `DEFAULT_` after `LASTWILL_`. A container image sets its listen addresses and data
+   * directories this way, so what an operator brings (a file, lk-jwt-service's variables) still wins.
+   */
+  defaultEnvName: string;
   /** The default value, or undefined when the setting is required or optional without one. */
   defaultValue: unknown;
   hasDefault: boolean;
@@ -87,11 +93,13 @@ export function settingsOf(root: Node, prefix = '', path: string[] = [], envPath
   if (root.kind === 'setting') {
     const parsed = root.schema.safeParse(undefined);
     const hasDefault = parsed.success && parsed.data !== undefined;
+    const envName = prefix + envPath.join('_').toUpperCase();
     return [
       {
         path,
         setting: root,
-        envName: prefix + envPath.join('_').toUpperCase(),
+        envName,
+        defaultEnvName: envName.replace(/^(LASTWILL_)?/, 'LASTWILL_DEFAULT_'),
         defaultValue: hasDefault ? parsed.data : undefined,
         hasDefault,
       },

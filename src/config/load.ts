@@ -1,6 +1,8 @@
 /**
- * Loads a configuration: YAML file, then environment variables (canonical LASTWILL_* names, then
- * aliases), then zod validation. `env` is a parameter so tests never touch process.env.
+ * Loads a configuration. Precedence, highest first: environment variables (canonical LASTWILL_*
+ * names, then aliases), the YAML file, `LASTWILL_DEFAULT_*` variables (defaults an image or a
+ * packager sets), the schema's defaults; then zod validation. `env` is a parameter so tests never
+ * touch process.env.
  */
 import { readFileSync } from 'node:fs';
 
@@ -31,6 +33,21 @@ export interface LoadOptions {
 }
 
 export function loadConfig<G extends Group>(root: G, opts: LoadOptions = {}): Infer<G> {
+  return resolveConfig(root, opts).config;
+}
+
+/** A loaded configuration and where each value that is not the schema's default came from. */
+export interface ResolvedConfig<G extends Group> {
+  config: Infer<G>;
+  /**
+   * By dotted key (`agent.livekit.url`): `from LIVEKIT_URL`, `in FILE` or `from LASTWILL_DEFAULT_…`;
+   * absent for a schema default.
+   */
+  sources: ReadonlyMap<string, string>;
+}
+
+/** {@link loadConfig}, also telling where each value came from. */
+export function resolveConfig<G extends Group>(root: G, opts: LoadOptions = {}): ResolvedConfig<G> {
   const env = opts.env ?? {};
   const sources = new Map<string, string>();
   let tree: Record<string, unknown> = {};
@@ -57,6 +74,16 @@ export function loadConfig<G extends Group>(root: G, opts: LoadOptions = {}): In
   }
 
   for (const info of settingsOf(root)) {
+    const key = info.path.join('.');
+    if (getPath(tree, info.path) !== undefined) {
+      sources.set(key, `in ${opts.file}`);
+    } else {
+      const raw = env[info.defaultEnvName];
+      if (raw !== undefined && raw !== '') {
+        setPath(tree, info.path, parseEnvValue(info.setting.env, raw));
+        sources.set(key, `from ${info.defaultEnvName}`);
+      }
+    }
     const candidates = [
       { name: info.envName, parse: undefined as ((raw: string) => unknown) | undefined },
       ...(info.setting.aliases ?? []).map((a) => ({ name: a.name, parse: a.parse })),
@@ -68,10 +95,10 @@ export function loadConfig<G extends Group>(root: G, opts: LoadOptions = {}): In
       try {
         value = c.parse ? c.parse(raw) : parseEnvValue(info.setting.env, raw);
       } catch (err) {
-        throw new ConfigError(`${info.path.join('.')} (from ${c.name}): ${(err as Error).message}`);
+        throw new ConfigError(`${key} (from ${c.name}): ${(err as Error).message}`);
       }
       setPath(tree, info.path, value);
-      sources.set(info.path.join('.'), `from ${c.name}`);
+      sources.set(key, `from ${c.name}`);
       break;
     }
   }
@@ -91,7 +118,16 @@ export function loadConfig<G extends Group>(root: G, opts: LoadOptions = {}): In
     });
     throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
   }
-  return result.data as Infer<G>;
+  return { config: result.data as Infer<G>, sources };
+}
+
+function getPath(tree: Record<string, unknown>, path: string[]): unknown {
+  let node: unknown = tree;
+  for (const key of path) {
+    if (typeof node !== 'object' || node === null || Array.isArray(node)) return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node ?? undefined;
 }
 
 function setPath(tree: Record<string, unknown>, path: string[], value: unknown): void {

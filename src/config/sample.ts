@@ -59,7 +59,18 @@ function envNames(info: SettingInfo): string[] {
 
 /** A Markdown table per component: key, environment names, default, meaning. */
 export function renderMarkdown(sections: Array<{ title: string; root: Group }>): string {
-  const out = ['# Configuration reference', '', 'Generated from the config schema (`npm run gen:config`); do not edit by hand.', ''];
+  const out = [
+    '# Configuration reference',
+    '',
+    'Generated from the config schema (`npm run gen:config`); do not edit by hand.',
+    '',
+    'Precedence, highest first: the environment variables named below (the `LASTWILL_` name, then the ' +
+      'others in their order), the YAML file (`--config`), a `LASTWILL_DEFAULT_` variable (the `LASTWILL_` ' +
+      'name with `DEFAULT_` after `LASTWILL_`, e.g. `LASTWILL_DEFAULT_AGENT_BIND`: a default that the file ' +
+      'and every other variable override; the container image sets its listen addresses and data ' +
+      'directories this way), the default shown.',
+    '',
+  ];
   for (const { title, root } of sections) {
     out.push(`## ${title}`, '', '| key | environment | default | meaning |', '| --- | --- | --- | --- |');
     for (const info of settingsOf(root)) {

@@ -9,7 +9,7 @@ import { agentSettings } from '../../src/config/agent.js';
 import { group, setting } from '../../src/config/define.js';
 import { generatedFiles } from '../../src/config/generated.js';
 import { homeserverSettings } from '../../src/config/homeserver.js';
-import { ConfigError, loadConfig } from '../../src/config/load.js';
+import { ConfigError, loadConfig, resolveConfig } from '../../src/config/load.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'lastwill-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -61,6 +61,24 @@ describe('homeserver configuration', () => {
     expect(() => loadConfig(homeserverSettings, { file: file('b.yaml', 'a: [\n'), env: {} })).toThrow(/not valid YAML/);
     expect(() => loadConfig(homeserverSettings, { file: join(dir, 'missing.yaml'), env: {} })).toThrow(ConfigError);
     expect(() => loadConfig(homeserverSettings, { file: file('n.yaml', '- 1\n'), env: {} })).toThrow(/top level must be a mapping/);
+  });
+
+  it('puts a LASTWILL_DEFAULT_ variable below the file and every other variable', () => {
+    const root = group(
+      {
+        url: setting(z.string().default('x'), { doc: 'u', env: 'string', aliases: [{ name: 'OLD_URL' }] }),
+        size: setting(z.number().default(1), { doc: 's', env: 'number' }),
+      },
+      { envPrefix: 'LASTWILL_T_' },
+    );
+    const defaults = { LASTWILL_DEFAULT_T_URL: 'image', LASTWILL_DEFAULT_T_SIZE: '5' };
+    expect(loadConfig(root, { env: defaults })).toEqual({ url: 'image', size: 5 });
+    expect(loadConfig(root, { env: { ...defaults, OLD_URL: 'old' } }).url).toBe('old');
+    expect(loadConfig(root, { env: { ...defaults, LASTWILL_T_URL: 'new' } }).url).toBe('new');
+    const path = file('t.yaml', 'url: file\n');
+    expect(loadConfig(root, { file: path, env: defaults })).toEqual({ url: 'file', size: 5 });
+    const { sources } = resolveConfig(root, { file: path, env: { ...defaults, LASTWILL_T_SIZE: '6' } });
+    expect(Object.fromEntries(sources)).toEqual({ url: `in ${path}`, size: 'from LASTWILL_T_SIZE' });
   });
 
   it('applies aliases after the canonical name and custom parsers', () => {

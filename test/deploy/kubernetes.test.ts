@@ -26,6 +26,7 @@ import { agentEnvHook } from '../../src/config/agent-env.js';
 import { type AgentConfig, agentSettings } from '../../src/config/agent.js';
 import { settingsOf } from '../../src/config/define.js';
 import { loadConfig } from '../../src/config/load.js';
+import { finalStage } from '../support/dockerfile.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 const DEPLOY = join(ROOT, 'deploy/kubernetes');
@@ -153,34 +154,6 @@ function unknownFieldErrors(objects: Loaded[]): string[] {
 
 // ---------------------------------------------------------------------------------------------
 // What the image and the kubelet contribute
-
-/** ENV, USER and ENTRYPOINT of the Dockerfile's final stage. */
-function finalStage(): { env: Record<string, string>; user: string; entrypoint: unknown } {
-  const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
-  const lines = text.split('\n').map((l) => l.trim());
-  const stage = lines.slice(lines.findLastIndex((l) => /^FROM\s/i.test(l)));
-  const env: Record<string, string> = {};
-  let user = 'root';
-  let entrypoint: unknown;
-  for (const line of stage) {
-    const [instruction, ...rest] = line.split(/\s+/);
-    const args = rest.join(' ');
-    switch (instruction?.toUpperCase()) {
-      case 'ENV':
-        for (const m of args.matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|\S*)/g)) {
-          env[m[1]!] = m[2]!.replace(/^"(.*)"$/, '$1');
-        }
-        break;
-      case 'USER':
-        user = args;
-        break;
-      case 'ENTRYPOINT':
-        entrypoint = JSON.parse(args);
-        break;
-    }
-  }
-  return { env, user, entrypoint };
-}
 
 const POD_NAME = 'lastwill-agent-5d8c7b9f4-x2x7q';
 
@@ -447,7 +420,7 @@ describe.each(VARIANTS)('the %s variant', (variant) => {
     });
 
     it("keeps the store on a persistent volume at the image's data directory", () => {
-      expect(config.data_dir).toBe(image.env.LASTWILL_AGENT_DATA_DIR);
+      expect(config.data_dir).toBe(image.env.LASTWILL_DEFAULT_AGENT_DATA_DIR);
       const mount = container.volumeMounts?.find((m) => m.mountPath === config.data_dir);
       const claimName = pod.volumes?.find((v) => v.name === mount?.name)?.persistentVolumeClaim?.claimName;
       const [claim] = find<IPersistentVolumeClaim>('PersistentVolumeClaim');

@@ -35,7 +35,8 @@ import {
   type Shots,
   type TwoInCall,
 } from './support/element-call-scenarios.js';
-import { flowSkipReason, formatEntry } from './support/flow.js';
+import { formatEntry } from '../../scripts/lib/timeline.js';
+import { flowSkipReason } from './support/flow.js';
 
 const skip = (await flowSkipReason('bundled')) ?? (await ensureChromium()).skip;
 if (skip) console.warn(`[element-call] skipping: ${skip}`);

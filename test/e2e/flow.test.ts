@@ -10,20 +10,16 @@
 // Skips with a reason when Go/Python/root are missing, except with CI=true where it fails.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
+import { DELEGATED_PRESET, MSC4140, requestJson, SLOT_ID, STICKY_MEMBERSHIP_MS } from '../../scripts/lib/matrixrtc.js';
+import { formatEntry } from '../../scripts/lib/timeline.js';
 import {
   type Call,
-  DELEGATED_PRESET,
   type FlowStack,
   flowSkipReason,
-  formatEntry,
   handOver,
-  SLOT_ID,
-  STICKY_MEMBERSHIP_MS,
   type HandOver,
   jwtPayload,
   type Metrics,
-  MSC4140,
-  requestJson,
   setupCall,
   startFlowStack,
   type SetupCallOptions,

@@ -8,7 +8,7 @@ import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { AccessToken } from 'livekit-server-sdk';
 import { DisconnectReason } from '@livekit/protocol';
 import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './support/livekit.js';
-import { startParticipant, type Participant } from './support/participant.js';
+import { startParticipant, type Participant } from '../../scripts/lib/participant.js';
 import { startWebhookSink, type WebhookSink, type ReceivedWebhook } from './support/webhook-sink.js';
 import { ensureSynapse, startSynapse, type SynapseServer } from './support/synapse.js';
 

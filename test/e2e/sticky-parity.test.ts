@@ -9,11 +9,11 @@ import { randomBytes } from 'node:crypto';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type MatrixServer, requestJson, startBundledHomeserver } from './support/flow.js';
+import { type RegisteredUser, requestJson } from '../../scripts/lib/matrixrtc.js';
+import { type MatrixServer, startBundledHomeserver } from './support/flow.js';
 import { sleep, waitFor } from './support/proc.js';
 import {
   ensureSynapse,
-  type RegisteredUser,
   startSynapse,
   SYNAPSE_MSC4354,
   SYNAPSE_VERSION,

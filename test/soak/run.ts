@@ -16,10 +16,21 @@ import { randomBytes } from 'node:crypto';
 
 import type { MatrixClient } from 'matrix-js-sdk';
 
-import { CALL_MEMBER_TYPE, type JoinedApp, type MatrixServer, requestJson, startApp, startObserver, Timeline } from '../e2e/support/flow.js';
-import { startParticipant, type Participant } from '../e2e/support/participant.js';
+import {
+  CALL_MEMBER_TYPE,
+  createCallRoom,
+  type JoinedApp,
+  joinRoom,
+  login,
+  type RegisteredUser,
+  requestJson,
+  startApp,
+  startObserver,
+} from '../../scripts/lib/matrixrtc.js';
+import { startParticipant, type Participant } from '../../scripts/lib/participant.js';
+import { Timeline } from '../../scripts/lib/timeline.js';
+import type { MatrixServer } from '../e2e/support/flow.js';
 import { sleep } from '../e2e/support/proc.js';
-import type { RegisteredUser } from '../e2e/support/synapse.js';
 import { prng } from '../support/prng.js';
 import { distribution, type Distribution } from '../../bench/lib/stats.js';
 import {
@@ -291,13 +302,7 @@ export function machineInfo(): SoakReport['machine'] {
 
 async function makeRoom(hs: MatrixServer, name: string, active: Map<string, Tracked>): Promise<Room> {
   const owner = await hs.registerUser(`${name}-watch`);
-  const created = await requestJson('POST', `${hs.baseUrl}/_matrix/client/v3/createRoom`, {
-    token: owner.accessToken,
-    // As Element Call's rooms: every member may publish a call membership.
-    body: { preset: 'public_chat', name, power_level_content_override: { events: { [CALL_MEMBER_TYPE]: 0 } } },
-  });
-  if (created.status !== 200) throw new Error(`createRoom: ${created.status} ${JSON.stringify(created.body)}`);
-  const roomId = String(created.body.room_id);
+  const roomId = await createCallRoom(hs, owner, name);
   // The observer: another client whose /sync shows when each membership ends.
   let present = new Set<string>();
   let observerClient: MatrixClient | undefined;
@@ -321,23 +326,6 @@ async function makeRoom(hs: MatrixServer, name: string, active: Map<string, Trac
   });
   observerClient = observer.client;
   return { roomId, observer };
-}
-
-async function joinRoom(hs: MatrixServer, user: RegisteredUser, roomId: string): Promise<void> {
-  const r = await requestJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {
-    token: user.accessToken,
-    body: {},
-  });
-  if (r.status !== 200) throw new Error(`join: ${r.status} ${JSON.stringify(r.body)}`);
-}
-
-/** A new device of the user (a new LiveKit identity). */
-async function login(hs: MatrixServer, user: RegisteredUser): Promise<RegisteredUser> {
-  const r = await requestJson('POST', `${hs.baseUrl}/_matrix/client/v3/login`, {
-    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: user.userId }, password: user.password },
-  });
-  if (r.status !== 200) throw new Error(`login: ${r.status} ${JSON.stringify(r.body)}`);
-  return { ...user, accessToken: String(r.body.access_token), deviceId: String(r.body.device_id) };
 }
 
 /** Retries `fn` (the homeserver or the agent may be down for a fault) until it succeeds or `until`. */

@@ -5,6 +5,7 @@
 // touches: the checker's view of who was really in the calls.
 import { randomBytes } from 'node:crypto';
 
+import { Timeline } from '../../scripts/lib/timeline.js';
 import { freeTcpPort } from '../e2e/support/proc.js';
 import {
   type AgentCluster,
@@ -14,7 +15,6 @@ import {
   type MatrixServer,
   startBundledHomeserver,
   synapseServer,
-  Timeline,
 } from '../e2e/support/flow.js';
 import { type LiveKitServer, startLiveKit } from '../e2e/support/livekit.js';
 import { startSynapse } from '../e2e/support/synapse.js';

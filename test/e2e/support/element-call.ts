@@ -25,13 +25,14 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { type Browser, type BrowserContext, chromium, type Frame, type Page } from 'playwright-core';
 
-import { CALL_MEMBER_TYPE, createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer, Timeline } from './flow.js';
+import { createCallRoom, joinRoom, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
+import type { Netns } from '../../../scripts/lib/netns.js';
+import { Timeline } from '../../../scripts/lib/timeline.js';
+import { createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer } from './flow.js';
 import { type Provisioned, provisionOnce } from '../../support/provision.js';
 import type { HostState } from '../element-call/host.js';
 import { startLiveKit, type LiveKitServer } from './livekit.js';
-import type { Netns } from './netns.js';
 import { cleanupStack, freeTcpPort, REPO_ROOT, waitFor, which } from './proc.js';
-import type { RegisteredUser } from './synapse.js';
 import { startWebhookSink, type WebhookSink } from './webhook-sink.js';
 
 const EC_PACKAGE = path.join(REPO_ROOT, 'node_modules', '@element-hq', 'element-call-embedded');
@@ -455,26 +456,11 @@ export async function startElementCallStack(opts: { timeline?: Timeline } = {}):
         return user;
       },
       async createRoom(creator, others, name) {
-        const post = async (url: string, token: string, body: unknown) => {
-          const r = await fetch(url, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-            body: JSON.stringify(body),
-          });
-          const json = (await r.json()) as Record<string, unknown>;
-          if (!r.ok) throw new Error(`POST ${url}: ${r.status} ${JSON.stringify(json)}`);
-          return json;
-        };
         // Unencrypted: Element Call encrypts media only in encrypted rooms, and the host has no crypto.
-        // Call member events at power level 0, as Element Web creates rooms with calls: otherwise
-        // only the creator may publish a membership (state_default 50) and the others' joins fail 403.
-        const created = await post(`${hs.baseUrl}/_matrix/client/v3/createRoom`, creator.accessToken, {
-          preset: 'public_chat',
-          name,
-          power_level_content_override: { events: { [CALL_MEMBER_TYPE]: 0 } },
-        });
-        const roomId = String(created.room_id);
-        for (const u of others) await post(`${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, u.accessToken, {});
+        // Call member events at power level 0 (createCallRoom), as Element Web creates rooms with
+        // calls: otherwise only the creator may publish a membership and the others' joins fail 403.
+        const roomId = await createCallRoom(hs, creator, name);
+        for (const u of others) await joinRoom(hs, u, roomId);
         return roomId;
       },
       openCall: (browser, user, roomId, name) => openCall(browser, { webUrl: web.url, hs, user, roomId, name }),

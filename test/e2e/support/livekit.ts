@@ -1,35 +1,25 @@
-// A real LiveKit server (v1.13.5, built from source by scripts/provision-livekit.sh) for e2e tests.
+// A real LiveKit server for the e2e tests: scripts/lib/livekit.ts with the tests' rules.
 //
 //   const bin = await ensureLiveKitBinary();            // {path} or {skip: reason}; throws when CI=true
 //   const lk = await startLiveKit({ webhookUrls: ['http://127.0.0.1:PORT/hook'] });
-//   … lk.url (ws://127.0.0.1:port), lk.httpUrl, lk.apiKey, lk.apiSecret …
-//   await lk.stop();                                     // or lk.kill(); lk.logs() for failure dumps
 //
-// Network isolation (see netns.ts): by default (when root + unshare/nsenter exist) the server runs
-// in a private network namespace with only `lo`; its HTTP/WebSocket/Twirp port is forwarded to the
-// same port on 127.0.0.1 of the root namespace, and each webhook URL's port is forwarded the other
-// way, so URLs are identical in both namespaces. Participants started with startParticipant() join
-// the namespace automatically (looked up by URL). ICE/UDP and ICE/TCP exist only inside it.
-// LASTWILL_E2E_NETNS=0 / {netns:false} runs it in the root namespace: fine for Twirp/webhook
-// plumbing, but real participants cannot connect there (and are refused by startParticipant).
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+// By default (when root + unshare/nsenter exist) the server runs in a private network namespace
+// (scripts/lib/netns.ts). LASTWILL_E2E_NETNS=0 / {netns:false} runs it in the root namespace: fine
+// for Twirp/webhook plumbing, but real participants cannot connect there (and are refused by
+// startParticipant). LIVEKIT_LOG_LEVEL sets the server's log level, LASTWILL_E2E_KEEP=1 keeps its
+// directory.
 import { randomBytes } from 'node:crypto';
-import {
-  REPO_ROOT,
-  execFileText,
-  freeTcpPort,
-  freeUdpPort,
-  isLoopbackHost,
-  PrerequisiteMissing,
-  skipOrThrow,
-  spawnManaged,
-  waitFor,
-} from './proc.js';
-import { createNetns, netnsUnavailableReason, type Netns } from './netns.js';
 
-export const LIVEKIT_VERSION = 'v1.13.5';
+import {
+  provisionLiveKit,
+  startLiveKit as startServer,
+  type LiveKitServer,
+  type StartLiveKitOptions as ServerOptions,
+} from '../../../scripts/lib/livekit.js';
+import { netnsUnavailableReason } from '../../../scripts/lib/netns.js';
+import { PrerequisiteMissing, skipOrThrow } from './proc.js';
+
+export { LIVEKIT_VERSION, netnsForUrl, type LiveKitServer } from '../../../scripts/lib/livekit.js';
 
 export type Ensure = { path: string; skip?: undefined } | { path?: undefined; skip: string };
 
@@ -46,202 +36,25 @@ export function ensureLiveKitBinary(): Promise<Ensure> {
     // cannot connect on loopback and the client would gather eth0 candidates.
     const nsWhy = process.env.LASTWILL_E2E_NETNS === '0' ? undefined : netnsUnavailableReason();
     if (nsWhy) return { skip: skipOrThrow(`LiveKit e2e needs a network namespace: ${nsWhy}`) };
-    const override = process.env.LIVEKIT_SERVER_BIN;
-    if (override) {
-      if (existsSync(override)) return { path: override };
-      return { skip: skipOrThrow(`LIVEKIT_SERVER_BIN=${override} does not exist`) };
-    }
-    const script = path.join(REPO_ROOT, 'scripts', 'provision-livekit.sh');
-    const r = await execFileText('bash', [script], { stderrToParent: true, env: { ...process.env, LIVEKIT_VERSION } });
-    const bin = r.stdout.trim().split('\n').pop() ?? '';
-    if (r.code === 0 && bin && existsSync(bin)) return { path: bin };
-    const msg = (r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-livekit:')).pop() ?? r.stderr.trim()) || `exit ${r.code}`;
-    return { skip: skipOrThrow(`LiveKit server unavailable: ${msg}`) };
+    const bin = await provisionLiveKit();
+    return bin.path ? { path: bin.path } : { skip: skipOrThrow(`LiveKit server unavailable: ${bin.error}`) };
   })();
   return ensured;
 }
 
-export interface StartLiveKitOptions {
-  webhookUrls?: string[];
-  apiKey?: string;
-  apiSecret?: string;
-  /** Run inside a private lo-only network namespace. Default: yes when possible (env LASTWILL_E2E_NETNS=0/1 overrides). */
-  netns?: boolean;
-  /** debug | info | warn. Default info (env LIVEKIT_LOG_LEVEL overrides). */
-  logLevel?: string;
-  /** Extra top-level config keys, replacing generated sections wholesale. */
-  extraConfig?: Record<string, unknown>;
-  /** Per-key overrides of the generated `rtc` section; a null value removes the key. */
-  rtcOverrides?: Record<string, unknown>;
-  readyTimeoutMs?: number;
-}
+export type StartLiveKitOptions = Partial<ServerOptions>;
 
-export interface LiveKitServer {
-  url: string;
-  httpUrl: string;
-  apiKey: string;
-  apiSecret: string;
-  port: number;
-  /** null when running in the root namespace. */
-  netns: Netns | null;
-  configFile: string;
-  logFile: string;
-  logs(): string;
-  /** Graceful stop (SIGTERM, SIGKILL after 5 s) and cleanup of namespace, forwarders and temp dir. */
-  stop(): Promise<void>;
-  /** SIGKILL and the same cleanup. */
-  kill(): Promise<void>;
-}
-
-/** URL -> namespace, so participants started with only a URL join the right namespace. */
-const byUrl = new Map<string, Netns>();
-export function netnsForUrl(url: string): Netns | undefined {
-  try {
-    const u = new URL(url);
-    return byUrl.get(`${u.hostname}:${u.port}`);
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The rtc section. Every setting below was checked against v1.13.5 in this repo's e2e runs
- * (mediatransportutil pkg/rtcconfig, livekit pkg/service/roommanager.go):
- */
-function rtcConfig(tcpPort: number, udpPort: number, stunPort: number) {
-  return {
-    // Single-port ICE/UDP mux and ICE/TCP on picked ports (default 7882/7881 would collide
-    // between parallel servers in the root namespace).
-    udp_port: udpPort,
-    tcp_port: tcpPort,
-    // Advertise 127.0.0.1. Without node_ip the server looks for the first non-loopback
-    // interface address (and inside an lo-only namespace finds none).
-    node_ip: '127.0.0.1',
-    // Adds loopback to the UDP mux and to the host candidates; without it pion drops
-    // 127.0.0.1 candidates and ICE never connects on loopback.
-    enable_loopback_candidate: true,
-    // Never ask STUN servers for an external address.
-    use_external_ip: false,
-    // LiveKit ALWAYS sends clients ICE servers; with none configured it sends
-    // stun:stun.l.google.com:19302 (rtcconfig.DefaultStunServers). Point them at a dead
-    // loopback UDP port instead, so clients neither resolve nor contact anything outside.
-    stun_servers: [`127.0.0.1:${stunPort}`],
-    // Only gather server candidates on lo / 127.0.0.1.
-    interfaces: { includes: ['lo'] },
-    ips: { includes: ['127.0.0.1/32'] },
-  };
-}
-
+/** A server with the test defaults: key `devkey`, a random 48-character secret, info logs. */
 export async function startLiveKit(opts: StartLiveKitOptions = {}): Promise<LiveKitServer> {
   const bin = await ensureLiveKitBinary();
   if (!bin.path) throw new PrerequisiteMissing(bin.skip);
-
-  const apiKey = opts.apiKey ?? 'devkey';
-  const apiSecret = opts.apiSecret ?? randomBytes(24).toString('hex'); // >= 32 chars, else LiveKit logs an error
-  const webhookUrls = opts.webhookUrls ?? [];
-  for (const u of webhookUrls) {
-    const { hostname, protocol } = new URL(u);
-    if (!isLoopbackHost(hostname) || protocol !== 'http:') throw new Error(`webhook URL must be http on loopback: ${u}`);
-  }
-
-  // Root-namespace mode (netns: false or LASTWILL_E2E_NETNS=0) is only for tests WITHOUT media
-  // (Twirp/webhook plumbing): there, ICE can't connect (libwebrtc ignores lo) and startParticipant
-  // refuses to run.
-  const useNetns = opts.netns ?? process.env.LASTWILL_E2E_NETNS !== '0';
-  if (useNetns && netnsUnavailableReason()) {
-    throw new PrerequisiteMissing(`netns requested but unavailable: ${netnsUnavailableReason()}`);
-  }
-
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'lastwill-livekit-'));
-  const logFile = path.join(dir, 'livekit.log');
-  const configFile = path.join(dir, 'livekit.yaml');
-  const port = await freeTcpPort();
-  const tcpPort = await freeTcpPort();
-  const udpPort = await freeUdpPort();
-  let stunPort = await freeUdpPort();
-  while (stunPort === udpPort) stunPort = await freeUdpPort();
-
-  const config = {
-    port,
-    bind_addresses: ['127.0.0.1'],
-    keys: { [apiKey]: apiSecret },
-    log_level: opts.logLevel ?? process.env.LIVEKIT_LOG_LEVEL ?? 'info',
-    rtc: Object.fromEntries(
-      Object.entries({ ...rtcConfig(tcpPort, udpPort, stunPort), ...opts.rtcOverrides }).filter(([, v]) => v !== null),
-    ),
-    ...(webhookUrls.length ? { webhook: { api_key: apiKey, urls: webhookUrls } } : {}),
-    ...opts.extraConfig,
-  };
-  writeFileSync(configFile, JSON.stringify(config, null, 2)); // JSON is YAML
-
-  let netns: Netns | null = null;
-  const cleanups: Array<() => Promise<void> | void> = [];
-  const cleanup = async () => {
-    while (cleanups.length) await cleanups.pop()!();
-  };
-  try {
-    if (useNetns) {
-      netns = await createNetns();
-      const ns = netns;
-      cleanups.push(() => ns.destroy());
-      await ns.exposePort(port);
-      for (const p of new Set(webhookUrls.map((u) => Number(new URL(u).port || 80)))) await ns.importPort(p);
-    }
-    const [cmd, args] = netns ? netns.wrap(bin.path, ['--config', configFile]) : [bin.path, ['--config', configFile]];
-    const proc = spawnManaged(cmd, args, { cwd: dir, logFile, stdio: ['ignore', 'pipe', 'pipe'] });
-    cleanups.push(async () => {
-      await proc.kill();
-    });
-
-    const httpUrl = `http://127.0.0.1:${port}`;
-    const url = `ws://127.0.0.1:${port}`;
-    await waitFor(
-      'LiveKit HTTP readiness',
-      async () => {
-        const r = await fetch(httpUrl + '/', { signal: AbortSignal.timeout(1000) });
-        return r.ok;
-      },
-      {
-        timeoutMs: opts.readyTimeoutMs ?? 30_000,
-        intervalMs: 100,
-        abort: () => (proc.hasExited() ? `livekit-server exited early:\n${proc.logs().slice(-4000)}` : undefined),
-      },
-    );
-    if (netns) byUrl.set(`127.0.0.1:${port}`, netns);
-
-    let stopped = false;
-    const finish = async (how: 'stop' | 'kill') => {
-      if (stopped) return;
-      stopped = true;
-      byUrl.delete(`127.0.0.1:${port}`);
-      if (how === 'stop') {
-        // 1st SIGTERM waits for participants to leave; a 2nd forces exit.
-        proc.signal('SIGTERM');
-        const t1 = setTimeout(() => proc.signal('SIGTERM'), 1000);
-        const t2 = setTimeout(() => proc.signal('SIGKILL'), 5000);
-        await proc.exited;
-        clearTimeout(t1);
-        clearTimeout(t2);
-      }
-      await cleanup();
-      if (process.env.LASTWILL_E2E_KEEP !== '1') rmSync(dir, { recursive: true, force: true });
-    };
-    return {
-      url,
-      httpUrl,
-      apiKey,
-      apiSecret,
-      port,
-      netns,
-      configFile,
-      logFile,
-      logs: () => proc.logs(),
-      stop: () => finish('stop'),
-      kill: () => finish('kill'),
-    };
-  } catch (err) {
-    await cleanup();
-    rmSync(dir, { recursive: true, force: true });
-    throw err;
-  }
+  return startServer({
+    ...opts,
+    bin: bin.path,
+    apiKey: opts.apiKey ?? 'devkey',
+    apiSecret: opts.apiSecret ?? randomBytes(24).toString('hex'), // >= 32 chars, else LiveKit logs an error
+    netns: opts.netns ?? process.env.LASTWILL_E2E_NETNS !== '0',
+    logLevel: opts.logLevel ?? process.env.LIVEKIT_LOG_LEVEL ?? 'info',
+    keepDir: opts.keepDir ?? process.env.LASTWILL_E2E_KEEP === '1',
+  });
 }

@@ -7,11 +7,12 @@
 //   await startSynapse({ extraConfig: SYNAPSE_MSC4354 }); // with MSC4354 sticky events as well
 //   const u = await hs.registerUser('alice');          // shared-secret admin API (HMAC-SHA1 mac)
 //   await hs.restart();  await hs.stop();  hs.kill();  hs.logs();
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { registerWithSharedSecret, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
 import { makeSelfSignedCert } from '../../support/tls.js';
 import {
   REPO_ROOT,
@@ -45,13 +46,6 @@ export function ensureSynapse(): Promise<Ensure> {
     return { skip: skipOrThrow(`Synapse unavailable: ${msg}`) };
   })();
   return ensured;
-}
-
-export interface RegisteredUser {
-  userId: string;
-  accessToken: string;
-  deviceId: string;
-  password: string;
 }
 
 export interface SynapseServer {
@@ -96,36 +90,6 @@ export interface StartSynapseOptions {
  * in Synapse's Python, which refuses to start otherwise.
  */
 export const SYNAPSE_MSC4354: Record<string, unknown> = { experimental_features: { msc4354_enabled: true } };
-
-export function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
-  return createHmac('sha1', secret).update([nonce, user, password, admin ? 'admin' : 'notadmin'].join('\0'), 'utf8').digest('hex');
-}
-
-/**
- * Registers a user through the Synapse shared-secret admin API (GET nonce, POST with the HMAC-SHA1
- * mac). The bundled homeserver implements the same API, so both test servers use this.
- */
-export async function registerWithSharedSecret(
-  baseUrl: string,
-  secret: string,
-  name: string,
-  o: { admin?: boolean; password?: string } = {},
-): Promise<RegisteredUser> {
-  const password = o.password ?? `pw-${randomBytes(6).toString('hex')}`;
-  const url = `${baseUrl}/_synapse/admin/v1/register`;
-  const nr = await fetch(url);
-  if (!nr.ok) throw new Error(`GET ${url}: ${nr.status} ${await nr.text()}`);
-  const { nonce } = (await nr.json()) as { nonce: string };
-  const admin = o.admin ?? false;
-  const r = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ nonce, username: name, password, admin, mac: registrationMac(secret, nonce, name, password, admin) }),
-  });
-  const body = (await r.json()) as { user_id: string; access_token: string; device_id: string };
-  if (!r.ok) throw new Error(`register ${name}: ${r.status} ${JSON.stringify(body)}`);
-  return { userId: body.user_id, accessToken: body.access_token, deviceId: body.device_id, password };
-}
 
 const fast = { per_second: 10000, burst_count: 10000 };
 

@@ -1,5 +1,6 @@
 // A real @livekit/rtc-node participant in its own child process (participant-child.ts, run by
-// Node 24 with native type stripping), so tests can end it cleanly, kill it, or freeze it.
+// Node 24 with native type stripping), so tests and the participant tool (scripts/participant.ts)
+// can end it cleanly, kill it, or freeze it.
 //
 //   const p = await startParticipant({ url: lk.url, token });   // resolves once connected
 //   p.sid, p.identity, p.connectMs
@@ -9,19 +10,20 @@
 //   await p.exited;
 //
 // If the LiveKit server was started in a private network namespace (livekit.ts), the child is
-// started inside it (nsenter), so its ICE candidates are all loopback.
+// started inside it (nsenter), so its ICE candidates are all loopback; a namespace another process
+// holds is named with `netns: enterNetns(holderPid)`.
 import path from 'node:path';
-import { nodeForChildren, spawnManaged, SUPPORT_DIR, waitFor, type ExitInfo } from './proc.js';
+import { nodeForChildren, spawnManaged, LIB_DIR, waitFor, type ExitInfo } from './proc.js';
 import { netnsForUrl } from './livekit.js';
-import type { Netns } from './netns.js';
+import type { NetnsEntry } from './netns.js';
 
 export interface StartParticipantOptions {
   url: string;
   token: string;
   /** Namespace to run in; default: the one the server at `url` runs in. null = root namespace (needs allowRootNamespace). */
-  netns?: Netns | null;
+  netns?: NetnsEntry | null;
   connectTimeoutMs?: number;
-  /** Allow running outside a test-owned namespace (signalling-only experiments). Default false. */
+  /** Allow running outside a namespace of ours (signalling-only experiments, a remote SFU). Default false. */
   allowRootNamespace?: boolean;
 }
 
@@ -56,11 +58,11 @@ export interface Participant {
 
 export async function startParticipant(opts: StartParticipantOptions): Promise<Participant> {
   const node = nodeForChildren();
-  const script = path.join(SUPPORT_DIR, 'participant-child.ts');
+  const script = path.join(LIB_DIR, 'participant-child.ts');
   const netns = opts.netns === undefined ? netnsForUrl(opts.url) : opts.netns;
   if (!netns && !opts.allowRootNamespace) {
     throw new Error(
-      `no test-owned network namespace for ${opts.url}: start the server with startLiveKit() (netns mode). ` +
+      `no network namespace of ours for ${opts.url}: start the server with startLiveKit() (netns mode). ` +
         'In the root namespace libwebrtc would gather eth0 candidates (non-loopback traffic) and ICE cannot connect on lo.',
     );
   }

@@ -12,7 +12,8 @@
 //
 // How (no `ip netns add`, so nothing named can leak): a holder process
 //   unshare --net -- sh -c 'ip link set lo up; <veth with 127.0.0.2, see HOLDER_SCRIPT>; exec cat'
-// owns the namespace; it dies when its stdin pipe closes (i.e. with the test worker).
+// owns the namespace; it dies when its stdin pipe closes (i.e. with the process that made it: a
+// test worker, or the local stack of `npm start`).
 // Other processes join it with `nsenter -t <holder pid> -n -- cmd…` (nsenter execs, so the pid
 // we hold is the real process's pid: SIGKILL/SIGSTOP reach it directly).
 // The root namespace and the namespace are joined only by TCP-over-Unix-socket forwarders
@@ -21,7 +22,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnManaged, which, nodeForChildren, SUPPORT_DIR, waitFor, type ManagedProcess } from './proc.js';
+import { spawnManaged, which, nodeForChildren, LIB_DIR, waitFor, type ManagedProcess } from './proc.js';
 
 /**
  * Runs in the fresh namespace. libwebrtc (the engine of @livekit/rtc-node) never gathers host
@@ -45,10 +46,14 @@ const HOLDER_SCRIPT = [
   'exec cat >/dev/null', // lives until the parent closes our stdin
 ].join('\n');
 
-export interface Netns {
+/** How to run a command inside a namespace someone else holds (another process's, by its holder pid). */
+export interface NetnsEntry {
   holderPid: number;
   /** Prefix to run a command inside the namespace: [cmd, ...args] -> [...prefix, cmd, ...args]. */
   wrap(cmd: string, args: string[]): [string, string[]];
+}
+
+export interface Netns extends NetnsEntry {
   /** Make 127.0.0.1:port inside the namespace reachable as 127.0.0.1:port in the root namespace. */
   exposePort(port: number): Promise<void>;
   /** Make 127.0.0.1:port of the root namespace reachable as 127.0.0.1:port inside the namespace. */
@@ -64,6 +69,13 @@ export function netnsUnavailableReason(): string | undefined {
   return undefined;
 }
 
+/** Runs commands in the namespace held by `holderPid` (`nsenter -t <pid> -n`; needs root). */
+export function enterNetns(holderPid: number): NetnsEntry {
+  const nsenter = which('nsenter');
+  if (!nsenter) throw new Error('nsenter not found (util-linux)');
+  return { holderPid, wrap: (cmd, args) => [nsenter, ['-t', String(holderPid), '-n', '--', cmd, ...args]] };
+}
+
 export async function createNetns(): Promise<Netns> {
   const why = netnsUnavailableReason();
   if (why) throw new Error(why);
@@ -77,16 +89,13 @@ export async function createNetns(): Promise<Netns> {
     timeoutMs: 10_000,
     abort: () => (holder.hasExited() ? `unshare failed: ${holder.logs()}` : undefined),
   });
-  const nsenter = which('nsenter')!;
-  const pid = holder.pid;
+  const { wrap } = enterNetns(holder.pid);
   const bridges: ManagedProcess[] = [];
   let n = 0;
 
-  const wrap = (cmd: string, args: string[]): [string, string[]] => [nsenter, ['-t', String(pid), '-n', '--', cmd, ...args]];
-
   async function startBridge(inside: boolean, routes: unknown[]): Promise<void> {
     const node = nodeForChildren();
-    const script = path.join(SUPPORT_DIR, 'netns-bridge.mjs');
+    const script = path.join(LIB_DIR, 'netns-bridge.mjs');
     const [cmd, args] = inside ? wrap(node, [script, JSON.stringify({ routes })]) : [node, [script, JSON.stringify({ routes })]];
     const p = spawnManaged(cmd, args);
     bridges.push(p);
@@ -101,7 +110,7 @@ export async function createNetns(): Promise<Netns> {
   }
 
   return {
-    holderPid: pid,
+    holderPid: holder.pid,
     wrap,
     async exposePort(port) {
       const sock = path.join(dir, `in-${port}-${n++}.sock`);
