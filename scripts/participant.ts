@@ -151,7 +151,12 @@ async function main(argv: string[]): Promise<number> {
       const at = await observer.waitGone(user.userId, user.deviceId, HANGUP_WAIT_MS);
       const fin = await app.finalised().catch(() => undefined);
       const how = fin ? ` (the delayed leave: outcome ${String(fin.outcome)}, reason ${String(fin.reason)})` : '';
-      timeline.mark('observer', `hangup seen ${((at - wentAt) / 1000).toFixed(3)} s after the participant went${how}`);
+      timeline.mark(
+        'observer',
+        at < wentAt
+          ? `the membership had already ended ${((wentAt - at) / 1000).toFixed(3)} s before (LiveKit had dropped the participant)${how}`
+          : `hangup seen ${((at - wentAt) / 1000).toFixed(3)} s after the participant went${how}`,
+      );
       return 0;
     } catch {
       process.stderr.write(`no hangup reached the room within ${HANGUP_WAIT_MS / 1000} s\n`);
