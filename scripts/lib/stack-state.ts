@@ -4,31 +4,35 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
+import { z } from 'zod';
+
 /** Where the stack writes it, relative to the working directory (beside the default data dirs). */
 export const DEFAULT_STATE_FILE = '.data/stack.json';
 
-export interface StackState {
+const stackStateSchema = z.object({
   /** The stack's own process. */
-  pid: number;
-  homeserver: {
-    url: string;
-    serverName: string;
+  pid: z.number().int().positive(),
+  homeserver: z.object({
+    url: z.url(),
+    serverName: z.string().min(1),
     /** Synapse-compatible shared-secret registration (POST /_synapse/admin/v1/register). */
-    registrationSharedSecret: string;
+    registrationSharedSecret: z.string().min(1),
     /** Its /metrics, when `metrics_bind` is set. */
-    metricsUrl?: string;
-  };
-  agent: { url: string; metricsUrl: string };
-  livekit: {
-    url: string;
+    metricsUrl: z.url().optional(),
+  }),
+  agent: z.object({ url: z.url(), metricsUrl: z.url() }),
+  livekit: z.object({
+    url: z.string().min(1),
     /** false when the agent's LiveKit URL was configured and the stack started none. */
-    started: boolean;
-    pid?: number;
+    started: z.boolean(),
+    pid: z.number().int().positive().optional(),
     /** The process holding LiveKit's private network namespace (`nsenter -t <pid> -n`), if any. */
-    netnsHolderPid?: number;
-    logFile?: string;
-  };
-}
+    netnsHolderPid: z.number().int().positive().optional(),
+    logFile: z.string().optional(),
+  }),
+});
+
+export type StackState = z.infer<typeof stackStateSchema>;
 
 export function writeStackState(file: string, state: StackState): void {
   mkdirSync(path.dirname(file), { recursive: true });
@@ -43,7 +47,18 @@ export function readStackState(file: string): StackState {
   } catch {
     throw new Error(`no local stack found (${file} is missing): start one with \`npm start\`, or name a homeserver`);
   }
-  const state = JSON.parse(text) as StackState;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${file} is not JSON (${(err as Error).message}): restart the stack with \`npm start\``);
+  }
+  const checked = stackStateSchema.safeParse(parsed);
+  if (!checked.success) {
+    const problems = checked.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`).join('; ');
+    throw new Error(`${file} is not a state file of \`npm start\` (${problems}): restart the stack`);
+  }
+  const state = checked.data;
   try {
     process.kill(state.pid, 0);
   } catch {
