@@ -25,6 +25,7 @@ import {
   type RequestContext,
   Router,
 } from '../lib/http.js';
+import { metricsHandler } from '../lib/metrics-route.js';
 import type { Clock } from '../lib/timer-heap.js';
 import {
   legacyIdentity,
@@ -413,10 +414,7 @@ export function buildAgent(deps: AgentDeps): Agent {
   router.add('GET', '/healthz', () => ({ status: 200 }));
   router.add(otherMethods('GET'), '/healthz', () => ({ status: 405 }));
   router.add('GET', '/readyz', () => (ready() ? { body: { ready: true } } : { status: 503, body: { ready: false } }));
-  router.add('GET', '/metrics', async () => {
-    const { contentType, text } = await metrics.render();
-    return { raw: text, headers: { 'content-type': contentType } };
-  });
+  router.add('GET', '/metrics', metricsHandler(metrics.registry));
 
   const app = createHttpApp({
     router,

@@ -256,8 +256,4 @@ export class AgentMetrics {
     for (const outcome of ['ok', 'failed']) this.leaseRenewals.inc({ outcome }, 0);
     for (const reason of ['fenced', 'expired', 'released']) this.leasesLost.inc({ reason }, 0);
   }
-
-  async render(): Promise<{ contentType: string; text: string }> {
-    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
-  }
 }

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
+import { metricsHandler } from '../lib/metrics-route.js';
 import type { ActionOutcome, DelayedObserver, FinalStatus } from './delayed/index.js';
 import type { DelayedAction } from './delayed/engine.js';
 import type { FinaliseCause } from './delayed/store.js';
@@ -119,18 +120,11 @@ export class HomeserverMetrics {
     this.httpRequests.inc({ route: info.route, method: info.method, status: String(info.status) });
     this.httpDuration.observe({ route: info.route }, info.ms / 1000);
   }
-
-  async render(): Promise<{ contentType: string; text: string }> {
-    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
-  }
 }
 
 /** The metrics listener: `GET /metrics` and nothing else. It never listens by itself. */
 export function createMetricsApp(metrics: HomeserverMetrics, log: Logger): HttpApp {
   const router = new Router();
-  router.add('GET', '/metrics', async () => {
-    const { contentType, text } = await metrics.render();
-    return { raw: text, headers: { 'content-type': contentType } };
-  });
+  router.add('GET', '/metrics', metricsHandler(metrics.registry));
   return createHttpApp({ router, log });
 }

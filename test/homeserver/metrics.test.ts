@@ -91,7 +91,7 @@ describe('delayed-event metrics (manual clock)', () => {
     expect(await read('lastwill_homeserver_http_requests_total', { route: ACTION_ROUTE, method: 'POST', status: '404' })).toBe(1);
     expect(await read('lastwill_homeserver_http_request_duration_seconds', { route: ACTION_ROUTE }, '_count')).toBe(3);
 
-    const { text } = await t.hs.metrics.render();
+    const text = await t.hs.metrics.registry.metrics();
     for (const secret of [...ids, stateId, alice.userId, bob.userId, carol.userId, roomId, alice.accessToken]) {
       expect(text).not.toContain(secret);
     }
