@@ -1,4 +1,4 @@
-// `npm run soak -- [--mode single|cluster] [--homeserver bundled|synapse] [--duration 30m] [--seed N] [--size N] [--faults all|none|a,b]`
+// `npm run soak -- [--mode single|cluster] [--homeserver bundled|synapse] [--duration 30m] [--seed N] [--size N] [--faults all|none|a,b] [--min-checked N]`
 //
 // Runs the soak (test/soak/run.ts) once, prints its summary, stores the report as
 // bench/soak-results/<time>-<mode>.json and renders docs/reliability.md from every stored report.
@@ -38,6 +38,7 @@ async function main(): Promise<number> {
       seed: { type: 'string', default: String(Date.now() % 100_000) },
       size: { type: 'string', default: '8' },
       faults: { type: 'string', default: 'all' },
+      'min-checked': { type: 'string', default: '0' },
       'no-doc': { type: 'boolean', default: false },
     },
   });
@@ -47,6 +48,8 @@ async function main(): Promise<number> {
   const size = Number(values.size);
   if (!Number.isInteger(seed) || seed < 0) throw new Error('--seed: a non-negative integer');
   if (!Number.isInteger(size) || size < 1 || size > 64) throw new Error('--size: 1 to 64 participants');
+  const minChecked = Number(values['min-checked']);
+  if (!Number.isInteger(minChecked) || minChecked < 0) throw new Error('--min-checked: a non-negative integer');
   const skip = await flowSkipReason(values.homeserver);
   if (skip) {
     console.error(`cannot run here: ${skip}`);
@@ -59,6 +62,7 @@ async function main(): Promise<number> {
     durationS: duration(values.duration),
     size,
     faults: faults(values.faults),
+    minChecked,
     log: (line) => console.log(`[${new Date().toISOString()}] ${line}`),
   });
   mkdirSync(RESULTS_DIR, { recursive: true });
@@ -71,7 +75,7 @@ async function main(): Promise<number> {
   }
   const c = report.counts;
   console.log(
-    `${report.mode}, seed ${report.seed}, ${report.durationS} s: ${c.memberships} memberships, ${report.checked} checked, ` +
+    `${report.mode}, seed ${report.seed}, ${report.durationS} s (workload ${report.workloadS} s): ${c.memberships} memberships, ${report.checked} checked, ` +
       `${Object.values(report.faults).reduce((a, b) => a + b, 0)} faults, ${report.violations.length} violations`,
   );
   for (const r of report.replays) console.log(`\n${r}`);

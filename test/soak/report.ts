@@ -4,12 +4,18 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import type { Cause } from './checker.js';
-import type { SoakReport } from './run.js';
+import { replayCommand, type SoakReport } from './run.js';
 
 export const RESULTS_DIR = path.join(import.meta.dirname, '..', '..', 'bench', 'soak-results');
 const DOC = path.join(import.meta.dirname, '..', '..', 'docs', 'reliability.md');
 const FINDINGS_START = '<!-- findings: written by hand, kept by the renderer -->';
 const FINDINGS_END = '<!-- /findings -->';
+
+/** Says so when the workload ran past the duration to hand over `minChecked` memberships. */
+function extended(r: SoakReport): string {
+  if (r.workloadS === undefined || r.workloadS <= r.durationS) return '';
+  return ` The workload ran ${r.workloadS} s, past the ${r.durationS} s, to hand over at least ${r.minChecked} memberships.`;
+}
 
 export function readReports(dir = RESULTS_DIR): SoakReport[] {
   if (!existsSync(dir)) return [];
@@ -38,7 +44,7 @@ function runSection(r: SoakReport): string {
     `### ${r.startedAt.slice(0, 16).replace('T', ' ')} UTC · ${r.mode} · ${r.homeserverLabel} · seed ${r.seed} · ${Math.round(r.durationS / 60)} min · ${r.size} participants`,
     '',
     `Machine: ${r.machine.cpus} × ${r.machine.cpuModel}, ${r.machine.memoryGiB} GiB, Node ${r.machine.node}, ${r.machine.platform}. ` +
-      `Wall time ${Math.round(r.wallS / 60)} min. Replay: \`npm run soak -- --mode ${r.mode} --homeserver ${r.homeserver} --seed ${r.seed} --duration ${r.durationS} --size ${r.size} --faults ${r.faultsEnabled.join(',')}\``,
+      `Wall time ${Math.round(r.wallS / 60)} min.${extended(r)} Replay: \`${replayCommand({ ...r, faults: r.faultsEnabled })}\``,
     '',
     `- Workload: ${c.memberships} memberships (delegations) in ${r.rooms} rooms, ${c.participantsStarted} LiveKit sessions started; ` +
       `${c.clean} clean leaves, ${c.crash} crashes, ${c.freeze} freezes (${c.freezeSurvived} woke up in time), ${c.reconnect} reconnects, ` +
@@ -83,10 +89,13 @@ npm run soak -- --mode single|cluster --homeserver bundled|synapse --duration 30
 \`\`\`
 
 Options: \`--faults all|none|<kind>,<kind>\` (kinds below), \`--size\` participants at once (four per
-room), \`--no-doc\` to leave this page alone. Each run stores its report in
+room), \`--min-checked N\` to keep the workload (not the faults) going past the duration, for at most
+the duration again, until N memberships were handed over (a slow machine gets through fewer),
+\`--no-doc\` to leave this page alone. Each run stores its report in
 \`bench/soak-results/\` and re-renders this page; a run with a violation exits 1 and prints, per
 violation, the replay command, the faults around it and that membership's timeline. The test suite
-runs a short one in each mode (\`test/soak/soak.test.ts\`, fixed seeds) that fails on any violation.
+runs a short one in each mode (\`test/soak/soak.test.ts\`, fixed seeds, at least 15 memberships)
+that fails on any violation.
 
 ## What runs
 

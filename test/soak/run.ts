@@ -71,6 +71,12 @@ export interface SoakOptions {
   /** Participants in the calls at once. */
   size: number;
   faults: readonly FaultKind[];
+  /**
+   * Memberships to hand over at least. A slow or busy machine gets through fewer in the same time, so
+   * the workload (not the faults) goes on past the duration until this many were handed over, for at
+   * most the duration again. The report says how long it really ran.
+   */
+  minChecked?: number;
   /** Progress lines (a run takes minutes). */
   log?: (line: string) => void;
 }
@@ -96,6 +102,9 @@ export interface SoakReport {
   /** lastwill's homeserver, or `Synapse <version>`. */
   homeserverLabel: string;
   durationS: number;
+  /** How long the workload ran: the duration, or longer to reach `minChecked`. */
+  workloadS?: number;
+  minChecked?: number;
   size: number;
   rooms: number;
   faultsEnabled: FaultKind[];
@@ -217,12 +226,16 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       await joinRoom(world.hs, user, room.roomId);
       slots.push({ index: i, room, rng: prng(opts.seed * 1009 + i + 1), user });
     }
-    const deadline = Date.now() + opts.durationS * 1000;
+    const workloadStart = Date.now();
+    const deadline = workloadStart + opts.durationS * 1000;
     log(`world up in ${Date.now() - t0} ms: ${opts.mode}, ${opts.size} participants in ${roomCount} rooms, seed ${opts.seed}`);
 
     const env: SlotEnv = { world, deadline, counts, tracked, active, participants, workloadError, log };
+    // Faults keep to the duration as given, so their schedule depends on the seed alone.
     const faults = runFaults(world, faultsEnabled, prng(opts.seed ^ 0xfa017), deadline, faultSchedule, log);
-    await Promise.all([...slots.map((s) => runSlot(s, env)), faults]);
+    const extension = extendWorkload(env, opts.minChecked ?? 0, deadline + opts.durationS * 1000);
+    await Promise.all([...slots.map((s) => runSlot(s, env)), faults, extension]);
+    const workloadS = Math.round((env.deadline - workloadStart) / 1000);
 
     // Every participant has left (the drain). Wait for the last hangups, then read the histories.
     // A superseded membership's state key now holds its successor: it never ends by itself.
@@ -253,6 +266,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       homeserver: opts.homeserver,
       homeserverLabel: world.hs.label,
       durationS: opts.durationS,
+      workloadS,
+      ...(opts.minChecked ? { minChecked: opts.minChecked } : {}),
       size: opts.size,
       rooms: roomCount,
       faultsEnabled,
@@ -346,6 +361,7 @@ async function retrying<T>(what: string, fn: () => Promise<T>, until: number, on
 
 interface SlotEnv {
   world: SoakWorld;
+  /** When the workload ends: the slots drain from then on. extendWorkload may move it later. */
   deadline: number;
   counts: SoakReport['counts'];
   tracked: Tracked[];
@@ -355,15 +371,31 @@ interface SlotEnv {
   log(line: string): void;
 }
 
+/**
+ * Moves the workload's end on, 30 s at a time up to `cap`, while fewer than `minChecked`
+ * memberships were handed over. It decides 20 s ahead, before the slots stop starting new ones.
+ */
+async function extendWorkload(env: SlotEnv, minChecked: number, cap: number): Promise<void> {
+  const handedOver = () => env.tracked.filter((m) => m.handedOverAt > 0).length;
+  while (Date.now() < env.deadline) {
+    await sleep(1000);
+    if (env.deadline - Date.now() > 20_000 || env.deadline >= cap) continue;
+    const count = handedOver();
+    if (count >= minChecked) continue;
+    env.deadline = Math.min(cap, env.deadline + 30_000);
+    env.log(`workload extended to ${new Date(env.deadline).toISOString()}: ${count} of ${minChecked} memberships handed over`);
+  }
+}
+
 async function runSlot(slot: Slot, env: SlotEnv): Promise<void> {
-  const { world, deadline } = env;
+  const { world } = env;
   // Staggered starts, so joins do not all land at once.
   await sleep(slot.rng() * 5000);
   let device: RegisteredUser | undefined = slot.user;
   let previous: Tracked | undefined;
   let cycle = 0;
-  while (Date.now() + 15_000 < deadline) {
-    device ??= await retrying('login', () => login(world.hs, slot.user), deadline, env.workloadError);
+  while (Date.now() + 15_000 < env.deadline) {
+    device ??= await retrying('login', () => login(world.hs, slot.user), env.deadline, env.workloadError);
     if (!device) return;
     const { outcome, membership } = await runMembership(slot, device, `u${slot.index}#${cycle++}`, env, previous);
     previous = outcome === 'reopen' ? membership : undefined;
@@ -382,7 +414,7 @@ async function runMembership(
   /** The membership this one takes the place of (the app reopened on the same device). */
   supersedes: Tracked | undefined,
 ): Promise<{ outcome: 'left' | 'rejoin' | 'reopen' | 'failed'; membership?: Tracked }> {
-  const { world, deadline, counts, participants } = env;
+  const { world, counts, participants } = env;
   const { rng, room } = slot;
   const timeline = new Timeline();
   const createdAt = Date.now();
@@ -422,12 +454,12 @@ async function runMembership(
   // Element Call hands the delay_id over in /get_token; older clients use the separate endpoint.
   const inToken = rng() < 0.5;
   const token = async (delegate: boolean) =>
-    retrying(`${label} token`, () => a.getToken({ delegate }), Math.min(deadline, Date.now() + 60_000), env.workloadError);
+    retrying(`${label} token`, () => a.getToken({ delegate }), Math.min(env.deadline, Date.now() + 60_000), env.workloadError);
   const first = await token(inToken);
   const delegated =
     first &&
     (inToken ||
-      (await retrying(`${label} delegate`, () => a.delegateToAgent().then(() => true), Math.min(deadline, Date.now() + 60_000), env.workloadError)));
+      (await retrying(`${label} delegate`, () => a.delegateToAgent().then(() => true), Math.min(env.deadline, Date.now() + 60_000), env.workloadError)));
   if (!first || !delegated) {
     // Nothing was handed over for sure, so nothing is judged (counted as a workload error).
     leaveApp();
@@ -444,7 +476,7 @@ async function runMembership(
   // it until then, and the hangup the agent must send from now on belongs to the new one.
   let generation = 0;
   const handOverAgain = async (next: Tracked) => {
-    const until = Math.min(deadline, Date.now() + 60_000);
+    const until = Math.min(env.deadline, Date.now() + 60_000);
     const stillCurrent = () => m === next && next.departure === undefined && a.currentDelayId() === next.delayId;
     const handed = await retrying(
       `${next.label} redelegate`,
@@ -518,7 +550,7 @@ async function runMembership(
   let frozeAt: number | undefined;
   for (;;) {
     const stayMs = between(rng, 5_000, 60_000);
-    await sleep(Math.max(0, Math.min(stayMs, deadline - Date.now())));
+    await sleep(Math.max(0, Math.min(stayMs, env.deadline - Date.now())));
     if (m.goneAt !== undefined) {
       // Ended while the participant was meant to be in the call: after a freeze LiveKit dropped,
       // the departure was the freeze; otherwise the checker judges it against LiveKit's record.
@@ -528,7 +560,7 @@ async function runMembership(
       await p.kill();
       return { outcome: 'left' };
     }
-    if (Date.now() >= deadline) {
+    if (Date.now() >= env.deadline) {
       await depart('drain', 'disconnect');
       return { outcome: 'left' };
     }
@@ -780,6 +812,12 @@ async function findScheduled(hs: MatrixServer, slots: Slot[], tracked: Tracked[]
   for (const m of tracked) m.scheduledAtEnd = scheduled.has(m.delayId);
 }
 
+/** The command that runs this soak again, for replays and the report. */
+export function replayCommand(r: Pick<SoakReport, 'mode' | 'homeserver' | 'seed' | 'durationS' | 'size' | 'minChecked'> & { faults: readonly string[] }): string {
+  const min = r.minChecked ? ` --min-checked ${r.minChecked}` : '';
+  return `npm run soak -- --mode ${r.mode} --homeserver ${r.homeserver} --seed ${r.seed} --duration ${r.durationS} --size ${r.size} --faults ${r.faults.join(',')}${min}`;
+}
+
 function replay(v: Violation, tracked: Tracked[], sessions: SessionRecord[], faults: FaultRecord[], opts: SoakOptions): string {
   const m = tracked.find((t) => t.label === v.label);
   if (!m) return `${v.kind} ${v.label}: ${v.detail}`;
@@ -790,7 +828,7 @@ function replay(v: Violation, tracked: Tracked[], sessions: SessionRecord[], fau
   const iso = (t: number | undefined) => (t === undefined ? '-' : new Date(t).toISOString());
   return [
     `${v.kind} ${v.label}: ${v.detail}`,
-    `replay: npm run soak -- --mode ${opts.mode} --homeserver ${opts.homeserver} --seed ${opts.seed} --duration ${opts.durationS} --size ${opts.size} --faults ${opts.faults.join(',')}`,
+    `replay: ${replayCommand(opts)}`,
     `membership ${m.key} (identity ${m.identity}) handed over ${iso(m.handedOverAt)}, departure ${m.departure ? `${m.departure.cause} at ${iso(m.departure.at)}` : '-'}, seen gone ${iso(m.goneAt)}, hangups ${m.hangups.map((h) => iso(h)).join(', ') || '-'}`,
     'LiveKit sessions:',
     ...own.map((s) => `  ${s.sid} joined ${iso(s.joinedAt)} left ${iso(s.leftAt)}`),
