@@ -25,7 +25,7 @@ import {
   type RequestContext,
   Router,
 } from '../lib/http.js';
-import { metricsHandler } from '../lib/metrics-route.js';
+import { metricsHandler } from '../lib/http-metrics.js';
 import type { Clock } from '../lib/timer-heap.js';
 import {
   legacyIdentity,
@@ -429,10 +429,7 @@ export function buildAgent(deps: AgentDeps): Agent {
       if (!found) return errorReply(fail.unrecognized('Unrecognized request'));
       return errorReply(fail.methodNotAllowed('Method not allowed'));
     },
-    onResponse: ({ route, method, status, ms }) => {
-      metrics.httpRequests.inc({ route, method, status: String(status) });
-      metrics.httpDuration.observe({ route }, ms / 1000);
-    },
+    onResponse: metrics.http.onResponse,
   });
 
   return {

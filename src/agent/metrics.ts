@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import type { ActionOutcome, DelayedAction, Delegation, JobState } from './contracts.js';
 import type { EngineObserver, PacingCounts, StoreOperation } from './jobs/index.js';
+import { HttpMetrics } from '../lib/http-metrics.js';
 import { JOB_STATES } from './jobs/fsm.js';
 
 const ACTIONS = ['restart', 'send', 'cancel'] as const satisfies readonly DelayedAction[];
@@ -39,8 +40,7 @@ export class AgentMetrics {
   readonly lookupDuration: Histogram;
   readonly storeCommitDuration: Histogram<'operation'>;
   readonly storeCommitErrors: Counter<'operation'>;
-  readonly httpRequests: Counter<'route' | 'method' | 'status'>;
-  readonly httpDuration: Histogram<'route'>;
+  readonly http: HttpMetrics;
   /** Cluster mode only (they stay at zero on a single node). */
   readonly leaseRenewals: Counter<'outcome'>;
   readonly leasesLost: Counter<'reason'>;
@@ -162,18 +162,10 @@ export class AgentMetrics {
         this.set(ready() ? 1 : 0);
       },
     });
-    this.httpRequests = new Counter({
-      name: 'lastwill_agent_http_requests_total',
-      help: 'HTTP requests by route pattern, method and status.',
-      labelNames: ['route', 'method', 'status'],
-      registers,
-    });
-    this.httpDuration = new Histogram({
-      name: 'lastwill_agent_http_request_duration_seconds',
-      help: 'HTTP request duration by route pattern.',
-      labelNames: ['route'],
+    this.http = new HttpMetrics(this.registry, {
+      prefix: 'lastwill_agent',
+      durationHelp: 'HTTP request duration by route pattern.',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers,
     });
     new Gauge({
       name: 'lastwill_agent_cluster_partitions_owned',

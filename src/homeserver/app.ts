@@ -134,7 +134,7 @@ export function buildHomeserver(deps: HomeserverBuildDeps): Homeserver {
     maxBodyBytes: MAX_BODY_BYTES,
     commonHeaders: CORS_HEADERS,
     ...(returning ? { returning } : {}),
-    onResponse: (info) => metrics.response(info),
+    onResponse: metrics.http.onResponse,
   });
   let closed = false;
 

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import { createHttpApp, type HttpApp, Router } from '../lib/http.js';
-import { metricsHandler } from '../lib/metrics-route.js';
+import { HttpMetrics, metricsHandler } from '../lib/http-metrics.js';
 import type { ActionOutcome, DelayedObserver, FinalStatus } from './delayed/index.js';
 import type { DelayedAction } from './delayed/engine.js';
 import type { FinaliseCause } from './delayed/store.js';
@@ -47,8 +47,7 @@ export class HomeserverMetrics {
   readonly finalised: Counter<'status' | 'cause'>;
   readonly actions: Counter<'action' | 'outcome'>;
   readonly timedSendLateness: Histogram;
-  readonly httpRequests: Counter<'route' | 'method' | 'status'>;
-  readonly httpDuration: Histogram<'route'>;
+  readonly http: HttpMetrics;
 
   constructor(sources: HomeserverMetricSources) {
     const registers = [this.registry];
@@ -87,18 +86,10 @@ export class HomeserverMetrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
-    this.httpRequests = new Counter({
-      name: 'lastwill_homeserver_http_requests_total',
-      help: 'HTTP requests by route pattern, method and status.',
-      labelNames: ['route', 'method', 'status'],
-      registers,
-    });
-    this.httpDuration = new Histogram({
-      name: 'lastwill_homeserver_http_request_duration_seconds',
-      help: 'HTTP request duration by route pattern (long polls of /sync included).',
-      labelNames: ['route'],
+    this.http = new HttpMetrics(this.registry, {
+      prefix: 'lastwill_homeserver',
+      durationHelp: 'HTTP request duration by route pattern (long polls of /sync included).',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30],
-      registers,
     });
     // Every known label set from zero, so the first increment after a start shows in rate() too.
     for (const action of ACTIONS) for (const outcome of OUTCOMES) this.actions.inc({ action, outcome }, 0);
@@ -113,12 +104,6 @@ export class HomeserverMetrics {
       timedSendLateness: (ms) => this.timedSendLateness.observe(ms / 1000),
       action: (action, outcome) => this.actions.inc({ action, outcome }),
     };
-  }
-
-  /** For the HTTP app's onResponse. */
-  response(info: { route: string; method: string; status: number; ms: number }): void {
-    this.httpRequests.inc({ route: info.route, method: info.method, status: String(info.status) });
-    this.httpDuration.observe({ route: info.route }, info.ms / 1000);
   }
 }
 

@@ -173,6 +173,14 @@ export function parseWith<S extends z.ZodType>(
   throw fail[kind](message);
 }
 
+/** A request that was answered: its route pattern (not its path), method, status and duration. */
+export interface ResponseInfo {
+  route: string;
+  method: string;
+  status: number;
+  ms: number;
+}
+
 export interface HttpServerOptions {
   router: Router;
   log: Logger;
@@ -183,7 +191,7 @@ export interface HttpServerOptions {
   /** Answer for OPTIONS on any path; default 200 with no body (CORS preflight). */
   onOptions?: (ctx: RequestContext) => Reply;
   /** Request end hook for metrics. */
-  onResponse?: (info: { route: string; method: string; status: number; ms: number }) => void;
+  onResponse?: (info: ResponseInfo) => void;
   /** Told of every request and answer, for group commits that wait for returning clients. */
   returning?: ReturningClients;
 }
