@@ -206,8 +206,7 @@ async function main(argv: string[]): Promise<number> {
           timeline.mark('participant', 'thawed (SIGCONT)');
           break;
         case 'quit':
-          app.close();
-          finish(participant.disconnect().then(() => 0));
+          lines.close(); // as the end of stdin
           break;
         default:
           process.stdout.write(`unknown command ${JSON.stringify(command)}; commands: leave, crash, freeze, thaw, quit\n`);

@@ -9,7 +9,7 @@ import path from 'node:path';
 
 import WebSocket from 'ws';
 
-import { nodeForChildren, REPO_ROOT, spawnManaged, waitFor, type ManagedProcess } from '../../test/e2e/support/proc.js';
+import { cleanEnv, nodeForChildren, REPO_ROOT, spawnManaged, waitFor, type ManagedProcess } from '../../test/e2e/support/proc.js';
 
 export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
 const CLK_TCK = 100;
@@ -42,15 +42,6 @@ export interface CliChild {
 /** High-resolution wall clock in epoch ms, comparable across the processes of one machine. */
 export const nowMs = (): number => performance.timeOrigin + performance.now();
 
-/** The parent's environment minus every setting of ours. */
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(LASTWILL_HS_|LASTWILL_AGENT_|LIVEKIT_|NODE_OPTIONS)/.test(k)) env[k] = v;
-  }
-  return env;
-}
-
 export async function spawnCli(
   command: 'agent' | 'homeserver',
   env: Record<string, string>,
@@ -66,7 +57,7 @@ export async function spawnCli(
   const args = [...prof, ...extra, ...(opts.inspect ? ['--inspect=127.0.0.1:0'] : []), CLI, command];
   const spawnedAt = nowMs();
   const proc = spawnManaged(nodeForChildren(), args, {
-    env: { ...cleanEnv(), ...env },
+    env: { ...cleanEnv(/^NODE_OPTIONS$/), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
     onLine: (line) => {

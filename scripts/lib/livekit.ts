@@ -18,12 +18,12 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  REPO_ROOT,
-  execFileText,
   freeTcpPort,
   freeUdpPort,
   isLoopbackHost,
   PrerequisiteMissing,
+  type ProvisionResult,
+  runProvisionScript,
   spawnManaged,
   waitFor,
   type ExitInfo,
@@ -37,18 +37,10 @@ export const LIVEKIT_VERSION = 'v1.13.5';
  * into .cache/, ~2 min cold) when missing; the script's progress goes to this process's stderr.
  * LIVEKIT_SERVER_BIN overrides the binary (no version check).
  */
-export async function provisionLiveKit(
-  signal?: AbortSignal,
-): Promise<{ path: string; error?: undefined } | { path?: undefined; error: string }> {
+export async function provisionLiveKit(signal?: AbortSignal): Promise<ProvisionResult> {
   const override = process.env.LIVEKIT_SERVER_BIN;
   if (override) return existsSync(override) ? { path: override } : { error: `LIVEKIT_SERVER_BIN=${override} does not exist` };
-  const script = path.join(REPO_ROOT, 'scripts', 'provision-livekit.sh');
-  const env = { ...process.env, LIVEKIT_VERSION };
-  const r = await execFileText('bash', [script], { stderrToParent: true, env, ...(signal ? { signal } : {}) });
-  const bin = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code === 0 && bin && existsSync(bin)) return { path: bin };
-  const why = r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-livekit:')).pop() ?? r.stderr.trim();
-  return { error: why || `exit ${r.code}` };
+  return runProvisionScript('livekit', { env: { LIVEKIT_VERSION }, ...(signal ? { signal } : {}) });
 }
 
 export interface StartLiveKitOptions {

@@ -50,7 +50,7 @@ const MSC4143_TRANSPORTS = '/_matrix/client/unstable/org.matrix.msc4143/rtc/tran
  * ([room_id, slot_id]) and identities ([mxid, device, member id]). Computed here independently of
  * the agent's code so the e2e checks the agent against the documented derivation.
  */
-export function hashJsonArray(parts: readonly string[]): string {
+function hashJsonArray(parts: readonly string[]): string {
   return createHash('sha256').update(JSON.stringify(parts), 'utf8').digest('base64').replace(/=+$/, '');
 }
 
@@ -69,7 +69,7 @@ export interface RegisteredUser {
   password: string;
 }
 
-export function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
+function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
   return createHmac('sha1', secret).update([nonce, user, password, admin ? 'admin' : 'notadmin'].join('\0'), 'utf8').digest('hex');
 }
 

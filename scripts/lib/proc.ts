@@ -66,9 +66,7 @@ export function spawnManaged(
   installReaper();
   const { logFile, onLine, ...spawnOpts } = opts;
   const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...spawnOpts });
-  if (child.pid === undefined) {
-    // spawn failure (ENOENT…) is reported through 'error'; surface it as an exit
-  }
+  // A spawn failure (ENOENT…) has no pid; it arrives through 'error' and is surfaced as an exit.
   live.add(child);
   let buf = '';
   let file: WriteStream | undefined;
@@ -162,6 +160,43 @@ export function execFileText(
     );
     if (opts.stderrToParent) c.stderr?.on('data', (d: Buffer) => process.stderr.write(d));
   });
+}
+
+/**
+ * The parent's environment minus every setting of ours (and whatever `alsoDrop` matches), so a
+ * developer's shell cannot leak into a child (LIVEKIT_SERVER_BIN, which names the test binary, stays).
+ */
+export function cleanEnv(alsoDrop?: RegExp): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    const ours = /^(LASTWILL_HS_|LASTWILL_AGENT_|LASTWILL_DEFAULT_|LIVEKIT_)/.test(k) && k !== 'LIVEKIT_SERVER_BIN';
+    if (!ours && !alsoDrop?.test(k)) env[k] = v;
+  }
+  return env;
+}
+
+/** A provisioned program's path, or why there is none. */
+export type ProvisionResult = { path: string; error?: undefined } | { path?: undefined; error: string };
+
+/**
+ * Runs scripts/provision-`name`.sh, its progress on this process's stderr. The script prints the
+ * program's path as its last line, or says why not on a last line starting `provision-<name>:`.
+ */
+export async function runProvisionScript(
+  name: string,
+  opts: { env?: Record<string, string>; signal?: AbortSignal } = {},
+): Promise<ProvisionResult> {
+  const script = path.join(REPO_ROOT, 'scripts', `provision-${name}.sh`);
+  const r = await execFileText('bash', [script], {
+    stderrToParent: true,
+    env: { ...process.env, ...opts.env },
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  const found = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.code === 0 && found && existsSync(found)) return { path: found };
+  const stderr = r.stderr.trim();
+  const why = stderr.split('\n').filter((l) => l.startsWith(`provision-${name}:`)).pop() ?? stderr;
+  return { error: why || `exit ${r.code}` };
 }
 
 export function which(cmd: string): string | undefined {

@@ -1,53 +1,28 @@
 // The agent's metrics that the dashboard and the alerts read, observed after real engine work:
 // pacing queues, store commits, LiveKit lookups and readiness.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { buildAgent } from '../../src/agent/app.js';
-import type { Delegation } from '../../src/agent/contracts.js';
-import { Engine } from '../../src/agent/jobs/engine.js';
+import type { Engine } from '../../src/agent/jobs/engine.js';
 import { SqliteJobStore } from '../../src/agent/jobs/sqlite-store.js';
 import { AgentMetrics } from '../../src/agent/metrics.js';
 import { agentEnvHook } from '../../src/config/agent-env.js';
 import { agentSettings } from '../../src/config/agent.js';
 import { loadConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import { FakeClock } from '../support/fake-clock.js';
 import { readMetric } from '../support/metrics.js';
-import {
-  GRACE_MS,
-  makeRig,
-  ROOM,
-  ScriptedActions,
-  ScriptedPresence,
-  settle,
-  T0,
-  TempDirs,
-  testSettings,
-} from './jobs/harness.js';
+import { delegation as delegationOf, GRACE_MS, makeRig, ROOM, settle, TempDirs } from './jobs/harness.js';
 
 const dirs = new TempDirs();
-const tmp: string[] = [];
-afterEach(async () => {
-  await dirs.cleanup();
-  for (const d of tmp.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+afterEach(() => dirs.cleanup());
 
 const read = (metrics: AgentMetrics, name: string, labels: Record<string, string> = {}, sample?: '_count' | '_sum') =>
   readMetric(metrics.registry, name, labels, sample);
 
-const delegation = (identity: string, delayTimeoutMs = 3_600_000): Delegation => ({
-  livekitRoom: 'room-a',
-  identity,
-  delayId: `d-${identity}`,
-  delayTimeoutMs,
-  serverName: 'hs.example',
-  userId: '@u:hs.example',
-  source: 'delegate_delayed_leave',
-});
+const delegation = (identity: string, delayTimeoutMs = 3_600_000) =>
+  delegationOf({ livekitRoom: 'room-a', identity, delayId: `d-${identity}`, delayTimeoutMs });
 
 describe('pacing gauges', () => {
   it('count paced, urgent and in-flight restarts and paused homeservers, and let go of a job that leaves', async () => {
@@ -138,20 +113,10 @@ describe('store commits', () => {
 
   it('count a write that fails, and do not time it', async () => {
     const metrics = new AgentMetrics({ jobCounts: () => undefined });
-    const clock = new FakeClock(T0);
-    const store = new FullDiskStore(join(dirs.make(), 'jobs.sqlite'), 'normal');
-    const engine = dirs.track(
-      new Engine({
-        store,
-        clock,
-        actions: new ScriptedActions(clock),
-        presence: new ScriptedPresence(clock),
-        log: silentLogger(),
-        settings: testSettings(),
-        observer: metrics.engineObserver(),
-      }),
-    );
-    await engine.start();
+    const { engine } = await makeRig(dirs, {
+      store: new FullDiskStore(join(dirs.make(), 'jobs.sqlite'), 'normal'),
+      observer: metrics.engineObserver(),
+    });
     await expect(engine.delegate(delegation('x'))).rejects.toThrow(/disk is full/);
     expect(await read(metrics, 'lastwill_agent_store_commit_errors_total', { operation: 'insert' })).toBe(1);
     expect(await read(metrics, 'lastwill_agent_store_commit_duration_seconds', { operation: 'insert' }, '_count')).toBe(0);
@@ -160,8 +125,7 @@ describe('store commits', () => {
 
 describe('readiness', () => {
   it('is 0 until the jobs are restored, 1 while /readyz answers 200, 0 once closing', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'lastwill-agent-metrics-'));
-    tmp.push(dataDir);
+    const dataDir = dirs.make();
     const config = loadConfig(agentSettings, { env: { LASTWILL_AGENT_DATA_DIR: dataDir }, envHook: agentEnvHook });
     const agent = buildAgent({ config, log: silentLogger() });
     try {

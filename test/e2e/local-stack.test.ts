@@ -17,9 +17,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { createCallRoom, registerWithSharedSecret, startObserver } from '../../scripts/lib/matrixrtc.js';
 import { DEFAULT_STATE_FILE, readStackState, type StackState } from '../../scripts/lib/stack-state.js';
-import { cleanEnv, Metrics } from './support/flow.js';
+import { Metrics } from './support/flow.js';
 import { ensureLiveKitBinary } from './support/livekit.js';
-import { type ExitInfo, freePorts, type ManagedProcess, REPO_ROOT, spawnManaged, waitFor } from './support/proc.js';
+import { cleanEnv, type ExitInfo, freePorts, type ManagedProcess, REPO_ROOT, spawnManaged, waitFor } from './support/proc.js';
 
 const livekit = await ensureLiveKitBinary();
 if (livekit.skip) console.warn(`[local-stack] skipping the stack with LiveKit: ${livekit.skip}`);

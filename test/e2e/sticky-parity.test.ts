@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type RegisteredUser, requestJson } from '../../scripts/lib/matrixrtc.js';
+import { MSC4140, type RegisteredUser, requestJson } from '../../scripts/lib/matrixrtc.js';
 import { type MatrixServer, startBundledHomeserver } from './support/flow.js';
 import { sleep, waitFor } from './support/proc.js';
 import {
@@ -26,7 +26,6 @@ const skipped = synapsePy.skip ? ` (skipped: ${synapsePy.skip})` : '';
 const STICKY = 'org.matrix.msc4354.sticky_duration_ms';
 const DELAY = 'org.matrix.msc4140.delay';
 const TTL = 'msc4354_sticky_duration_ttl_ms';
-const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 const HOUR = 3_600_000;
 /** MatrixRTC memberships are sticky `m.rtc.member` events (js-sdk 43's unstableSendStickyEvents). */
 const RTC = 'm.rtc.member';

@@ -22,8 +22,10 @@ import {
   type JoinedApp,
   joinRoom,
   login,
+  MSC4140,
   type RegisteredUser,
   requestJson,
+  roomPath,
   startApp,
   startObserver,
 } from '../../scripts/lib/matrixrtc.js';
@@ -249,7 +251,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const sessions = sessionsFrom(world);
 
     const checkOpts: CheckOptions = { graceMs: GRACE_MS, baseBoundMs: BASE_BOUND_MS, perFaultMs: 15_000, endedAt: Date.now() };
-    const judged = tracked.filter((m) => m.handedOverAt > 0);
+    const judged = tracked.filter(isJudged);
     const result = check(judged, sessions, faultSchedule, checkOpts);
     const replays = result.violations.slice(0, 20).map((v) => replay(v, tracked, sessions, faultSchedule, opts));
     for (const room of rooms) room.observer.close();
@@ -359,6 +361,9 @@ async function retrying<T>(what: string, fn: () => Promise<T>, until: number, on
 // ---------------------------------------------------------------------------------------------
 // One slot's life
 
+/** A membership the checker judges: its delay_id reached the agent for sure. */
+const isJudged = (m: Tracked): boolean => m.handedOverAt > 0;
+
 interface SlotEnv {
   world: SoakWorld;
   /** When the workload ends: the slots drain from then on. extendWorkload may move it later. */
@@ -376,12 +381,10 @@ interface SlotEnv {
  * memberships were handed over. It decides 20 s ahead, before the slots stop starting new ones.
  */
 async function extendWorkload(env: SlotEnv, minChecked: number, cap: number): Promise<void> {
-  const handedOver = () => env.tracked.filter((m) => m.handedOverAt > 0).length;
-  while (Date.now() < env.deadline) {
-    await sleep(1000);
-    if (env.deadline - Date.now() > 20_000 || env.deadline >= cap) continue;
-    const count = handedOver();
-    if (count >= minChecked) continue;
+  for (;;) {
+    await sleep(Math.max(0, env.deadline - 20_000 - Date.now()));
+    const count = env.tracked.filter(isJudged).length;
+    if (count >= minChecked || env.deadline >= cap) return;
     env.deadline = Math.min(cap, env.deadline + 30_000);
     env.log(`workload extended to ${new Date(env.deadline).toISOString()}: ${count} of ${minChecked} memberships handed over`);
   }
@@ -773,11 +776,11 @@ function sessionPresent(world: SoakWorld, identity: string): boolean {
 /** Reads the room's history and gives each membership its hangups (empty call member events). */
 async function attributeHangups(hs: MatrixServer, room: Room, tracked: Tracked[]): Promise<void> {
   const token = room.observer.user.accessToken;
-  const mine = tracked.filter((m) => m.roomId === room.roomId && m.handedOverAt > 0).sort((a, b) => a.handedOverAt - b.handedOverAt);
+  const mine = tracked.filter((m) => m.roomId === room.roomId && isJudged(m)).sort((a, b) => a.handedOverAt - b.handedOverAt);
   let from: string | undefined;
   for (let page = 0; page < 1000; page++) {
     const q = new URLSearchParams({ dir: 'b', limit: '500', ...(from ? { from } : {}) });
-    const r = await requestJson('GET', `${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(room.roomId)}/messages?${q}`, { token });
+    const r = await requestJson('GET', `${hs.baseUrl}${roomPath(room.roomId)}/messages?${q}`, { token });
     if (r.status !== 200) throw new Error(`messages: ${r.status} ${JSON.stringify(r.body)}`);
     const chunk = (r.body.chunk ?? []) as Array<{ type: string; state_key?: string; content?: object; origin_server_ts: number }>;
     for (const e of chunk) {
@@ -799,7 +802,7 @@ async function findScheduled(hs: MatrixServer, slots: Slot[], tracked: Tracked[]
     let from: string | undefined;
     for (let page = 0; page < 100; page++) {
       const q = from ? `?from=${encodeURIComponent(from)}` : '';
-      const r = await requestJson('GET', `${hs.baseUrl}/_matrix/client/unstable/org.matrix.msc4140/delayed_events${q}`, {
+      const r = await requestJson('GET', `${hs.baseUrl}${MSC4140}/delayed_events${q}`, {
         token: slot.user.accessToken,
       });
       if (r.status !== 200) throw new Error(`delayed_events: ${r.status} ${JSON.stringify(r.body)}`);

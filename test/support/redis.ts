@@ -1,15 +1,11 @@
 // A real redis-server on a free loopback port (Debian's package, provisioned by
 // scripts/provision-redis.sh), with its append-only file in the test's directory so it can be
 // stopped and started again with its data, as a production Redis restarts.
-import { join } from 'node:path';
-
 import { freeTcpPort, type ManagedProcess, PrerequisiteMissing, spawnManaged, waitFor } from '../e2e/support/proc.js';
 import { type Provisioned, provisionOnce } from './provision.js';
 
-export type EnsureRedis = Provisioned;
-
 /** The redis-server binary, or why the tests that need one are skipped (a failure with CI=true). */
-export function ensureRedis(): Promise<EnsureRedis> {
+export function ensureRedis(): Promise<Provisioned> {
   return provisionOnce('redis', 'Redis');
 }
 

@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Delegation } from '../../../src/agent/contracts.js';
 import type { EngineSettings } from '../../../src/agent/jobs/index.js';
 import { FakeClock } from '../../support/fake-clock.js';
-import { makeRig, type Rig, settle, T0, TempDirs } from './harness.js';
+import { delegation as delegationOf, makeRig, type Rig, settle, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
@@ -14,15 +14,8 @@ const nextRestart = (delayMs: number) => Math.round(0.8 * delayMs * 0.975);
 /** The urgency window: max(10 % of the delay, 30 s). */
 const urgentWindow = (delayMs: number) => Math.max(0.1 * delayMs, 30_000);
 
-const delegation = (identity: string, delayTimeoutMs = HOUR): Delegation => ({
-  livekitRoom: `room-${identity.length % 7}`,
-  identity,
-  delayId: `d-${identity}`,
-  delayTimeoutMs,
-  serverName: 'hs.example',
-  userId: '@u:hs.example',
-  source: 'delegate_delayed_leave',
-});
+const delegation = (identity: string, delayTimeoutMs = HOUR): Delegation =>
+  delegationOf({ livekitRoom: `room-${identity.length % 7}`, identity, delayId: `d-${identity}`, delayTimeoutMs });
 
 /** Delegates every job and lets all of them join at the current time. */
 async function joinAll(rig: Rig, jobs: Delegation[]): Promise<void> {

@@ -20,6 +20,7 @@ import type {
 } from '../../../src/agent/contracts.js';
 import { Engine } from '../../../src/agent/jobs/engine.js';
 import { SqliteJobStore } from '../../../src/agent/jobs/sqlite-store.js';
+import type { JobStore } from '../../../src/agent/jobs/store.js';
 import {
   DEFAULT_ENGINE_SETTINGS,
   type EngineObserver,
@@ -195,6 +196,8 @@ export async function makeRig(
   opts: {
     settings?: Partial<EngineSettings>;
     dbPath?: string;
+    /** A store of the test's own (one that fails, say); `dbPath` is then unused. */
+    store?: JobStore;
     clock?: FakeClock;
     log?: Logger;
     random?: () => number;
@@ -215,7 +218,7 @@ export async function makeRig(
   const extra = opts.observer ?? {};
   const engine = dirs.track(
     new Engine({
-      store: new SqliteJobStore(dbPath, 'normal'),
+      store: opts.store ?? new SqliteJobStore(dbPath, 'normal'),
       clock,
       random: opts.random ?? (() => 0.5),
       actions,

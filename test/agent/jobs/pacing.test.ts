@@ -1,20 +1,13 @@
 import { afterEach, describe, expect, it } from 'vitest';
 
 import type { Delegation } from '../../../src/agent/contracts.js';
-import { GRACE_MS, makeRig, settle, T0, TempDirs } from './harness.js';
+import { delegation as delegationOf, GRACE_MS, makeRig, settle, T0, TempDirs } from './harness.js';
 
 const dirs = new TempDirs();
 afterEach(() => dirs.cleanup());
 
-const delegation = (room: string, identity: string, serverName = 'hs.example'): Delegation => ({
-  livekitRoom: room,
-  identity,
-  delayId: `d-${identity}`,
-  delayTimeoutMs: 3_600_000,
-  serverName,
-  userId: '@u:hs.example',
-  source: 'delegate_delayed_leave',
-});
+const delegation = (room: string, identity: string, serverName = 'hs.example'): Delegation =>
+  delegationOf({ livekitRoom: room, identity, delayId: `d-${identity}`, delayTimeoutMs: 3_600_000, serverName });
 
 describe('restart pacing per homeserver', () => {
   it('turns a burst of 1000 joins into a paced stream, without holding back sends', async () => {

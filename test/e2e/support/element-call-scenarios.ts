@@ -8,12 +8,10 @@ import path from 'node:path';
 import type { Browser } from 'playwright-core';
 
 import type { CallPage, ChromiumProcess, ElementCallStack } from './element-call.js';
-import { type DelayedEventListing, type RegisteredUser, requestJson } from '../../../scripts/lib/matrixrtc.js';
+import { type DelayedEventListing, MSC4140, type RegisteredUser, requestJson } from '../../../scripts/lib/matrixrtc.js';
 import type { Metrics } from './flow.js';
 import { sleep, waitFor } from './proc.js';
 import type { ReceivedWebhook } from './webhook-sink.js';
-
-const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 
 /** Where screenshots go (nothing is saved without a directory). */
 export interface Shots {

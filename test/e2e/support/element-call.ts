@@ -63,10 +63,8 @@ export const CHROMIUM_FLAGS = [
   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost',
 ];
 
-export type EnsureChromium = Provisioned;
-
 /** Debian's chromium, installed by scripts/provision-chromium.sh when missing (a failure under CI=true). */
-export function ensureChromium(): Promise<EnsureChromium> {
+export function ensureChromium(): Promise<Provisioned> {
   return provisionOnce('chromium', 'Chromium');
 }
 

@@ -27,6 +27,7 @@ import { partitionOf, preferredOwner } from '../../../src/agent/cluster/partitio
 import {
   DELEGATED_PRESET,
   type JoinedApp,
+  joinRoom,
   memberStatePath,
   MSC4140,
   okJson,
@@ -44,13 +45,12 @@ import { type RedisServer, startRedis } from '../../support/redis.js';
 import { startBalancer } from './balancer.js';
 import { ensureLiveKitBinary, startLiveKit, type LiveKitServer } from './livekit.js';
 import {
+  cleanEnv,
   cleanupStack,
   freeTcpPort,
   LIB_DIR,
   nodeForChildren,
-  PrerequisiteMissing,
   REPO_ROOT,
-  skipOrThrow,
   spawnManaged,
   waitFor,
   type ExitInfo,
@@ -85,18 +85,6 @@ export async function flowSkipReason(kind: HomeserverKind): Promise<string | und
   // dist/ is not a prerequisite one may lack: `npm test` builds it first.
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   return undefined;
-}
-
-/**
- * The parent's environment minus every setting of ours, so a developer's shell cannot leak in
- * (LIVEKIT_SERVER_BIN, which names the test binary, stays).
- */
-export function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(LASTWILL_HS_|LASTWILL_AGENT_|LASTWILL_DEFAULT_|LIVEKIT_)/.test(k) || k === 'LIVEKIT_SERVER_BIN') env[k] = v;
-  }
-  return env;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,10 +661,7 @@ export async function setupCall(stack: FlowStack, opts: SetupCallOptions = {}): 
     body: { preset: 'public_chat', name: 'lastwill e2e call' },
   });
   const roomId = String(created.room_id);
-  await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {
-    token: bob.accessToken,
-    body: {},
-  });
+  await joinRoom(hs, bob, roomId);
   timeline.mark('client', `${alice.userId} created ${roomId}; ${bob.userId} joined it`);
 
   // The observer first, so it sees the membership arrive.

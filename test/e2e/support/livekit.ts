@@ -17,21 +17,20 @@ import {
   type StartLiveKitOptions as ServerOptions,
 } from '../../../scripts/lib/livekit.js';
 import { netnsUnavailableReason } from '../../../scripts/lib/netns.js';
+import { type Provisioned } from '../../support/provision.js';
 import { PrerequisiteMissing, skipOrThrow } from './proc.js';
 
-export { LIVEKIT_VERSION, netnsForUrl, type LiveKitServer } from '../../../scripts/lib/livekit.js';
+export type { LiveKitServer } from '../../../scripts/lib/livekit.js';
 
-export type Ensure = { path: string; skip?: undefined } | { path?: undefined; skip: string };
-
-let ensured: Promise<Ensure> | undefined;
+let ensured: Promise<Provisioned> | undefined;
 
 /**
  * Path of the LiveKit server binary, provisioning it (go install, ~2 min cold) when missing.
  * Outside CI a missing Go toolchain gives {skip: reason}; with CI=true it throws.
  * LIVEKIT_SERVER_BIN overrides the binary (no version check).
  */
-export function ensureLiveKitBinary(): Promise<Ensure> {
-  ensured ??= (async (): Promise<Ensure> => {
+export function ensureLiveKitBinary(): Promise<Provisioned> {
+  ensured ??= (async (): Promise<Provisioned> => {
     // Real participants need a private network namespace (see netns.ts): without one, ICE
     // cannot connect on loopback and the client would gather eth0 candidates.
     const nsWhy = process.env.LASTWILL_E2E_NETNS === '0' ? undefined : netnsUnavailableReason();
@@ -42,7 +41,8 @@ export function ensureLiveKitBinary(): Promise<Ensure> {
   return ensured;
 }
 
-export type StartLiveKitOptions = Partial<ServerOptions>;
+/** The server's options but its binary, which ensureLiveKitBinary() finds. */
+export type StartLiveKitOptions = Partial<Omit<ServerOptions, 'bin'>>;
 
 /** A server with the test defaults: key `devkey`, a random 48-character secret, info logs. */
 export async function startLiveKit(opts: StartLiveKitOptions = {}): Promise<LiveKitServer> {

@@ -13,12 +13,13 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { registerWithSharedSecret, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
+import { type Provisioned } from '../../support/provision.js';
 import { makeSelfSignedCert } from '../../support/tls.js';
 import {
-  REPO_ROOT,
   execFileText,
   freeTcpPort,
   PrerequisiteMissing,
+  runProvisionScript,
   skipOrThrow,
   spawnManaged,
   waitFor,
@@ -27,23 +28,18 @@ import {
 
 export const SYNAPSE_VERSION = '1.157.1';
 
-export type Ensure = { path: string; skip?: undefined } | { path?: undefined; skip: string };
-let ensured: Promise<Ensure> | undefined;
+let ensured: Promise<Provisioned> | undefined;
 
 /** Python of the Synapse venv, provisioning it (pip, ~40 s cold) when missing. SYNAPSE_PYTHON overrides. */
-export function ensureSynapse(): Promise<Ensure> {
-  ensured ??= (async (): Promise<Ensure> => {
+export function ensureSynapse(): Promise<Provisioned> {
+  ensured ??= (async (): Promise<Provisioned> => {
     const override = process.env.SYNAPSE_PYTHON;
     if (override) {
       if (existsSync(override)) return { path: override };
       return { skip: skipOrThrow(`SYNAPSE_PYTHON=${override} does not exist`) };
     }
-    const script = path.join(REPO_ROOT, 'scripts', 'provision-synapse.sh');
-    const r = await execFileText('bash', [script], { stderrToParent: true, env: { ...process.env, SYNAPSE_VERSION } });
-    const py = r.stdout.trim().split('\n').pop() ?? '';
-    if (r.code === 0 && py && existsSync(py)) return { path: py };
-    const msg = (r.stderr.trim().split('\n').filter((l) => l.startsWith('provision-synapse:')).pop() ?? r.stderr.trim()) || `exit ${r.code}`;
-    return { skip: skipOrThrow(`Synapse unavailable: ${msg}`) };
+    const py = await runProvisionScript('synapse', { env: { SYNAPSE_VERSION } });
+    return py.path ? { path: py.path } : { skip: skipOrThrow(`Synapse unavailable: ${py.error}`) };
   })();
   return ensured;
 }
