@@ -21,7 +21,7 @@ import {
   type Call,
   type FlowStack,
 } from '../test/e2e/support/flow.js';
-import { CALL_MEMBER_TYPE, MSC4140 } from './lib/matrixrtc.js';
+import { CALL_MEMBER_TYPE, MSC4140 } from './lib/matrix-http.js';
 import { sleep } from './lib/proc.js';
 import { curl, formatEntry, Timeline } from './lib/timeline.js';
 const HOLD_MS = 5_000;

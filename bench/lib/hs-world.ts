@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { freeTcpPort } from '../../test/e2e/support/proc.js';
-import { registerWithSharedSecret } from '../../scripts/lib/matrixrtc.js';
+import { registerWithSharedSecret } from '../../scripts/lib/matrix-http.js';
 import { startSynapse, type SynapseServer } from '../../test/e2e/support/synapse.js';
 import { spawnCli, type CliChild } from './child.js';
 import { Client } from './http.js';

@@ -1,6 +1,7 @@
 // A MatrixRTC client in Element Call's role, and a second client watching the call, on
 // matrix-js-sdk: shared by the e2e tests (test/e2e/support/flow.ts), the soak and the participant
-// tool (scripts/participant.ts).
+// tool (scripts/participant.ts). The plain-HTTP part (users, rooms, requests) is matrix-http.ts,
+// re-exported here; code that needs no SDK imports it from there.
 //
 //   const user = await registerWithSharedSecret(hsUrl, secret, 'alice');
 //   const observer = await startObserver({ baseUrl: hsUrl }, user, roomId);
@@ -8,7 +9,7 @@
 //   const { url, jwt } = await app.getToken({ delegate: true });   // the delay_id handed to the agent
 //   …
 //   app.close(); observer.close();
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 
 import {
   ClientEvent,
@@ -27,8 +28,22 @@ import {
   Status,
 } from 'matrix-js-sdk/lib/matrixrtc/index.js';
 
+import {
+  type DelayedEventListing,
+  type HomeserverAddress,
+  memberStatePath,
+  MSC4140,
+  MSC4143_TRANSPORTS,
+  okJson,
+  type RegisteredUser,
+  requestJson,
+  roomPath,
+  rtcTransports,
+} from './matrix-http.js';
 import { waitFor } from './proc.js';
 import { curl, type Timeline } from './timeline.js';
+
+export * from './matrix-http.js';
 
 /** Element Call's `delegatedDelayedLeave` preset: the client restarts only every 5 min. */
 export const DELEGATED_PRESET = {
@@ -37,13 +52,9 @@ export const DELEGATED_PRESET = {
 } as const;
 /** The slot every Element Call room call uses (application m.call, id ROOM). */
 export const SLOT_ID = 'm.call#ROOM';
-/** The legacy call member state event type that MembershipManager sends. */
-export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
 /** How long js-sdk 43 keeps a sticky membership sticky (MembershipManager's MEMBERSHIP_STICKY_DURATION_MS). */
 export const STICKY_MEMBERSHIP_MS = 3_600_000;
-export const MSC4140 = '/_matrix/client/unstable/org.matrix.msc4140';
 const MSC4195_DELEGATE = '/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave';
-const MSC4143_TRANSPORTS = '/_matrix/client/unstable/org.matrix.msc4143/rtc/transports';
 
 /**
  * unpadded_base64(SHA-256(JSON array)): how lk-jwt-service (and so the agent) names LiveKit rooms
@@ -52,90 +63,6 @@ const MSC4143_TRANSPORTS = '/_matrix/client/unstable/org.matrix.msc4143/rtc/tran
  */
 function hashJsonArray(parts: readonly string[]): string {
   return createHash('sha256').update(JSON.stringify(parts), 'utf8').digest('base64').replace(/=+$/, '');
-}
-
-// ---------------------------------------------------------------------------------------------
-// Users
-
-/** A homeserver's client-server API. */
-export interface HomeserverAddress {
-  baseUrl: string;
-}
-
-export interface RegisteredUser {
-  userId: string;
-  accessToken: string;
-  deviceId: string;
-  password: string;
-}
-
-function registrationMac(secret: string, nonce: string, user: string, password: string, admin = false): string {
-  return createHmac('sha1', secret).update([nonce, user, password, admin ? 'admin' : 'notadmin'].join('\0'), 'utf8').digest('hex');
-}
-
-/**
- * Registers a user through the Synapse shared-secret admin API (GET nonce, POST with the HMAC-SHA1
- * mac). The bundled homeserver implements the same API, so both test servers use this.
- */
-export async function registerWithSharedSecret(
-  baseUrl: string,
-  secret: string,
-  name: string,
-  o: { admin?: boolean; password?: string } = {},
-): Promise<RegisteredUser> {
-  const password = o.password ?? `pw-${randomBytes(6).toString('hex')}`;
-  const url = `${baseUrl}/_synapse/admin/v1/register`;
-  const nr = await fetch(url);
-  if (!nr.ok) throw new Error(`GET ${url}: ${nr.status} ${await nr.text()}`);
-  const { nonce } = (await nr.json()) as { nonce: string };
-  const admin = o.admin ?? false;
-  const r = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ nonce, username: name, password, admin, mac: registrationMac(secret, nonce, name, password, admin) }),
-  });
-  const body = (await r.json()) as { user_id: string; access_token: string; device_id: string };
-  if (!r.ok) throw new Error(`register ${name}: ${r.status} ${JSON.stringify(body)}`);
-  return { userId: body.user_id, accessToken: body.access_token, deviceId: body.device_id, password };
-}
-
-/** A new device of the user (a new LiveKit identity, or a second client watching). */
-export async function login(hs: HomeserverAddress, user: RegisteredUser): Promise<RegisteredUser> {
-  const body = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/login`, {
-    body: { type: 'm.login.password', identifier: { type: 'm.id.user', user: user.userId }, password: user.password },
-  });
-  return { ...user, accessToken: String(body.access_token), deviceId: String(body.device_id) };
-}
-
-/** A public room where, as in Element Web's rooms with calls, every member may publish a call membership. */
-export async function createCallRoom(hs: HomeserverAddress, creator: RegisteredUser, name: string): Promise<string> {
-  const created = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/createRoom`, {
-    token: creator.accessToken,
-    body: { preset: 'public_chat', name, power_level_content_override: { events: { [CALL_MEMBER_TYPE]: 0 } } },
-  });
-  return String(created.room_id);
-}
-
-export async function joinRoom(hs: HomeserverAddress, user: RegisteredUser, roomIdOrAlias: string): Promise<string> {
-  const joined = await okJson('POST', `${hs.baseUrl}/_matrix/client/v3/join/${encodeURIComponent(roomIdOrAlias)}`, {
-    token: user.accessToken,
-    body: {},
-  });
-  return String(joined.room_id);
-}
-
-/**
- * The RTC transports the homeserver offers (MSC4143), as Element Call finds its LiveKit service:
- * the raw answer and the first `livekit` transport's `livekit_service_url`, if any.
- */
-export async function rtcTransports(
-  hs: HomeserverAddress,
-  user: RegisteredUser,
-): Promise<{ status: number; body: Record<string, unknown>; livekitServiceUrl: string | undefined }> {
-  const r = await requestJson('GET', `${hs.baseUrl}${MSC4143_TRANSPORTS}`, { token: user.accessToken });
-  const transports = (r.body.rtc_transports ?? []) as Array<Record<string, unknown>>;
-  const url = transports.find((t) => t.type === 'livekit')?.livekit_service_url;
-  return { ...r, livekitServiceUrl: typeof url === 'string' ? url : undefined };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,51 +133,8 @@ async function startSyncing(client: MatrixClient, roomId: string): Promise<Room>
   });
 }
 
-/** One request with an optional JSON body: the status and the parsed answer (`{raw}` when not JSON). */
-export async function requestJson(
-  method: string,
-  url: string,
-  opts: { token?: string; body?: unknown } = {},
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await fetch(url, {
-    method,
-    headers: {
-      ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
-      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
-  });
-  const text = await r.text();
-  let body: Record<string, unknown>;
-  try {
-    body = text ? (JSON.parse(text) as Record<string, unknown>) : {};
-  } catch {
-    body = { raw: text };
-  }
-  return { status: r.status, body };
-}
-
-export async function okJson(
-  method: string,
-  url: string,
-  opts: { token?: string; body?: unknown } = {},
-): Promise<Record<string, unknown>> {
-  const r = await requestJson(method, url, opts);
-  if (r.status !== 200) throw new Error(`${method} ${url} -> ${r.status} ${JSON.stringify(r.body)}`);
-  return r.body;
-}
-
 // ---------------------------------------------------------------------------------------------
 // One call: the app (Element Call's role) and an observer
-
-export interface DelayedEventListing {
-  delay_id: string;
-  running_since: number;
-  delay: number;
-  room_id: string;
-  type: string;
-  state_key?: string;
-}
 
 export interface JoinedApp {
   user: RegisteredUser;
@@ -315,15 +199,6 @@ export interface Observer {
   stickyContent(userId: string, stickyKey: string): Record<string, unknown> | undefined;
 }
 
-
-export function roomPath(roomId: string): string {
-  return `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}`;
-}
-
-/** Paths of the app's call member state event (legacy `m.call.member` form, room-level slot). */
-export function memberStatePath(roomId: string, stateKey: string): string {
-  return `${roomPath(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
-}
 
 /**
  * A second user's client that watches the call memberships through its own MatrixRTCSession;

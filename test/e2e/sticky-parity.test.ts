@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { MSC4140, type RegisteredUser, requestJson } from '../../scripts/lib/matrixrtc.js';
+import { MSC4140, type RegisteredUser, requestJson } from '../../scripts/lib/matrix-http.js';
 import { type MatrixServer, startBundledHomeserver } from './support/flow.js';
 import { sleep, waitFor } from './support/proc.js';
 import {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Browser } from 'playwright-core';
 
 import type { CallPage, ChromiumProcess, ElementCallStack } from './element-call.js';
-import { type DelayedEventListing, MSC4140, type RegisteredUser, requestJson } from '../../../scripts/lib/matrixrtc.js';
+import { type DelayedEventListing, MSC4140, type RegisteredUser, requestJson } from '../../../scripts/lib/matrix-http.js';
 import type { Metrics } from './flow.js';
 import { sleep, waitFor } from './proc.js';
 import type { ReceivedWebhook } from './webhook-sink.js';

@@ -25,7 +25,7 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { type Browser, type BrowserContext, chromium, type Frame, type Page } from 'playwright-core';
 
-import { createCallRoom, joinRoom, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
+import { createCallRoom, joinRoom, type RegisteredUser } from '../../../scripts/lib/matrix-http.js';
 import type { Netns } from '../../../scripts/lib/netns.js';
 import { Timeline } from '../../../scripts/lib/timeline.js';
 import { createLastwillAll, markWebhooks, type AgentProcess, type MatrixServer } from './flow.js';

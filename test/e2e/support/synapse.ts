@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { registerWithSharedSecret, type RegisteredUser } from '../../../scripts/lib/matrixrtc.js';
+import { registerWithSharedSecret, type RegisteredUser } from '../../../scripts/lib/matrix-http.js';
 import { type Provisioned } from '../../support/provision.js';
 import { makeSelfSignedCert } from '../../support/tls.js';
 import {
