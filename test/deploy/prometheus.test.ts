@@ -9,7 +9,7 @@ import { parse } from 'yaml';
 
 import { execFileText, REPO_ROOT } from '../e2e/support/proc.js';
 import { ensurePromtool } from '../support/promtool.js';
-import { exportedMetricNames, metricNames, SCRAPE_SERIES } from './promql.js';
+import { exportedMetrics, metricNames, SCRAPE_SERIES } from './promql.js';
 
 const DIR = join(REPO_ROOT, 'deploy', 'prometheus');
 const ALERTS = join(DIR, 'alerts.yml');
@@ -69,7 +69,7 @@ describe('deploy/prometheus/alerts.yml', () => {
   });
 
   it('reads only metrics the agent and the homeserver export', async () => {
-    const exported = await exportedMetricNames();
+    const exported = (await exportedMetrics()).names;
     for (const rule of rules) {
       const names = metricNames(rule.expr);
       expect([rule.alert, names.length > 0]).toEqual([rule.alert, true]);
