@@ -2,7 +2,7 @@
 // real homeserver on loopback, with alerts.yml loaded: every rule evaluates on their series without
 // error, and every dashboard query runs. The closest to a rendered dashboard these machines allow
 // (Grafana is not installable here).
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
@@ -17,32 +17,15 @@ import { silentLogger } from '../../src/lib/logger.js';
 import { freeTcpPort, type ManagedProcess, REPO_ROOT, skipOrThrow, spawnManaged, waitFor } from '../e2e/support/proc.js';
 import { testConfig } from '../homeserver/harness.js';
 import { ensurePromtool } from '../support/promtool.js';
+import { dashboardQueries } from './promql.js';
 
 const ALERTS = join(REPO_ROOT, 'deploy', 'prometheus', 'alerts.yml');
-const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'lastwill.json');
 
 async function prerequisite(): Promise<{ bin: string; skip?: undefined } | { bin?: undefined; skip: string }> {
   const promtool = await ensurePromtool();
   if (promtool.skip !== undefined) return { skip: promtool.skip };
   const bin = join(dirname(promtool.path), 'prometheus');
   return existsSync(bin) ? { bin } : { skip: skipOrThrow(`no prometheus server beside ${promtool.path}`) };
-}
-
-/** Every PromQL query of the dashboard, with Grafana's variables as Grafana would fill them in. */
-function dashboardQueries(): Array<{ panel: string; expr: string }> {
-  interface Panel {
-    title?: string;
-    targets?: Array<{ expr?: string }>;
-    panels?: Panel[];
-  }
-  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Panel[] };
-  return dashboard.panels
-    .flatMap((p) => [p, ...(p.panels ?? [])])
-    .flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title ?? '', expr: t.expr ?? '' })))
-    .map(({ panel, expr }) => ({
-      panel,
-      expr: expr.replaceAll('$__rate_interval', '1m').replace(/\$\w+/g, '.*'),
-    }));
 }
 
 /** The instant-query answer of Prometheus' HTTP API. */
@@ -182,12 +165,12 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
   it('runs every dashboard query', async () => {
     const queries = dashboardQueries();
     expect(queries.length).toBeGreaterThan(30);
-    for (const { panel, expr } of queries) {
-      const r = await query(expr);
-      expect([panel, expr, r.status, r.error ?? '']).toEqual([panel, expr, 'success', '']);
+    for (const { panel, concrete } of queries) {
+      const r = await query(concrete);
+      expect([panel, concrete, r.status, r.error ?? '']).toEqual([panel, concrete, 'success', '']);
     }
     // The panels of what happened show it.
-    const ready = await query(dashboardQueries().find((q) => q.panel === 'Ready')!.expr);
+    const ready = await query(queries.find((q) => q.panel === 'Ready')!.concrete);
     expect(ready.data!.result.map((s) => s.value[1])).toEqual(['1']);
   });
 });

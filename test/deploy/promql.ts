@@ -1,8 +1,13 @@
 /**
- * The metric names a PromQL expression (or a Grafana query holding one) reads, and the names the
- * code's registries export, so the deploy/ files can be checked against the code.
+ * The metric names a PromQL expression (or a Grafana query holding one) reads, the names the
+ * code's registries export, and the dashboard's queries, so the deploy/ files can be checked
+ * against the code.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
 import { metricRegistries } from '../../src/config/generated.js';
+import { REPO_ROOT } from '../e2e/support/proc.js';
 
 /** Words that PromQL reads as operators or literals, not as metric names. */
 const KEYWORDS = new Set(['and', 'or', 'unless', 'bool', 'offset', 'inf', 'nan']);
@@ -56,4 +61,52 @@ export async function exportedMetrics(): Promise<{ families: ExportedFamily[]; n
     }
   }
   return { families, names: new Set(families.flatMap((f) => f.series)) };
+}
+
+export const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'lastwill.json');
+
+export interface Datasource {
+  type?: string;
+  uid?: string;
+}
+
+export interface Target {
+  refId?: string;
+  expr?: string;
+  datasource?: Datasource;
+}
+
+export interface Panel {
+  id?: number;
+  type: string;
+  title?: string;
+  gridPos?: { x: number; y: number; w: number; h: number };
+  datasource?: Datasource;
+  targets?: Target[];
+  panels?: Panel[];
+}
+
+/** Rows and their panels, whether the row is collapsed (panels inside it) or not (panels after it). */
+export function dashboardPanels(panels: Panel[]): Panel[] {
+  return panels.flatMap((p) => [p, ...(p.panels ?? [])]);
+}
+
+/** A dashboard query as written, and `concrete`: as Prometheus receives it from Grafana. */
+export interface DashboardQuery {
+  panel: string;
+  expr: string;
+  concrete: string;
+}
+
+/** Every PromQL query of the dashboard's panels (rows hold none). */
+export function dashboardQueries(
+  dashboard: { panels: Panel[] } = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Panel[] },
+): DashboardQuery[] {
+  // Grafana fills these in; the other variables get a value that matches any label.
+  const concrete = (expr: string) =>
+    expr.replaceAll('$__rate_interval', '1m').replaceAll('$__interval', '1m').replace(/\$\w+/g, '.*');
+  return dashboardPanels(dashboard.panels)
+    .filter((p) => p.type !== 'row')
+    .flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title ?? '', expr: t.expr ?? '' })))
+    .map((q) => ({ ...q, concrete: concrete(q.expr) }));
 }
