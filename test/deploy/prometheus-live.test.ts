@@ -7,42 +7,28 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 
-import { type Agent, buildAgent } from '../../src/agent/app.js';
+import { startAgent } from '../../src/agent/main.js';
 import { agentEnvHook } from '../../src/config/agent-env.js';
 import { agentSettings } from '../../src/config/agent.js';
 import { loadConfig } from '../../src/config/load.js';
 import { type RunningHomeserver, startHomeserver } from '../../src/homeserver/main.js';
 import { silentLogger } from '../../src/lib/logger.js';
+import type { RunningService } from '../../src/lib/service.js';
 import { freeTcpPort, type ManagedProcess, REPO_ROOT, skipOrThrow, spawnManaged, waitFor } from '../e2e/support/proc.js';
 import { testConfig } from '../homeserver/harness.js';
 import { ensurePromtool } from '../support/promtool.js';
+import { dashboardQueries } from './promql.js';
 
 const ALERTS = join(REPO_ROOT, 'deploy', 'prometheus', 'alerts.yml');
-const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'lastwill.json');
+const SCRAPE = join(REPO_ROOT, 'deploy', 'prometheus', 'scrape.yml');
 
 async function prerequisite(): Promise<{ bin: string; skip?: undefined } | { bin?: undefined; skip: string }> {
   const promtool = await ensurePromtool();
   if (promtool.skip !== undefined) return { skip: promtool.skip };
   const bin = join(dirname(promtool.path), 'prometheus');
   return existsSync(bin) ? { bin } : { skip: skipOrThrow(`no prometheus server beside ${promtool.path}`) };
-}
-
-/** Every PromQL query of the dashboard, with Grafana's variables as Grafana would fill them in. */
-function dashboardQueries(): Array<{ panel: string; expr: string }> {
-  interface Panel {
-    title?: string;
-    targets?: Array<{ expr?: string }>;
-    panels?: Panel[];
-  }
-  const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Panel[] };
-  return dashboard.panels
-    .flatMap((p) => [p, ...(p.panels ?? [])])
-    .flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title ?? '', expr: t.expr ?? '' })))
-    .map(({ panel, expr }) => ({
-      panel,
-      expr: expr.replaceAll('$__rate_interval', '1m').replace(/\$\w+/g, '.*'),
-    }));
 }
 
 /** The instant-query answer of Prometheus' HTTP API. */
@@ -61,7 +47,7 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
     dirs.push(d);
     return d;
   };
-  let agent: Agent | undefined;
+  let agent: RunningService | undefined;
   let homeserver: RunningHomeserver | undefined;
   let prometheus: ManagedProcess | undefined;
   let api = '';
@@ -70,10 +56,12 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
     (await (await fetch(`${api}/api/v1/query?query=${encodeURIComponent(expr)}`)).json()) as QueryResponse;
 
   beforeAll(async () => {
-    const config = loadConfig(agentSettings, { env: { LASTWILL_AGENT_DATA_DIR: tempDir('agent') }, envHook: agentEnvHook });
-    agent = buildAgent({ config, log: silentLogger() });
-    await agent.start();
-    const agentUrl = (await agent.app.listen('127.0.0.1', 0)).url;
+    const config = loadConfig(agentSettings, {
+      env: { LASTWILL_AGENT_DATA_DIR: tempDir('agent'), LASTWILL_AGENT_BIND: '127.0.0.1:0' },
+      envHook: agentEnvHook,
+    });
+    agent = await startAgent(config, silentLogger());
+    const agentUrl = agent.url;
     homeserver = await startHomeserver(testConfig(tempDir('hs'), { metrics_bind: '127.0.0.1:0' }), silentLogger());
 
     // Something to count: delayed events scheduled, restarted, cancelled and sent.
@@ -107,14 +95,18 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
     const dir = tempDir('prometheus');
     const port = await freeTcpPort();
     api = `http://127.0.0.1:${port}`;
-    const target = (url: string) => new URL(url).host;
+    // The operators' jobs, pointed at this test's listeners and scraped often enough for rates
+    // within a minute.
+    const urls: Record<string, string> = { 'lastwill-agent': agentUrl, 'lastwill-homeserver': homeserver.metricsUrl! };
+    const scrape = parse(readFileSync(SCRAPE, 'utf8')) as { scrape_configs: Array<{ job_name: string }> };
     const prometheusConfig = {
       global: { scrape_interval: '1s', evaluation_interval: '1s' },
       rule_files: [ALERTS],
-      scrape_configs: [
-        { job_name: 'lastwill-agent', static_configs: [{ targets: [target(agentUrl)] }] },
-        { job_name: 'lastwill-homeserver', static_configs: [{ targets: [target(homeserver.metricsUrl!)] }] },
-      ],
+      scrape_configs: scrape.scrape_configs.map((job) => {
+        const url = urls[job.job_name];
+        if (url === undefined) throw new Error(`no listener here for scrape.yml's job ${job.job_name}`);
+        return { ...job, scrape_interval: '1s', static_configs: [{ targets: [new URL(url).host] }] };
+      }),
     };
     writeFileSync(join(dir, 'prometheus.yml'), JSON.stringify(prometheusConfig));
     prometheus = spawnManaged(prereq.bin!, [
@@ -182,12 +174,12 @@ describe.skipIf(!!prereq.skip)(`Prometheus scraping lastwill${prereq.skip ? ` (s
   it('runs every dashboard query', async () => {
     const queries = dashboardQueries();
     expect(queries.length).toBeGreaterThan(30);
-    for (const { panel, expr } of queries) {
-      const r = await query(expr);
-      expect([panel, expr, r.status, r.error ?? '']).toEqual([panel, expr, 'success', '']);
+    for (const { panel, concrete } of queries) {
+      const r = await query(concrete);
+      expect([panel, concrete, r.status, r.error ?? '']).toEqual([panel, concrete, 'success', '']);
     }
     // The panels of what happened show it.
-    const ready = await query(dashboardQueries().find((q) => q.panel === 'Ready')!.expr);
+    const ready = await query(queries.find((q) => q.panel === 'Ready')!.concrete);
     expect(ready.data!.result.map((s) => s.value[1])).toEqual(['1']);
   });
 });

@@ -1,10 +1,13 @@
 /**
- * The metric names a PromQL expression (or a Grafana query holding one) reads, and the names the
- * code's registries export, so the deploy/ files can be checked against the code.
+ * The metric names a PromQL expression (or a Grafana query holding one) reads, the names the
+ * code's registries export, and the dashboard's queries, so the deploy/ files can be checked
+ * against the code.
  */
-import { AgentMetrics } from '../../src/agent/metrics.js';
-import { HomeserverMetrics } from '../../src/homeserver/metrics.js';
-import { exportedNames } from '../support/metrics.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { metricRegistries } from '../../src/config/generated.js';
+import { REPO_ROOT } from '../e2e/support/proc.js';
 
 /** Words that PromQL reads as operators or literals, not as metric names. */
 const KEYWORDS = new Set(['and', 'or', 'unless', 'bool', 'offset', 'inf', 'nan']);
@@ -40,19 +43,70 @@ export function labelValuesMetricNames(query: string): string[] {
 /** Series Prometheus makes itself for every target. */
 export const SCRAPE_SERIES = new Set(['up']);
 
-/** The metric families of the agent's and the homeserver's registries. */
-export async function exportedFamilies(): Promise<Array<{ name: string; type: string }>> {
-  const registries = [new AgentMetrics({ jobCounts: () => undefined }).registry, new HomeserverMetrics({ scheduled: () => 0 }).registry];
-  const families = [];
-  for (const registry of registries) {
-    for (const f of await registry.getMetricsAsJSON()) families.push({ name: f.name, type: String(f.type) });
-  }
-  return families;
+/** A family of the code's registries and the series Prometheus stores for it. */
+export interface ExportedFamily {
+  name: string;
+  type: string;
+  series: string[];
 }
 
-/** Every sample name those registries export (histograms with their suffixes). */
-export async function exportedMetricNames(): Promise<Set<string>> {
-  const agent = new AgentMetrics({ jobCounts: () => undefined });
-  const homeserver = new HomeserverMetrics({ scheduled: () => 0 });
-  return new Set([...(await exportedNames(agent.registry)), ...(await exportedNames(homeserver.registry))]);
+/** What the agent's and the homeserver's registries export, read from the ones docs/metrics.md lists. */
+export async function exportedMetrics(): Promise<{ families: ExportedFamily[]; names: Set<string> }> {
+  const families: ExportedFamily[] = [];
+  for (const { registry } of metricRegistries()) {
+    for (const f of await registry.getMetricsAsJSON()) {
+      const type = String(f.type);
+      const suffixes = type === 'histogram' ? ['', '_bucket', '_sum', '_count'] : [''];
+      families.push({ name: f.name, type, series: suffixes.map((s) => f.name + s) });
+    }
+  }
+  return { families, names: new Set(families.flatMap((f) => f.series)) };
+}
+
+export const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'lastwill.json');
+
+export interface Datasource {
+  type?: string;
+  uid?: string;
+}
+
+export interface Target {
+  refId?: string;
+  expr?: string;
+  datasource?: Datasource;
+}
+
+export interface Panel {
+  id?: number;
+  type: string;
+  title?: string;
+  gridPos?: { x: number; y: number; w: number; h: number };
+  datasource?: Datasource;
+  targets?: Target[];
+  panels?: Panel[];
+}
+
+/** Rows and their panels, whether the row is collapsed (panels inside it) or not (panels after it). */
+export function dashboardPanels(panels: Panel[]): Panel[] {
+  return panels.flatMap((p) => [p, ...(p.panels ?? [])]);
+}
+
+/** A dashboard query as written, and `concrete`: as Prometheus receives it from Grafana. */
+export interface DashboardQuery {
+  panel: string;
+  expr: string;
+  concrete: string;
+}
+
+/** Every PromQL query of the dashboard's panels (rows hold none). */
+export function dashboardQueries(
+  dashboard: { panels: Panel[] } = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { panels: Panel[] },
+): DashboardQuery[] {
+  // Grafana fills these in; the other variables get a value that matches any label.
+  const concrete = (expr: string) =>
+    expr.replaceAll('$__rate_interval', '1m').replaceAll('$__interval', '1m').replace(/\$\w+/g, '.*');
+  return dashboardPanels(dashboard.panels)
+    .filter((p) => p.type !== 'row')
+    .flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title ?? '', expr: t.expr ?? '' })))
+    .map((q) => ({ ...q, concrete: concrete(q.expr) }));
 }

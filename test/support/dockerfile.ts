@@ -12,8 +12,8 @@ export interface ImageStage {
 }
 
 /** ENV, USER and ENTRYPOINT of the Dockerfile's final stage. */
-export function finalStage(dockerfile = join(REPO_ROOT, 'Dockerfile')): ImageStage {
-  const text = readFileSync(dockerfile, 'utf8').replace(/\\\n/g, ' ');
+export function finalStage(): ImageStage {
+  const text = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
   const lines = text.split('\n').map((l) => l.trim());
   const stage = lines.slice(lines.findLastIndex((l) => /^FROM\s/i.test(l)));
   const env: Record<string, string> = {};

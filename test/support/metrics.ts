@@ -28,17 +28,3 @@ export async function readMetric(
   return total;
 }
 
-/**
- * Every sample name a registry exports: each family's name, and for histograms (and summaries)
- * the series Prometheus stores for them.
- */
-export async function exportedNames(registry: Registry): Promise<Set<string>> {
-  const names = new Set<string>();
-  for (const family of await registry.getMetricsAsJSON()) {
-    names.add(family.name);
-    const type = String(family.type);
-    if (type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(family.name + s);
-    if (type === 'summary') for (const s of ['_sum', '_count']) names.add(family.name + s);
-  }
-  return names;
-}
