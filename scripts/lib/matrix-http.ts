@@ -39,18 +39,12 @@ export async function registerWithSharedSecret(
 ): Promise<RegisteredUser> {
   const password = o.password ?? `pw-${randomBytes(6).toString('hex')}`;
   const url = `${baseUrl}/_synapse/admin/v1/register`;
-  const nr = await fetch(url);
-  if (!nr.ok) throw new Error(`GET ${url}: ${nr.status} ${await nr.text()}`);
-  const { nonce } = (await nr.json()) as { nonce: string };
+  const nonce = String((await okJson('GET', url)).nonce);
   const admin = o.admin ?? false;
-  const r = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ nonce, username: name, password, admin, mac: registrationMac(secret, nonce, name, password, admin) }),
+  const body = await okJson('POST', url, {
+    body: { nonce, username: name, password, admin, mac: registrationMac(secret, nonce, name, password, admin) },
   });
-  const body = (await r.json()) as { user_id: string; access_token: string; device_id: string };
-  if (!r.ok) throw new Error(`register ${name}: ${r.status} ${JSON.stringify(body)}`);
-  return { userId: body.user_id, accessToken: body.access_token, deviceId: body.device_id, password };
+  return { userId: String(body.user_id), accessToken: String(body.access_token), deviceId: String(body.device_id), password };
 }
 
 /** A new device of the user (a new LiveKit identity, or a second client watching). */
