@@ -19,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   freeTcpPort,
-  freeUdpPort,
+  freePorts,
   isLoopbackHost,
   PrerequisiteMissing,
   type ProvisionResult,
@@ -145,9 +145,7 @@ export async function startLiveKit(opts: StartLiveKitOptions): Promise<LiveKitSe
   const configFile = path.join(dir, 'livekit.yaml');
   const port = opts.port ?? (await freeTcpPort());
   const tcpPort = await freeTcpPort();
-  const udpPort = await freeUdpPort();
-  let stunPort = await freeUdpPort();
-  while (stunPort === udpPort) stunPort = await freeUdpPort();
+  const [udpPort, stunPort] = (await freePorts(2, 'udp')) as [number, number];
 
   const config = {
     port,
